@@ -1,0 +1,89 @@
+"""LeNet family.
+
+- ``lenet5``: LeCun et al. 1998 as commonly used in pruning papers on MNIST / Fashion-MNIST:
+  conv 6 (5x5, padding 2) - pool - conv 16 (5x5) - pool - fc 120 - fc 84 - fc C
+  (61,706 parameters on 28x28, 10 classes).
+- ``lenet5_caffe``: the Caffe "LeNet-5" of Dynamic Network Surgery and Deep Compression:
+  conv 20 - pool - conv 50 - pool - fc 500 - fc C (431,080 parameters on 28x28, 10 classes).
+- ``lenet300_100``: the fully connected 784-300-100-C network (266,610 parameters).
+
+Small inputs (8x8 digits): the second convolution is padded so that its output is not empty, and
+the flattened size is measured with a dummy forward pass at construction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from prune_cli.models import MODELS
+from prune_cli.spec import DataSpec
+
+
+def _flat_size(features: nn.Module, spec: DataSpec) -> int:
+    with torch.no_grad():
+        return int(features(torch.zeros(1, *spec.input_shape)).numel())
+
+
+class LeNet5(nn.Module):
+    def __init__(
+        self,
+        spec: DataSpec,
+        c1: int,
+        c2: int,
+        hidden: tuple[int, ...],
+        pad1: int,
+        act: type[nn.Module],
+    ) -> None:
+        super().__init__()
+        pad2 = 0 if (spec.image_size + 2 * pad1 - 4) // 2 >= 10 else 2
+        self.features = nn.Sequential(
+            nn.Conv2d(spec.channels, c1, 5, padding=pad1),
+            act(),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(c1, c2, 5, padding=pad2),
+            act(),
+            nn.MaxPool2d(2, ceil_mode=True),
+        )
+        layers: list[nn.Module] = []
+        width = _flat_size(self.features, spec)
+        for h in hidden:
+            layers += [nn.Linear(width, h), act()]
+            width = h
+        layers.append(nn.Linear(width, spec.num_classes))
+        self.classifier = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class MLP(nn.Module):
+    """Fully connected network on the flattened image."""
+
+    def __init__(self, spec: DataSpec, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = spec.channels * spec.image_size**2
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        layers.append(nn.Linear(width, spec.num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+@MODELS.register("lenet5", family="lenet")
+def lenet5(spec: DataSpec) -> nn.Module:
+    return LeNet5(spec, 6, 16, (120, 84), pad1=2, act=nn.ReLU)
+
+
+@MODELS.register("lenet5_caffe", family="lenet")
+def lenet5_caffe(spec: DataSpec) -> nn.Module:
+    return LeNet5(spec, 20, 50, (500,), pad1=0, act=nn.ReLU)
+
+
+@MODELS.register("lenet300_100", family="lenet")
+def lenet300_100(spec: DataSpec) -> nn.Module:
+    return MLP(spec, (300, 100))

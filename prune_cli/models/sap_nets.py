@@ -1,0 +1,44 @@
+"""The SAP paper's small networks (Diao et al., ICLR 2023, "Pruning Deep Neural Networks from a
+Sparsity Perspective", appendix):
+
+- ``mlp``: 784-128-256-C on the flattened image (input width adapts to the data);
+- ``cnn``: four blocks conv 3x3 (64, 128, 256, 512) + BatchNorm + ReLU + 2x2 max-pool, global
+  average pooling and a linear classifier. Pools are skipped once the map is 1x1 (small images).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from prune_cli.models import MODELS
+from prune_cli.models.lenet import MLP
+from prune_cli.spec import DataSpec
+
+
+class SapCNN(nn.Module):
+    def __init__(self, spec: DataSpec, widths: tuple[int, ...] = (64, 128, 256, 512)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin, size = spec.channels, spec.image_size
+        for w in widths:
+            layers += [nn.Conv2d(cin, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if size > 1:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(cin, spec.num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+@MODELS.register("mlp", family="sap")
+def mlp(spec: DataSpec) -> nn.Module:
+    return MLP(spec, (128, 256))
+
+
+@MODELS.register("cnn", family="sap")
+def cnn(spec: DataSpec) -> nn.Module:
+    return SapCNN(spec)

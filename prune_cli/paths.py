@@ -1,0 +1,92 @@
+"""Every artifact path of a run comes from here, so readers (reports, tests) and writers agree.
+
+Layout of a run directory::
+
+    config.yaml            the resolved config this run was started with (its hash is in summary)
+    summary.json           status, config hash, sizes, one entry per level, wall time, versions
+    metrics.csv            level,epoch,split,metric,value
+    per_class_recall.csv   level,stage,class,class_name,support,recall
+    pqi.csv                level,stage,scope,name,p,q,pqi
+    sparsity.csv           level,name,numel,nonzero,sparsity
+    checkpoint.pt          the resumable training state (written atomically every epoch)
+    init.pt                the weights at initialisation (for rewinding)
+    rewind.pt              the weights at the rewind epoch, when rewinding to an epoch
+    levels/level_<k>/model.pt, mask.pt   the selected model and mask at the end of level k
+    .hydra/                Hydra's copy of the config and overrides
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Files that belong to a run's results; ``overwrite=true`` removes exactly these.
+RESULT_FILES = (
+    "config.yaml",
+    "summary.json",
+    "metrics.csv",
+    "per_class_recall.csv",
+    "pqi.csv",
+    "sparsity.csv",
+    "checkpoint.pt",
+    "init.pt",
+    "rewind.pt",
+)
+RESULT_DIRS = ("levels",)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def per_class_recall(self) -> Path:
+        return self.root / "per_class_recall.csv"
+
+    @property
+    def pqi(self) -> Path:
+        return self.root / "pqi.csv"
+
+    @property
+    def sparsity(self) -> Path:
+        return self.root / "sparsity.csv"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def init_state(self) -> Path:
+        return self.root / "init.pt"
+
+    @property
+    def rewind_state(self) -> Path:
+        return self.root / "rewind.pt"
+
+    def level_dir(self, level: int) -> Path:
+        return self.root / "levels" / f"level_{level}"
+
+    def level_model(self, level: int) -> Path:
+        return self.level_dir(level) / "model.pt"
+
+    def level_mask(self, level: int) -> Path:
+        return self.level_dir(level) / "mask.pt"
+
+    def extra(self, name: str) -> Path:
+        """A method's own artifact (for example ``final_model.pt`` of a structured method)."""
+        return self.root / name

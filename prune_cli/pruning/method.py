@@ -1,0 +1,118 @@
+"""The method interface: every pruning method, whatever its kind, is one ``PruningMethod``.
+
+The experiment loop runs ``levels + 1`` training rounds (level 0 = dense) and calls these hooks;
+a method overrides only the ones it needs, so no method is a special case in the loop:
+
+=====================  ========================================================================
+hook                   used by
+=====================  ========================================================================
+``num_levels``         iterative methods (SAP, lottery ticket: T levels); 0 for train-only ones
+``prepare``            extra trainable parameters or re-parametrisation (SequentialAttention++
+                       block logits, DNS's masked forward) before training starts
+``optimizer``          a sparsifying optimizer in place of SGD/Adam (gRDA, no mask at all)
+``callbacks``          masks that change during training (gradual magnitude, DNS with splicing),
+                       training phases (SequentialAttention++ dense/sparse phases)
+``prune``              score -> select (scope) -> new mask at the start of each level k >= 1,
+                       from the model selected at the end of level k - 1 (SAP, LT, one-shot)
+``rewind``             where surviving weights restart after pruning (init, an epoch, none)
+``enforce_masks``      False for methods whose masked weights must keep learning (DNS)
+``finalize``           after the last level: analyses of the trained model (pruning-limit
+                       prediction, metric search) and structured removal of whole filters
+                       (a physically thinner network saved beside the run)
+=====================  ========================================================================
+
+Each method has a typed config dataclass (``Config``) validated when the run's config is
+composed; it is registered with its method by ``@METHODS.register(name)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import MISSING
+from torch import Tensor, nn
+
+from prune_cli.callbacks import Callback
+from prune_cli.pruning.mask import Masks, prunable_parameters
+from prune_cli.pruning.schedule import RewindPoint
+from prune_cli.registry import Registry
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method has. Subclasses add their own typed fields."""
+
+    name: str = MISSING
+    #: shell-style patterns of parameter names that stay dense (``["conv1.weight", "fc.*"]``)
+    ignore: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PruneContext:
+    """What a method may use besides the model: never a dataset or a model class.
+
+    ``batches(n)`` yields ``n`` training batches already on ``device`` (without augmentation),
+    for scores that need gradients. ``load_state(name)`` returns a saved state dict: ``"init"``
+    (the weights at initialisation) or ``"level_<k>"`` (the model selected at the end of level k).
+    """
+
+    level: int
+    seed: int
+    device: torch.device
+    batches: Callable[[int], Iterator[Batch]]
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    weight_decay: float
+    num_classes: int
+    load_state: Callable[[str], dict[str, Tensor]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PruningMethod:
+    """Base class: a method that trains densely and prunes nothing. Override what you need."""
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    #: False for methods whose masked weights must keep receiving updates (DNS splicing)
+    enforce_masks: ClassVar[bool] = True
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+
+    def num_levels(self) -> int:
+        """Pruning levels after the dense level 0 (one-shot = 1)."""
+        return 0
+
+    def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        return prunable_parameters(model, self.cfg.ignore)
+
+    def prepare(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        return model
+
+    def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer | None:
+        """Return an optimizer to use instead of the run's ``train.optimizer``; None keeps it."""
+        del model, lr
+        return None
+
+    def callbacks(self, level: int, masks: Masks, ctx: PruneContext) -> list[Callback]:
+        del level, masks, ctx
+        return []
+
+    def prune(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> Mapping[str, Tensor]:
+        """New masks for level ``ctx.level`` >= 1; ``model`` holds the previous level's weights."""
+        del model, ctx
+        return dict(masks)
+
+    def rewind(self) -> RewindPoint:
+        return RewindPoint("none")
+
+    def finalize(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> dict[str, Any]:
+        """After the last level; returns entries added to ``summary.json`` under ``method``."""
+        del model, masks, ctx
+        return {}
+
+
+METHODS: Registry[type[PruningMethod]] = Registry("method")

@@ -1,0 +1,1 @@
+"""Training: the optimizer and LR schedule, and the short, closed training loop."""

@@ -1,0 +1,54 @@
+"""Optimizers and per-iteration learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from prune_cli.training.config import TrainConfig
+
+
+def build_optimizer(
+    params: Iterable[nn.Parameter], cfg: TrainConfig, lr: float
+) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+        )
+    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based), for ``LambdaLR``.
+
+    Warm-up is linear over ``warmup_epochs``; cosine decays to 0 over the remaining steps;
+    multistep multiplies by ``gamma`` at each milestone epoch.
+    """
+    total = max(1, steps_per_epoch * epochs)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    milestones = sorted(round(m * steps_per_epoch) for m in cfg.milestones)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.schedule == "multistep":
+            return cfg.gamma ** sum(step >= m for m in milestones)
+        return 1.0
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, epochs))

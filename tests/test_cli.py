@@ -1,0 +1,185 @@
+"""End to end: the ``prune-run`` command, its output files, bad input, resuming, overwriting."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import FAST, run_cli, run_config
+
+from prune_cli.experiment import Experiment
+from prune_cli.paths import RunPaths
+from prune_cli.training.loop import Trainer
+
+pytestmark = pytest.mark.slow
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_run_writes_every_result_file(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli(
+        [*FAST, "method.levels=2", "method.sparsity=0.75", f"hydra.run.dir={run}"], cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    paths = RunPaths(run)
+    summary = json.loads(paths.summary.read_text())
+    assert summary["status"] == "completed"
+    for key in (
+        "config_hash",
+        "model",
+        "dataset",
+        "method",
+        "seed",
+        "params_total",
+        "params_prunable",
+        "wall_time_s",
+        "versions",
+    ):
+        assert key in summary
+    assert summary["versions"]["torch"] == torch.__version__
+    assert [lv["level"] for lv in summary["levels"]] == [0, 1, 2]
+    for lv in summary["levels"]:
+        for key in ("sparsity", "params_nonzero", "val_accuracy", "test_accuracy", "test_loss"):
+            assert lv[key] is not None
+    # exact sparsity: the geometric schedule reaches 75% of the prunable weights at level 2
+    prunable = summary["params_prunable"]
+    assert summary["levels"][2]["sparsity"] == pytest.approx(round(0.75 * prunable) / prunable)
+    assert summary["levels"][1]["sparsity"] == pytest.approx(
+        round(0.5 * prunable) / prunable, abs=1 / prunable
+    )
+
+    metrics = read_csv(paths.metrics)
+    assert list(metrics[0]) == ["level", "epoch", "split", "metric", "value"]
+    assert {(r["split"], r["metric"]) for r in metrics} >= {
+        ("train", "loss"),
+        ("train", "accuracy"),
+        ("val", "loss"),
+        ("val", "accuracy"),
+    }
+    recall = read_csv(paths.per_class_recall)
+    assert list(recall[0]) == ["level", "stage", "class", "class_name", "support", "recall"]
+    stages = {(r["level"], r["stage"]) for r in recall}
+    assert stages == {
+        ("0", "trained"),
+        ("1", "pruned"),
+        ("1", "trained"),
+        ("2", "pruned"),
+        ("2", "trained"),
+    }
+    pqi = read_csv(paths.pqi)
+    assert list(pqi[0]) == ["level", "stage", "scope", "name", "p", "q", "pqi"]
+    assert {(r["p"], r["q"]) for r in pqi} == {("0.5", "1.0"), ("1.0", "2.0")}
+    assert {r["scope"] for r in pqi} == {"global", "layer"}
+    sparsity = read_csv(paths.sparsity)
+    assert list(sparsity[0]) == ["level", "name", "numel", "nonzero", "sparsity"]
+    level2 = [r for r in sparsity if r["level"] == "2"]
+    assert sum(int(r["numel"]) - int(r["nonzero"]) for r in level2) == round(0.75 * prunable)
+    for k in range(3):
+        state = torch.load(paths.level_model(k), weights_only=False)
+        assert state["config"]["method"]["name"] == "magnitude"
+        mask = torch.load(paths.level_mask(k))
+        assert set(mask) == {r["name"] for r in level2}
+    assert (run / ".hydra" / "config.yaml").exists() and paths.config.exists()
+    assert not paths.checkpoint.exists()
+    assert "level" in result.stderr and "test acc" in result.stderr  # the results table
+
+    # a completed run is shown, not retrained
+    before = paths.summary.stat().st_mtime_ns
+    again = run_cli(
+        [*FAST, "method.levels=2", "method.sparsity=0.75", f"hydra.run.dir={run}"], cwd=tmp_path
+    )
+    assert again.returncode == 0 and "is complete" in again.stderr
+    assert paths.summary.stat().st_mtime_ns == before
+
+    # another config in the same directory is refused; overwrite=true replaces it
+    other = run_cli([*FAST, "method.levels=1", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert other.returncode == 2 and "overwrite=true" in other.stderr
+    assert paths.summary.stat().st_mtime_ns == before
+    replaced = run_cli(
+        [*FAST, "method.levels=1", "overwrite=true", f"hydra.run.dir={run}"], cwd=tmp_path
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    assert len(json.loads(paths.summary.read_text())["levels"]) == 2
+    assert not paths.level_dir(2).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model=resnet57"], "valid models:"),
+        (["dataset=imagenette"], "valid datasets:"),
+        (["method=sapp"], "valid methods:"),
+        (["method.sparsity=1.5"], "method.sparsity must be in [0, 1)"),
+        (["train.epochs=-1"], "train.epochs must be >= 0"),
+        (["pqi_grid=[[2.0,1.0]]"], "0 < p < q"),
+        (["method.sparsty=0.5"], "sparsty"),
+        (["dataset=mnist", "dataset.root=/nonexistent"], "idx files not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = run_cli([*args, "progress=false", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_nan_loss_marks_the_run_failed(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli([*FAST, "train.lr=1e30", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert result.returncode == 1
+    summary = json.loads(RunPaths(run).summary.read_text())
+    assert summary["status"] == "failed" and "loss became" in summary["reason"]
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    overrides = [
+        "model=mlp",
+        "train.epochs=3",
+        "train.retrain_epochs=2",
+        "method.levels=2",
+        "method.rewind=1ep",
+        "progress=false",
+        "seed=3",
+    ]
+    cfg = run_config(overrides)
+    reference = Experiment(cfg, tmp_path / "straight").run()
+
+    original = Trainer.train_epoch
+    calls = {"n": 0}
+
+    def crash_in_level_1(self, epoch, generator):
+        calls["n"] += 1
+        if calls["n"] == 5:  # level 0 has 3 epochs: crash in level 1's second epoch
+            raise KeyboardInterrupt
+        return original(self, epoch, generator)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_level_1)
+    with pytest.raises(KeyboardInterrupt):
+        Experiment(run_config(overrides), tmp_path / "crashed").run()
+    crashed = RunPaths(tmp_path / "crashed")
+    assert json.loads(crashed.summary.read_text())["status"] == "failed"
+    assert crashed.checkpoint.exists()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    resumed = Experiment(run_config(overrides), tmp_path / "crashed").run()
+
+    assert resumed["status"] == "completed"
+    keys = (
+        "sparsity",
+        "params_nonzero",
+        "val_accuracy",
+        "test_accuracy",
+        "test_loss",
+        "pruned_test_accuracy",
+        "pqi",
+    )
+    for a, b in zip(reference["levels"], resumed["levels"], strict=True):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    straight = RunPaths(tmp_path / "straight")
+    for name in ("metrics", "per_class_recall", "pqi", "sparsity"):
+        assert getattr(straight, name).read_text() == getattr(crashed, name).read_text()

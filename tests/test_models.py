@@ -1,0 +1,69 @@
+"""Every registered model: forward shapes on each kind of data, and the known parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prune_cli.cli import group_options
+from prune_cli.models import MODELS, build_model, count_parameters
+from prune_cli.spec import DataSpec
+
+SPECS = {
+    "digits": DataSpec(1, 10, 8),
+    "fashion_mnist": DataSpec(1, 10, 28),
+    "cifar100": DataSpec(3, 100, 32),
+}
+HEAVY = {"resnet50", "resnet101", "resnet110", "vgg19", "mobilenet_v1", "mobilenet_v2"}
+
+
+@pytest.mark.parametrize("data", list(SPECS))
+@pytest.mark.parametrize("name", MODELS.names())
+def test_forward_shape(name, data):
+    if name in HEAVY and data == "cifar100":
+        pytest.skip("covered on the smaller inputs; slow on two CPU cores")
+    spec = SPECS[data]
+    torch.manual_seed(0)
+    model = build_model(name, spec).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, *spec.input_shape))
+    assert out.shape == (2, spec.num_classes)
+    assert torch.isfinite(out).all()
+
+
+# Parameter counts for 10 classes (CIFAR: 3x32x32; MNIST family: 1x28x28).
+KNOWN = {
+    ("resnet20", "cifar"): 269_722,
+    ("resnet56", "cifar"): 853_018,  # the "0.85 M" ResNet-56 (option A shortcuts)
+    ("resnet110", "cifar"): 1_727_962,
+    ("vgg16", "cifar"): 15_249_354,  # VGG-16-BN CIFAR variant, 15.25 M
+    ("mobilenet_v2", "cifar"): 2_236_682,  # 2.24 M
+    ("resnet18", "cifar"): 11_173_962,
+    ("lenet5", "mnist"): 61_706,
+    ("lenet5_caffe", "mnist"): 431_080,  # DNS's LeNet-5
+    ("lenet300_100", "mnist"): 266_610,
+    ("mlp", "mnist"): 784 * 128 + 128 + 128 * 256 + 256 + 256 * 10 + 10,
+}
+
+
+@pytest.mark.parametrize(("name", "data"), list(KNOWN))
+def test_parameter_counts(name, data):
+    spec = DataSpec(3, 10, 32) if data == "cifar" else DataSpec(1, 10, 28)
+    assert count_parameters(build_model(name, spec)) == KNOWN[(name, data)]
+
+
+def test_resnet56_uses_parameter_free_shortcuts():
+    model = build_model("resnet56", DataSpec(3, 10, 32))
+    shortcuts = [m for n, m in model.named_modules() if n.endswith("shortcut")]
+    assert shortcuts and all(sum(p.numel() for p in s.parameters()) == 0 for s in shortcuts)
+
+
+def test_every_model_has_a_config_and_every_config_a_model():
+    assert group_options("model") == MODELS.names()
+
+
+def test_unknown_model_lists_valid_names():
+    from prune_cli.errors import UserError
+
+    with pytest.raises(UserError, match=r"valid models: .*resnet56"):
+        build_model("resnet57", DataSpec(3, 10, 32))

@@ -1,0 +1,186 @@
+"""Masks, scopes, scores and schedules: exact counts, masks only shrink, ignored layers kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prune_cli.errors import ConfigError
+from prune_cli.pruning.level import LevelConfig
+from prune_cli.pruning.mask import Masks, nonzero_counts, prunable_parameters
+from prune_cli.pruning.method import METHODS, PruneContext
+from prune_cli.pruning.schedule import RewindPoint, level_target
+from prune_cli.pruning.scope import fraction_of_remaining, fraction_of_total, select
+from prune_cli.pruning.scores import SCORES
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 10),
+        nn.ReLU(),
+        nn.Linear(10, 3),
+    )
+
+
+def context(level: int = 1, seed: int = 0) -> PruneContext:
+    return PruneContext(
+        level=level,
+        seed=seed,
+        device=torch.device("cpu"),
+        batches=lambda n: iter(()),
+        loss_fn=nn.functional.cross_entropy,
+        weight_decay=0.0,
+        num_classes=3,
+        load_state=lambda name: {},
+    )
+
+
+def test_prunable_parameters_are_conv_and_linear_weights_minus_ignored():
+    net = small_net()
+    assert list(prunable_parameters(net)) == ["0.weight", "4.weight", "6.weight"]
+    assert list(prunable_parameters(net, ["6.*"])) == ["0.weight", "4.weight"]
+
+
+@pytest.mark.parametrize("target", [0.0, 0.3, 0.5, 0.9, 0.999])
+def test_global_scope_prunes_exactly_and_the_smallest(target):
+    net = small_net()
+    params = prunable_parameters(net)
+    masks = Masks.ones(params)
+    scores = {k: p.detach().abs() for k, p in params.items()}
+    new = select(params, scores, masks, "global", fraction_of_total(target))
+    total = sum(m.numel() for m in new.values())
+    pruned = sum(int((~m).sum()) for m in new.values())
+    assert pruned == round(target * total)
+    if 0 < pruned < total:
+        pruned_max = max(float(s[~new[k]].max()) for k, s in scores.items() if (~new[k]).any())
+        kept_min = min(float(s[new[k]].min()) for k, s in scores.items() if new[k].any())
+        assert pruned_max <= kept_min
+
+
+@pytest.mark.parametrize("scope", ["layer", "neuron"])
+def test_layer_and_neuron_scopes_prune_each_unit_exactly(scope):
+    net = small_net()
+    params = prunable_parameters(net)
+    masks = Masks.ones(params)
+    scores = {k: p.detach().abs() for k, p in params.items()}
+    new = select(params, scores, masks, scope, fraction_of_total(0.6))
+    for _name, m in new.items():
+        rows = m.reshape(1, -1) if scope == "layer" else m.reshape(m.shape[0], -1)
+        for row in rows:
+            assert int((~row).sum()) == round(0.6 * row.numel())
+
+
+def test_masks_only_shrink_even_when_scores_prefer_pruned_weights():
+    net = small_net()
+    params = prunable_parameters(net)
+    masks = Masks.ones(params)
+    first = select(
+        params,
+        {k: torch.rand(p.shape) for k, p in params.items()},
+        masks,
+        "global",
+        fraction_of_total(0.5),
+    )
+    masks.update(first)
+    # scores that rank every pruned weight highest, NaN and -inf among the kept ones
+    adversarial = {
+        k: torch.where(first[k], torch.full_like(p, -float("inf")), 1e9) for k, p in params.items()
+    }
+    adversarial["4.weight"][0, 0] = float("nan")
+    second = select(params, adversarial, masks, "global", fraction_of_total(0.7))
+    new = Masks(second)
+    assert new.is_subset_of(masks)
+    assert new.numel() - new.kept() == round(0.7 * new.numel())
+
+
+def test_fraction_of_remaining_prunes_that_share_of_the_unmasked():
+    net = small_net()
+    params = prunable_parameters(net)
+    masks = Masks.ones(params)
+    n = masks.numel()
+    scores = {k: p.detach().abs() for k, p in params.items()}
+    masks.update(select(params, scores, masks, "global", fraction_of_remaining(0.2)))
+    assert masks.kept() == n - round(0.2 * n)
+
+
+def test_mask_apply_save_load_and_counts(tmp_path):
+    net = small_net()
+    params = prunable_parameters(net)
+    masks = Masks.ones(params)
+    masks.update({"4.weight": torch.rand(params["4.weight"].shape) > 0.5})
+    masks.apply_(params)
+    _numel, nonzero = nonzero_counts(params)["4.weight"]
+    assert nonzero == int(masks["4.weight"].sum())
+    masks.save(tmp_path / "m.pt")
+    loaded = Masks.load(tmp_path / "m.pt")
+    assert all(torch.equal(loaded[k], masks[k]) for k in masks)
+    assert loaded.sparsity() == pytest.approx(masks.sparsity())
+
+
+def test_level_targets():
+    assert level_target(0, 3, 0.9, None) == 0.0
+    assert level_target(3, 3, 0.9, None) == pytest.approx(0.9)
+    assert level_target(1, 3, 0.9, None) == pytest.approx(1 - 0.1 ** (1 / 3))
+    for k in range(1, 8):  # lottery ticket: 20% of the remaining per level
+        assert level_target(k, 7, None, 0.2) == pytest.approx(1 - 0.8**k)
+
+
+def test_rewind_points():
+    assert RewindPoint.parse("init") == RewindPoint("init")
+    assert RewindPoint.parse("none") == RewindPoint("none")
+    assert RewindPoint.parse("3ep") == RewindPoint("epoch", 3)
+    assert RewindPoint.parse("0ep") == RewindPoint("init")
+    with pytest.raises(ConfigError):
+        RewindPoint.parse("three")
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_level_method_reaches_its_target_with_masks_that_shrink(name):
+    cls = METHODS.get(name)
+    cfg = cls.Config(sparsity=0.8, levels=3, ignore=["6.weight"])
+    method = cls(cfg)
+    net = small_net()
+    params = method.prunable(net)
+    assert "6.weight" not in params
+    last_weight = net[6].weight.detach().clone()
+    masks = Masks.ones(params)
+    for level in range(1, method.num_levels() + 1):
+        previous = Masks(dict(masks))
+        masks.update(method.prune(net, masks, context(level)))
+        masks.apply_(params)
+        assert masks.is_subset_of(previous)
+        expected = round(level_target(level, 3, 0.8, None) * masks.numel())
+        assert masks.numel() - masks.kept() == expected
+    assert torch.equal(net[6].weight, last_weight)  # ignored layer untouched
+
+
+def test_random_scores_depend_on_seed_and_level_only():
+    net = small_net()
+    params = prunable_parameters(net)
+    a = SCORES.get("random")(net, params, context(1, seed=3))
+    b = SCORES.get("random")(net, params, context(1, seed=3))
+    c = SCORES.get("random")(net, params, context(2, seed=3))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sparsity": 1.0},
+        {"sparsity": -0.1},
+        {"levels": -1},
+        {"rate": 1.0},
+        {"scope": "row"},
+        {"rewind": "later"},
+    ],
+)
+def test_impossible_level_settings_are_refused(kwargs):
+    with pytest.raises(ConfigError):
+        LevelConfig(**kwargs)
