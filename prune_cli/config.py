@@ -50,6 +50,9 @@ class RunConfig:
     #: (p, q) pairs of the PQ index logged in pqi.csv
     pqi_grid: list[Any] = field(default_factory=lambda: [[0.5, 1.0], [1.0, 2.0]])
     output_root: str = "outputs"
+    #: reuse the dense level 0 of another run directory (same model, dataset, train, seed):
+    #: prune one trained model with many methods and ratios without training it again
+    dense_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -90,13 +93,25 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     return run
 
 
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def config_hash(cfg: DictConfig | RunConfig) -> str:
-    """Short hash of everything that changes results (not device, paths or display)."""
+    """Short hash of everything that changes results (not device, paths or display).
+
+    Null values are left out, so a new setting whose default is null (changes nothing) keeps
+    the hashes of existing runs valid (open_lth's rule).
+    """
     container = OmegaConf.to_container(
         cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg), resolve=True
     )
     assert isinstance(container, dict)
     for key in NON_RESULT_KEYS:
         container.pop(key, None)
-    blob = json.dumps(container, sort_keys=True, default=str)
+    blob = json.dumps(_without_nulls(container), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

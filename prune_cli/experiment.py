@@ -10,6 +10,7 @@ by (seed, level, epoch).
 
 from __future__ import annotations
 
+import csv
 import itertools
 import platform
 import shutil
@@ -36,6 +37,7 @@ from prune_cli.paths import RESULT_DIRS, RESULT_FILES, RunPaths
 from prune_cli.pruning.mask import Masks, nonzero_counts
 from prune_cli.pruning.method import METHODS, PruneContext, PruningMethod
 from prune_cli.reporting.console import ProgressBars, console, make_progress, show_results
+from prune_cli.reporting.distortion import distortion_rows
 from prune_cli.reporting.records import RunRecords
 from prune_cli.spec import ImageData
 from prune_cli.training.loop import EvalResult, Trainer, evaluate, resolve_device
@@ -133,6 +135,8 @@ class Experiment:
         self.records = RunRecords()
         self.cursor = Cursor()
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        if cfg.dense_from:
+            self._check_dense_from()
         if not self.paths.config.exists():
             save_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), self.paths.config)
         if self.paths.init_state.exists():
@@ -205,10 +209,50 @@ class Experiment:
         self.cursor = Cursor(level=level, epoch=0, pruned=True)
         self._save_checkpoint(optimizer=None, scheduler=None, callbacks=[], best_state=None)
 
+    def _reuse_dense(self) -> None:
+        """Level 0 from ``dense_from``: the other run's selected dense model, not retrained."""
+        source = RunPaths(Path(self.cfg.dense_from))
+        state = load_torch(source.level_model(0), self.device)
+        self.model.load_state_dict(state["model"])
+        self.masks = Masks(state["mask"]).to(self.device)
+        self.masks.apply_(self.params)
+        if source.metrics.exists():
+            with open(source.metrics) as fh:
+                rows = [r for r in csv.reader(fh)][1:]
+            self.records.metrics.extend(
+                (0, int(e), split, metric, float(v))
+                for lv, e, split, metric, v in rows
+                if lv == "0"
+            )
+        self.cursor.epoch = self.cfg.train.epochs
+
+    def _check_dense_from(self) -> None:
+        """The reused dense model must come from the same model, data, seed and training."""
+        source = RunPaths(Path(self.cfg.dense_from))
+        if not source.level_model(0).exists() or not source.init_state.exists():
+            raise UserError(
+                f"dense_from: {source.root} has no finished dense level (levels/level_0/model.pt "
+                "and init.pt); run it first, or point dense_from at a run directory"
+            )
+        theirs = load_torch(source.level_model(0))["config"]
+        ours = OmegaConf.to_container(OmegaConf.structured(self.cfg))
+        for part in (theirs, ours):
+            part["train"].pop("retrain", None)
+        differ = [k for k in ("model", "dataset", "train", "seed") if theirs[k] != ours[k]]
+        if differ:
+            raise UserError(
+                f"dense_from: {source.root} was trained with other {', '.join(differ)} settings; "
+                "reuse only a dense model of the same model, dataset, train and seed"
+            )
+        if not self.paths.init_state.exists():
+            shutil.copyfile(source.init_state, self.paths.init_state)
+
     def _train(self, level: int, progress: Any) -> None:
-        cfg = self.cfg.train
-        epochs = cfg.level_epochs(level)
-        lr = cfg.level_lr(level)
+        if level == 0 and self.cfg.dense_from:
+            self._reuse_dense()
+            return
+        cfg = self.cfg.train.for_level(level)
+        epochs, lr = cfg.epochs, cfg.lr
         optimizer = self.method.optimizer(self.model, lr) or build_optimizer(
             self.model.parameters(), cfg, lr
         )
@@ -234,6 +278,7 @@ class Experiment:
         has_val = self.data.size("val") > 0
         while self.cursor.epoch < epochs:
             epoch = self.cursor.epoch
+            mask_version = self.masks.version
             seed = epoch_seed(self.cfg.seed, level, epoch)
             torch.manual_seed(seed)
             stats = trainer.train_epoch(epoch, torch.Generator().manual_seed(seed))
@@ -249,6 +294,8 @@ class Experiment:
                 score = {"val_accuracy": val.accuracy, "val_loss": -val.loss}.get(cfg.select, score)
             self.records.metrics.extend(rows)
             self.cursor.epoch += 1
+            if self.masks.version != mask_version:
+                self.cursor.best = {}  # earlier epochs had other masks: not selectable
             if not self.cursor.best or score >= self.cursor.best["score"]:
                 self.cursor.best = {"score": score, "epoch": self.cursor.epoch}
                 best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -285,9 +332,10 @@ class Experiment:
             "pruned_test_accuracy": self._recorded_pruned_accuracy(level),
             "mask_sparsity": self.masks.sparsity(),
             "selected_epoch": self.cursor.best.get("epoch"),
-            "epochs": self.cfg.train.level_epochs(level),
+            "epochs": self.cfg.train.for_level(level).epochs,
             "pqi": self._pqi_global(p, q),
         }
+        entry["alpha"] = self._record_distortion(level, test.accuracy)
         self.records.levels.append(entry)
         save_torch(
             {
@@ -303,6 +351,21 @@ class Experiment:
         self._save_checkpoint(None, None, [], None)
         self.records.write(self.paths)
         self._write_summary("running")
+
+    def _record_distortion(self, level: int, accuracy: float) -> float | None:
+        """Recall distortion of level k against the dense level 0 (None for level 0)."""
+        if level == 0 or not self.records.levels:
+            return None
+        dense = self.records.levels[0]
+        rows, value = distortion_rows(
+            level,
+            self.records.recall_of(0, "trained"),
+            dense["test_accuracy"],
+            self.records.recall_of(level, "trained"),
+            accuracy,
+        )
+        self.records.distortion.extend(rows)
+        return value
 
     def _recorded_pruned_accuracy(self, level: int) -> float | None:
         """Test accuracy right after pruning: the support-weighted mean of its recall rows."""

@@ -8,6 +8,7 @@ Layout of a run directory::
     per_class_recall.csv   level,stage,class,class_name,support,recall
     pqi.csv                level,stage,scope,name,p,q,pqi
     sparsity.csv           level,name,numel,nonzero,sparsity
+    recall_distortion.csv  level,class,recall_dense,recall,balance_dense,balance,intensification
     checkpoint.pt          the resumable training state (written atomically every epoch)
     init.pt                the weights at initialisation (for rewinding)
     rewind.pt              the weights at the rewind epoch, when rewinding to an epoch
@@ -28,6 +29,7 @@ RESULT_FILES = (
     "per_class_recall.csv",
     "pqi.csv",
     "sparsity.csv",
+    "recall_distortion.csv",
     "checkpoint.pt",
     "init.pt",
     "rewind.pt",
@@ -65,6 +67,10 @@ class RunPaths:
     @property
     def sparsity(self) -> Path:
         return self.root / "sparsity.csv"
+
+    @property
+    def recall_distortion(self) -> Path:
+        return self.root / "recall_distortion.csv"
 
     @property
     def checkpoint(self) -> Path:

@@ -87,14 +87,25 @@ def main() -> None:
     tf = [transforms.RandomCrop(args.size, padding=4), transforms.RandomHorizontalFlip()]
     tf = (tf if augment else []) + [transforms.ToTensor(), transforms.Normalize(mean, std)]
     loader = DataLoader(
-        UInt8Images(x, y, transforms.Compose(tf)), batch_size=args.batch_size, shuffle=True,
-        num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=True,
+        UInt8Images(x, y, transforms.Compose(tf)),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
         persistent_workers=args.workers > 0,
     )
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    data = InMemoryData({s: (xt, yt) for s in ("train", "val", "test")}, spec,
-                        [str(i) for i in range(10)], mean, std, device,
-                        crop_padding=4 if augment else 0, flip=augment)
+    data = InMemoryData(
+        {s: (xt, yt) for s in ("train", "val", "test")},
+        spec,
+        [str(i) for i in range(10)],
+        mean,
+        std,
+        device,
+        crop_padding=4 if augment else 0,
+        flip=augment,
+    )
 
     torch.manual_seed(0)
     init = build_model(args.model, spec).state_dict()
@@ -143,12 +154,16 @@ def main() -> None:
     ref_ips = float(np.median(ref_rates))
     ours_ips = float(np.median(our_rates))
 
-    print(f"device={device} model={args.model} size={args.size} n={args.n} "
-          f"batch={args.batch_size} threads={torch.get_num_threads()} workers={args.workers}")
+    print(
+        f"device={device} model={args.model} size={args.size} n={args.n} "
+        f"batch={args.batch_size} threads={torch.get_num_threads()} workers={args.workers}"
+    )
     print(f"reference  {ref_ips:10.1f} images/s")
     print(f"prune-run  {ours_ips:10.1f} images/s")
-    print(f"ratio prune-run/reference = {float(np.median(ratios)):.2f} (median of {len(ratios)} "
-          f"alternating rounds; min {ratios[0]:.2f}, max {ratios[-1]:.2f})")
+    print(
+        f"ratio prune-run/reference = {float(np.median(ratios)):.2f} (median of {len(ratios)} "
+        f"alternating rounds; min {ratios[0]:.2f}, max {ratios[-1]:.2f})"
+    )
 
 
 if __name__ == "__main__":

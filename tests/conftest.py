@@ -45,3 +45,9 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comple
 @pytest.fixture
 def tiny_run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same random state: no test depends on the order of others."""
+    torch.manual_seed(0)

@@ -80,6 +80,19 @@ def test_a_run_writes_every_result_file(tmp_path):
     assert list(sparsity[0]) == ["level", "name", "numel", "nonzero", "sparsity"]
     level2 = [r for r in sparsity if r["level"] == "2"]
     assert sum(int(r["numel"]) - int(r["nonzero"]) for r in level2) == round(0.75 * prunable)
+    distortion = read_csv(paths.recall_distortion)
+    assert list(distortion[0]) == [
+        "level",
+        "class",
+        "recall_dense",
+        "recall",
+        "balance_dense",
+        "balance",
+        "intensification",
+    ]
+    assert {r["level"] for r in distortion} == {"1", "2"} and len(distortion) == 20
+    assert summary["levels"][0]["alpha"] is None
+    assert all(isinstance(lv["alpha"], float) for lv in summary["levels"][1:])
     for k in range(3):
         state = torch.load(paths.level_model(k), weights_only=False)
         assert state["config"]["method"]["name"] == "magnitude"
@@ -141,7 +154,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     overrides = [
         "model=mlp",
         "train.epochs=3",
-        "train.retrain_epochs=2",
+        "train.retrain.epochs=2",
         "method.levels=2",
         "method.rewind=1ep",
         "progress=false",

@@ -11,7 +11,7 @@ from prune_cli.data import DatasetConfig, build_dataset
 from prune_cli.errors import ConfigError, RunFailed
 from prune_cli.models import build_model
 from prune_cli.pruning.mask import Masks, prunable_parameters
-from prune_cli.training.config import TrainConfig
+from prune_cli.training.config import RetrainConfig, TrainConfig
 from prune_cli.training.loop import Trainer, evaluate
 from prune_cli.training.optim import build_optimizer, build_scheduler, lr_factor
 
@@ -22,6 +22,19 @@ def test_cosine_with_warmup():
     assert f(10) == pytest.approx(1.0)
     assert f(20) == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 20)))
     assert f(30) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_piecewise_and_retraining_settings():
+    cfg = TrainConfig(lr=0.1, schedule="piecewise", milestones=[1, 3], lr_values=[0.01, 0.1, 1e-3])
+    f = lr_factor(cfg, 10, 4)
+    assert [f(0), f(10), f(29), f(30)] == pytest.approx([0.1, 1.0, 1.0, 0.01])
+    tuned = TrainConfig(epochs=60, lr=0.1, retrain=RetrainConfig(epochs=25, lr=0.01))
+    assert tuned.for_level(0).epochs == 60
+    assert (tuned.for_level(2).epochs, tuned.for_level(2).lr) == (25, 0.01)
+    with pytest.raises(ConfigError, match="lr_values"):
+        TrainConfig(schedule="piecewise", milestones=[1], lr_values=[0.1])
+    with pytest.raises(ConfigError, match=r"in train\.retrain"):
+        TrainConfig(retrain=RetrainConfig(epochs=-2))
 
 
 def test_multistep_and_constant():

@@ -1,5 +1,9 @@
 """Score-based level pruning: the building block of one-shot and iterative methods.
 
+``IterativePruning`` is score -> select (scope) -> count rule; ``LevelPruning`` fixes the count
+rule to a target schedule (used by magnitude, random, lottery ticket, one-shot ranking, and the
+gradient-based one-shot methods); SAP replaces the count rule by its PQI-based one.
+
 At the start of each level k >= 1: score the model selected at the end of level k - 1, select
 the lowest scores within the scope until the level's target is met, then rewind. With
 ``levels = 1`` this is one-shot pruning followed by fine-tuning (``rewind = none``); with more
@@ -9,6 +13,7 @@ Carbin 2019).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,30 +24,24 @@ from prune_cli.errors import ConfigError
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import MethodConfig, PruneContext, PruningMethod
 from prune_cli.pruning.schedule import RewindPoint, level_target
-from prune_cli.pruning.scope import SCOPES, fraction_of_total, select
+from prune_cli.pruning.scope import SCOPES, CountRule, fraction_of_total, select
 from prune_cli.pruning.scores import SCORES
 
 
 @dataclass
-class LevelConfig(MethodConfig):
-    #: final fraction of prunable weights masked, in [0, 1)
-    sparsity: float = 0.9
+class IterativeConfig(MethodConfig):
+    """Settings of every method that prunes at the start of levels."""
+
     #: pruning levels after the dense level (1 = one-shot, then fine-tune)
     levels: int = 1
-    #: fraction of the *remaining* weights pruned per level; when set it replaces ``sparsity``
-    rate: float | None = None
     #: ``global``, ``layer`` or ``neuron``
     scope: str = "global"
     #: ``init``, ``none`` (fine-tune the pruned weights) or ``<k>ep``
     rewind: str = "none"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ConfigError(f"method.sparsity must be in [0, 1), got {self.sparsity}")
         if self.levels < 0:
             raise ConfigError(f"method.levels must be >= 0, got {self.levels}")
-        if self.rate is not None and not 0.0 < self.rate < 1.0:
-            raise ConfigError(f"method.rate must be in (0, 1), got {self.rate}")
         if self.scope not in SCOPES:
             raise ConfigError(
                 f"method.scope must be one of {', '.join(SCOPES)}, got {self.scope!r}"
@@ -50,26 +49,72 @@ class LevelConfig(MethodConfig):
         RewindPoint.parse(self.rewind)
 
 
-class LevelPruning(PruningMethod):
-    """Prune to a level's target by a registered score; subclasses choose ``score``."""
+@dataclass
+class LevelConfig(IterativeConfig):
+    """A target-driven schedule: the final sparsity, or a fraction of the remaining per level."""
 
-    Config = LevelConfig
+    #: final fraction of prunable weights masked, in [0, 1)
+    sparsity: float = 0.9
+    #: the target as a pruning ratio t = params before / params after (sparsity = 1 - 1/t);
+    #: when set it replaces ``sparsity``
+    ratio: float | None = None
+    #: fraction of the *remaining* weights pruned per level; when set it replaces ``sparsity``
+    rate: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(f"method.sparsity must be in [0, 1), got {self.sparsity}")
+        if self.ratio is not None and self.ratio < 1.0:
+            raise ConfigError(f"method.ratio must be >= 1, got {self.ratio}")
+        if self.rate is not None and not 0.0 < self.rate < 1.0:
+            raise ConfigError(f"method.rate must be in (0, 1), got {self.rate}")
+        if self.ratio is not None and self.rate is not None:
+            raise ConfigError("set method.ratio or method.rate, not both")
+
+    @property
+    def final_sparsity(self) -> float:
+        return self.sparsity if self.ratio is None else 1.0 - 1.0 / self.ratio
+
+
+class IterativePruning(PruningMethod, ABC):
+    """Score -> select within the scope -> count rule, at the start of each level >= 1."""
+
+    Config = IterativeConfig
+    #: the registered score this method ranks by (see ``pruning/scores.py``)
     score: ClassVar[str] = "magnitude"
 
-    cfg: LevelConfig
+    cfg: IterativeConfig
 
     def num_levels(self) -> int:
         return self.cfg.levels
 
-    def target(self, level: int) -> float:
-        return level_target(level, self.cfg.levels, self.cfg.sparsity, self.cfg.rate)
+    def scores(
+        self, model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
+    ) -> dict[str, Tensor]:
+        return SCORES.get(self.score)(model, params, ctx)
+
+    @abstractmethod
+    def count_rule(self, level: int) -> CountRule:
+        """How many more weights each scope group loses at ``level``."""
 
     def prune(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> Mapping[str, Tensor]:
         params = self.prunable(model)
-        scores = SCORES.get(self.score)(model, params, ctx)
-        return select(
-            params, scores, masks, self.cfg.scope, fraction_of_total(self.target(ctx.level))
-        )
+        scores = self.scores(model, params, ctx)
+        return select(params, scores, masks, self.cfg.scope, self.count_rule(ctx.level))
 
     def rewind(self) -> RewindPoint:
         return RewindPoint.parse(self.cfg.rewind)
+
+
+class LevelPruning(IterativePruning):
+    """Prune to each level's target sparsity; subclasses choose the ``score``."""
+
+    Config = LevelConfig
+    cfg: LevelConfig
+
+    def target(self, level: int) -> float:
+        return level_target(level, self.cfg.levels, self.cfg.final_sparsity, self.cfg.rate)
+
+    def count_rule(self, level: int) -> CountRule:
+        return fraction_of_total(self.target(level))

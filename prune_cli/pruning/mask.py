@@ -37,6 +37,9 @@ class Masks(Mapping[str, Tensor]):
     def __init__(self, masks: Mapping[str, Tensor]) -> None:
         self._masks: dict[str, Tensor] = {k: v.detach().to(torch.bool) for k, v in masks.items()}
         self._float: dict[str, Tensor] | None = None  # cached multiplicands, rebuilt on update
+        #: incremented by every ``update``: the experiment selects checkpoints only among epochs
+        #: that ended with the final masks (gradual pruning changes them during training)
+        self.version = 0
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -78,6 +81,7 @@ class Masks(Mapping[str, Tensor]):
                 raise KeyError(f"mask {name!r} does not match an existing masked tensor")
             self._masks[name] = m.detach().to(device=self._masks[name].device, dtype=torch.bool)
         self._float = None
+        self.version += 1
 
     def to(self, device: torch.device | str) -> Masks:
         return Masks({k: v.to(device) for k, v in self._masks.items()})

@@ -37,3 +37,54 @@ def random_score(
     """Uniform random scores, seeded by (run seed, level) so that a resumed run agrees."""
     gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 1_000_003 + ctx.level)
     return {k: torch.rand(p.shape, generator=gen).to(p.device) for k, p in params.items()}
+
+
+def mean_gradient(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    ctx: PruneContext,
+    num_batches: int,
+    mode: str = "eval",
+) -> dict[str, Tensor]:
+    """g: the gradient of the mean cross-entropy, averaged over ``num_batches`` training batches.
+
+    ``mode="eval"`` uses BatchNorm's running statistics (the model as it is evaluated);
+    ``mode="train"`` uses batch statistics, and the BatchNorm buffers are restored afterwards so
+    that scoring never changes the model. ``.grad`` of the parameters is left untouched.
+    """
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    was_training = model.training
+    model.train(mode == "train")
+    names = list(params)
+    total = [torch.zeros_like(params[k]) for k in names]
+    seen = 0
+    for x, y in ctx.batches(num_batches):
+        loss = ctx.loss_fn(model(x), y)
+        grads = torch.autograd.grad(loss, [params[k] for k in names])
+        torch._foreach_add_(total, grads)
+        seen += 1
+    if seen == 0:
+        raise ValueError("no training batches for the gradient")
+    with torch.no_grad():
+        for k, b in model.named_buffers():
+            b.copy_(buffers[k])
+    model.train(was_training)
+    return {k: t / seen for k, t in zip(names, total, strict=True)}
+
+
+def gradient_score(
+    params: Mapping[str, nn.Parameter], grads: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """|theta * g|: first-order loss change from removing the weight (GP in Good et al. 2022)."""
+    return {k: (p.detach() * grads[k]).abs() for k, p in params.items()}
+
+
+def undecayed_score(
+    params: Mapping[str, nn.Parameter], grads: Mapping[str, Tensor], eps: float
+) -> dict[str, Tensor]:
+    """|-theta * g + eps * theta^2| (Undecayed Pruning, Good et al. 2022).
+
+    With weight decay eps, a stationary point of the decayed loss has g = -eps * theta, where
+    the score becomes 2 eps theta^2: magnitude pruning. Away from it, the gradient term corrects.
+    """
+    return {k: (-p.detach() * grads[k] + eps * p.detach() ** 2).abs() for k, p in params.items()}

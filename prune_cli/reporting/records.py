@@ -11,6 +11,7 @@ from typing import Any
 
 from prune_cli.io import save_csv, save_json
 from prune_cli.paths import RunPaths
+from prune_cli.reporting.distortion import DISTORTION_HEADER
 
 METRICS_HEADER = ("level", "epoch", "split", "metric", "value")
 RECALL_HEADER = ("level", "stage", "class", "class_name", "support", "recall")
@@ -25,6 +26,7 @@ class RunRecords:
     recall: list[tuple] = field(default_factory=list)
     pqi: list[tuple] = field(default_factory=list)
     sparsity: list[tuple] = field(default_factory=list)
+    distortion: list[tuple] = field(default_factory=list)
     levels: list[dict[str, Any]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
@@ -39,6 +41,14 @@ class RunRecords:
         save_csv(self.recall, RECALL_HEADER, paths.per_class_recall)
         save_csv(self.pqi, PQI_HEADER, paths.pqi)
         save_csv(self.sparsity, SPARSITY_HEADER, paths.sparsity)
+        save_csv(self.distortion, DISTORTION_HEADER, paths.recall_distortion)
+
+    def recall_of(self, level: int, stage: str) -> list[float]:
+        """Per-class test recall of a level's stage, in class order."""
+        rows = sorted(
+            (r for r in self.recall if r[0] == level and r[1] == stage), key=lambda r: r[2]
+        )
+        return [r[5] for r in rows]
 
     def write_summary(self, paths: RunPaths, header: dict[str, Any], **extra: Any) -> dict:
         summary = {**header, **extra, "levels": self.levels}

@@ -2,35 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from prune_cli.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("cosine", "multistep", "constant")
+SCHEDULES = ("cosine", "multistep", "piecewise", "constant")
 SELECTIONS = ("val_accuracy", "val_loss", "last")
+
+
+@dataclass
+class RetrainConfig:
+    """How levels >= 1 train (retraining or fine-tuning); every null keeps the dense setting."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    schedule: str | None = None
+    milestones: list[float] | None = None
+    lr_values: list[float] | None = None
+    gamma: float | None = None
+    warmup_epochs: float | None = None
 
 
 @dataclass
 class TrainConfig:
     #: epochs of the dense level 0
     epochs: int = 15
-    #: epochs of each level >= 1 (retraining or fine-tuning); null = ``epochs``
-    retrain_epochs: int | None = None
     batch_size: int = 64
     eval_batch_size: int = 1000
     optimizer: str = "sgd"
     lr: float = 0.05
-    #: learning rate of levels >= 1; null = ``lr``
-    retrain_lr: float | None = None
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    #: ``cosine`` (to 0), ``multistep`` (times ``gamma`` at each milestone) or ``constant``
+    #: ``cosine`` (to 0), ``multistep`` (times ``gamma`` at each milestone), ``piecewise``
+    #: (``lr_values[i]`` from milestone i on: the papers' hand-made schedules) or ``constant``
     schedule: str = "cosine"
-    #: multistep milestones, in epochs (fractions allowed)
+    #: multistep and piecewise milestones, in epochs (fractions allowed)
     milestones: list[float] = field(default_factory=list)
     gamma: float = 0.1
+    #: piecewise: the learning rate before the first milestone, then after each one
+    lr_values: list[float] = field(default_factory=list)
     #: linear warm-up from 0, in epochs
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
@@ -41,19 +53,17 @@ class TrainConfig:
     #: bf16 autocast and channels-last memory format (CUDA only; ignored on the CPU)
     bf16: bool = True
     channels_last: bool = True
+    #: overrides for levels >= 1 (for example a shorter fine-tuning schedule)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "retrain_epochs"):
-            value = getattr(self, key)
-            if value is not None and value < 0:
-                raise ConfigError(f"train.{key} must be >= 0, got {value}")
+        if self.epochs < 0:
+            raise ConfigError(f"train.epochs must be >= 0, got {self.epochs}")
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "retrain_lr"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"train.{key} must be > 0, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.momentum < 0 or self.warmup_epochs < 0:
             raise ConfigError(
                 "train.weight_decay, train.momentum and train.warmup_epochs must be >= 0"
@@ -70,9 +80,28 @@ class TrainConfig:
                 raise ConfigError(
                     f"train.{key} must be one of {', '.join(valid)}, got {getattr(self, key)!r}"
                 )
+        if self.schedule == "piecewise" and len(self.lr_values) != len(self.milestones) + 1:
+            raise ConfigError(
+                "train.schedule=piecewise needs one more train.lr_values than train.milestones "
+                f"(got {len(self.lr_values)} values, {len(self.milestones)} milestones)"
+            )
+        if any(v <= 0 for v in self.lr_values):
+            raise ConfigError("train.lr_values must be > 0")
+        if self.retrain != RetrainConfig():
+            self.for_level(1)  # validates the retraining settings as a whole
 
-    def level_epochs(self, level: int) -> int:
-        return self.epochs if level == 0 or self.retrain_epochs is None else self.retrain_epochs
-
-    def level_lr(self, level: int) -> float:
-        return self.lr if level == 0 or self.retrain_lr is None else self.retrain_lr
+    def for_level(self, level: int) -> TrainConfig:
+        """The settings of ``level``: the dense ones, with ``retrain`` applied for levels >= 1."""
+        if level == 0:
+            return self
+        changes = {
+            f.name: getattr(self.retrain, f.name)
+            for f in fields(RetrainConfig)
+            if getattr(self.retrain, f.name) is not None
+        }
+        if not changes:
+            return self
+        try:
+            return replace(self, retrain=RetrainConfig(), **changes)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in train.retrain)") from None

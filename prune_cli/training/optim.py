@@ -29,7 +29,8 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> Callable[[
     """Multiplier of the base LR at optimizer step ``step`` (0-based), for ``LambdaLR``.
 
     Warm-up is linear over ``warmup_epochs``; cosine decays to 0 over the remaining steps;
-    multistep multiplies by ``gamma`` at each milestone epoch.
+    multistep multiplies by ``gamma`` at each milestone epoch; piecewise sets the learning rate to
+    ``lr_values[i]`` from milestone i on (as a factor of ``cfg.lr``).
     """
     total = max(1, steps_per_epoch * epochs)
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
@@ -43,6 +44,8 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> Callable[[
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         if cfg.schedule == "multistep":
             return cfg.gamma ** sum(step >= m for m in milestones)
+        if cfg.schedule == "piecewise":
+            return cfg.lr_values[sum(step >= m for m in milestones)] / cfg.lr
         return 1.0
 
     return factor
