@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench clean
+.PHONY: help install demo test test-fast lint format bench clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd
 
 help: ## list the targets with what they do and how long they take
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -44,3 +44,46 @@ bench: $(STAMP) ## prune-run's training step against a plain PyTorch loop (CPU ~
 
 clean: ## remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
+
+# ---- reproduction of the seed papers -------------------------------------------------------
+# `-smoke` targets: scaled-down grids on Fashion-MNIST (installed by `apt-get install
+# dataset-fashion-mnist`) on the CPU. The full targets run the papers' grids: GPU jobs that need
+# the datasets under data/ (CIFAR downloads with dataset.download=true where there is a network).
+RUN := $(VENV)/bin/prune-run
+RESULTS ?= outputs/results
+SEEDS ?= 0 1 2 3 4
+SAP_SEEDS ?= 0 1
+
+reproduce-sap-smoke: $(STAMP) ## SAP(0.5,1), SAP(1,2), LT, OS on Fashion-MNIST MLP, T=20, 8-epoch rounds (CPU ~40 min)
+	$(RUN) -m experiment=sap_fmnist_mlp method=sap,lt,os method.levels=20 train.epochs=8 \
+	  seed=$(shell echo $(SAP_SEEDS) | tr ' ' ',') progress=false \
+	  hydra.sweep.dir=$(RESULTS)/sap_fmnist_mlp/main
+	$(RUN) -m experiment=sap_fmnist_mlp method=sap method.p=1.0 method.q=2.0 method.levels=20 \
+	  train.epochs=8 seed=$(shell echo $(SAP_SEEDS) | tr ' ' ',') progress=false \
+	  hydra.sweep.dir=$(RESULTS)/sap_fmnist_mlp/sap_1_2
+
+reproduce-sap: $(STAMP) ## the SAP paper's CIFAR-10 grid: CNN T=30, ResNet-18 T=15, 200-epoch rounds, 4 seeds (GPU, days)
+	$(RUN) -m experiment=sap_cifar10_cnn,sap_cifar10_resnet18 method=sap,lt,os seed=0,1,2,3 \
+	  progress=false hydra.sweep.dir=$(RESULTS)/sap_cifar10/main
+	$(RUN) -m experiment=sap_cifar10_cnn,sap_cifar10_resnet18 method=sap method.p=1.0 \
+	  method.q=2.0 seed=0,1,2,3 progress=false hydra.sweep.dir=$(RESULTS)/sap_cifar10/sap_1_2
+
+reproduce-rd-smoke: $(STAMP) ## recall distortion: MP, GP, UP, RP on Fashion-MNIST LeNet-5, t=2..50, 5 seeds (CPU ~40 min)
+	for s in $(SEEDS); do \
+	  $(RUN) experiment=rd_lenet5_fmnist method=magnitude method.levels=0 train.epochs=10 \
+	    seed=$$s progress=false hydra.run.dir=$(RESULTS)/rd_lenet5_fmnist/dense-s$$s || exit 1; \
+	  $(RUN) -m experiment=rd_lenet5_fmnist method=magnitude,gradient,undecayed,random \
+	    method.ratio=2,4,10,20,50 train.epochs=10 train.retrain.epochs=3 seed=$$s \
+	    dense_from=$(RESULTS)/rd_lenet5_fmnist/dense-s$$s progress=false \
+	    hydra.sweep.dir=$(RESULTS)/rd_lenet5_fmnist/sweep-s$$s || exit 1; \
+	done
+
+reproduce-rd: $(STAMP) ## recall distortion: ResNet-20..110 on CIFAR-10, 4 methods x 5 ratios, 5 seeds (GPU, days)
+	for s in $(SEEDS); do for m in resnet20 resnet32 resnet44 resnet56 resnet110; do \
+	  $(RUN) experiment=rd_resnet_cifar10 model=$$m method=magnitude method.levels=0 seed=$$s \
+	    progress=false hydra.run.dir=$(RESULTS)/rd_cifar10/$$m-dense-s$$s || exit 1; \
+	  $(RUN) -m experiment=rd_resnet_cifar10 model=$$m \
+	    method=magnitude,gradient,undecayed,random method.ratio=2,4,10,20,50 seed=$$s \
+	    dense_from=$(RESULTS)/rd_cifar10/$$m-dense-s$$s progress=false \
+	    hydra.sweep.dir=$(RESULTS)/rd_cifar10/$$m-sweep-s$$s || exit 1; \
+	done; done

@@ -1,0 +1,211 @@
+"""prune-report: aggregation of synthetic runs, recall-distortion statistics, plots, sweeps."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import run_cli
+from scipy import stats
+
+from prune_cli.paths import RunPaths
+from prune_cli.report_cli import main as report_main
+from prune_cli.reporting.collect import collect
+from prune_cli.reporting.report import accuracy_table
+from prune_cli.reporting.stats import alpha_intervals, consecutive_ratio_tests, method_pair_tests
+
+
+def make_run(root, method, seed, levels, status="completed", method_cfg=None, classes=3):
+    """A run directory as prune-run writes it; ``levels``: list of (sparsity, val, test, alpha)."""
+    paths = RunPaths(root)
+    root.mkdir(parents=True)
+    summary = {
+        "status": status,
+        "method": method,
+        "model": "mlp",
+        "dataset": "digits",
+        "seed": seed,
+        "levels": [
+            {
+                "level": k,
+                "sparsity": s,
+                "params_nonzero": 100,
+                "val_accuracy": v,
+                "test_accuracy": t,
+                "test_loss": 1.0,
+                "alpha": a,
+                "pqi": 0.1 + 0.01 * k,
+            }
+            for k, (s, v, t, a) in enumerate(levels)
+        ],
+    }
+    if status == "failed":
+        summary["reason"] = "training loss became nan in epoch 3"
+    paths.summary.write_text(json.dumps(summary))
+    paths.config.write_text(yaml.safe_dump({"method": {"name": method, **(method_cfg or {})}}))
+    recall = [
+        (k, "trained", c, f"c{c}", 10, t)
+        for k, (_, _, t, _) in enumerate(levels)
+        for c in range(classes)
+    ]
+    pd.DataFrame(
+        recall, columns=["level", "stage", "class", "class_name", "support", "recall"]
+    ).to_csv(paths.per_class_recall, index=False)
+    pqi = [
+        (k, "trained", scope, name, p, q, 0.1 + 0.01 * k)
+        for k in range(len(levels))
+        for scope, name in (("global", "all"), ("layer", "net.1.weight"))
+        for p, q in ((0.5, 1.0), (1.0, 2.0))
+    ]
+    pd.DataFrame(pqi, columns=["level", "stage", "scope", "name", "p", "q", "pqi"]).to_csv(
+        paths.pqi, index=False
+    )
+    sparsity = [
+        (k, "net.1.weight", 100, round(100 * (1 - s)), s) for k, (s, _, _, _) in enumerate(levels)
+    ]
+    pd.DataFrame(sparsity, columns=["level", "name", "numel", "nonzero", "sparsity"]).to_csv(
+        paths.sparsity, index=False
+    )
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    for seed, (t1, t2) in enumerate([(0.90, 0.80), (0.92, 0.84), (0.94, 0.79)]):
+        make_run(
+            root / f"sap-{seed}",
+            "sap",
+            seed,
+            [(0.0, 0.95, 0.96, None), (0.5, 0.93, t1, 1.1), (0.75, 0.9, t2, 1.3)],
+        )
+        make_run(
+            root / f"lt-{seed}",
+            "lt",
+            seed,
+            [(0.0, 0.95, 0.96, None), (0.2, 0.94, 0.95, 1.0), (0.36, 0.93, 0.9, 1.0)],
+        )
+    make_run(root / "broken", "sap", 9, [(0.0, 0.1, 0.1, None)], status="failed")
+    (root / "running").mkdir()
+    (root / "running" / "summary.json").write_text(json.dumps({"status": "running"}))
+    return root
+
+
+def test_aggregation_means_stds_and_left_out_runs(sweep):
+    c = collect([sweep])
+    assert len(c.runs) == 8 and len(c.completed) == 6
+    table = accuracy_table(c.levels)
+    sap2 = table[(table.label == "sap") & (table.level == 2)].iloc[0]
+    assert sap2.n == 3
+    assert sap2.test_mean == pytest.approx(np.mean([0.80, 0.84, 0.79]))
+    assert sap2.test_std == pytest.approx(np.std([0.80, 0.84, 0.79], ddof=1))
+    assert sap2.remaining_mean == pytest.approx(0.25)
+    assert 9 not in set(c.levels.seed)  # the failed run is not in the means
+
+
+def test_report_writes_tables_plots_and_index(sweep, tmp_path):
+    out = tmp_path / "report"
+    report_main([str(sweep), "-o", str(out)])
+    index = (out / "index.md").read_text()
+    assert "failed" in index and "training loss became nan" in index and "running" in index
+    assert "92.00 ± 2.00" in (out / "accuracy.md").read_text()  # sap level 1: 0.90, 0.92, 0.94
+    pngs = sorted(out.glob("*.png"))
+    assert {p.name.split("_fashion")[0].split("_digits")[0] for p in pngs} >= {
+        "accuracy_remaining",
+        "pqi_level",
+        "pqi_remaining",
+        "recall",
+    }
+    for png in pngs:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+        width, height = struct.unpack(">II", data[16:24])
+        assert 400 <= width <= 3000 and 300 <= height <= 1500
+        assert f"]({png.name})" in index
+    assert (out / "alpha.csv").exists()
+
+
+def test_report_refuses_empty_input(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(tmp_path)])
+    assert exit_info.value.code == 2 and "no runs" in capsys.readouterr().err
+
+
+def alpha_data() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, slope in (("magnitude", 0.05), ("undecayed", 0.02)):
+        for seed in range(6):
+            for target in (2, 4, 10):
+                rows.append(
+                    {
+                        "dataset": "d",
+                        "model": "m",
+                        "label": label,
+                        "target": target,
+                        "seed": seed,
+                        "alpha": 0.9 + slope * target + rng.normal(0, 0.05),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_alpha_intervals_are_bonferroni_t_intervals():
+    data = alpha_data()
+    table = alpha_intervals(data).set_index(["label", "target"])
+    values = data[(data.label == "magnitude") & (data.target == 4)].alpha.to_numpy()
+    n, m = len(values), 3
+    half = stats.t.ppf(1 - 0.01 / (2 * m), n - 1) * values.std(ddof=1) / math.sqrt(n)
+    row = table.loc[("magnitude", 4)]
+    assert row.n == 6 and row.alpha_mean == pytest.approx(values.mean())
+    assert (row.ci_low, row.ci_high) == pytest.approx((values.mean() - half, values.mean() + half))
+
+
+def test_paired_t_tests_by_hand():
+    data = alpha_data()
+    consecutive = consecutive_ratio_tests(data).set_index(["label", "t_from"])
+    a = data[(data.label == "magnitude") & (data.target == 2)].sort_values("seed").alpha.to_numpy()
+    b = data[(data.label == "magnitude") & (data.target == 4)].sort_values("seed").alpha.to_numpy()
+    d = b - a
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    row = consecutive.loc[("magnitude", 2)]
+    assert row.t_statistic == pytest.approx(t)
+    assert row.p_value == pytest.approx(1 - stats.t.cdf(t, len(d) - 1))
+    pairs = method_pair_tests(data).set_index("target")
+    x = data[(data.label == "magnitude") & (data.target == 10)].sort_values("seed").alpha.to_numpy()
+    y = data[(data.label == "undecayed") & (data.target == 10)].sort_values("seed").alpha.to_numpy()
+    d = y - x
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    assert pairs.loc[10].t_statistic == pytest.approx(t)
+    assert pairs.loc[10].p_value == pytest.approx(2 * (1 - stats.t.cdf(abs(t), len(d) - 1)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local", "submitit_local"])
+def test_two_job_multirun_through_a_launcher(tmp_path, launcher):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            f"hydra/launcher={launcher}",
+            "method=magnitude,random",
+            "model=mlp",
+            "train.epochs=1",
+            "method.levels=1",
+            "progress=false",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted(p.parent.name for p in sweep_dir.glob("*/summary.json"))
+    assert runs == ["0-digits-mlp-magnitude-s0", "1-digits-mlp-random-s0"]
+    for p in sweep_dir.glob("*/summary.json"):
+        assert json.loads(p.read_text())["status"] == "completed"
+    c = collect([sweep_dir])
+    assert set(c.completed.method) == {"magnitude", "random"}
