@@ -181,6 +181,7 @@ class Experiment:
             weight_decay=self.cfg.train.weight_decay,
             num_classes=self.data.spec.num_classes,
             load_state=load_state,
+            artifact_path=self.paths.extra,
         )
 
     # --- the levels ---------------------------------------------------------------------------

@@ -14,7 +14,16 @@ SPECS = {
     "fashion_mnist": DataSpec(1, 10, 28),
     "cifar100": DataSpec(3, 100, 32),
 }
-HEAVY = {"resnet50", "resnet101", "resnet110", "vgg19", "mobilenet_v1", "mobilenet_v2"}
+HEAVY = {
+    "resnet50",
+    "resnet101",
+    "resnet110",
+    "vgg19",
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "wrn28_10",
+    "wrn28_8",
+}
 
 
 @pytest.mark.parametrize("data", list(SPECS))
@@ -39,6 +48,7 @@ KNOWN = {
     ("vgg16", "cifar"): 15_249_354,  # VGG-16-BN CIFAR variant, 15.25 M
     ("mobilenet_v2", "cifar"): 2_236_682,  # 2.24 M
     ("resnet18", "cifar"): 11_173_962,
+    ("wrn28_10", "cifar"): 36_479_194,  # WRN-28-10, 36.5 M
     ("lenet5", "mnist"): 61_706,
     ("lenet5_caffe", "mnist"): 431_080,  # DNS's LeNet-5
     ("lenet300_100", "mnist"): 266_610,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -59,6 +60,7 @@ class PruneContext:
     ``batches(n)`` yields ``n`` training batches already on ``device`` (without augmentation),
     for scores that need gradients. ``load_state(name)`` returns a saved state dict: ``"init"``
     (the weights at initialisation) or ``"level_<k>"`` (the model selected at the end of level k).
+    ``artifact_path(name)`` is where the method may write a file of its own in the run directory.
     """
 
     level: int
@@ -69,7 +71,8 @@ class PruneContext:
     weight_decay: float
     num_classes: int
     load_state: Callable[[str], dict[str, Tensor]]
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: where a method saves its own artifacts (``artifact_path("final_model.pt")``)
+    artifact_path: Callable[[str], Path] = Path
 
 
 class PruningMethod:

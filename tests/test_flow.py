@@ -1,0 +1,273 @@
+"""Issue-5 methods: gradient-flow measures, structured thinning, gRDA, Dynamic Network Surgery."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import run_config
+from torch import nn
+
+from prune_cli.experiment import Experiment
+from prune_cli.models import build_model, count_parameters
+from prune_cli.paths import RunPaths
+from prune_cli.pruning.flow import (
+    MEASURES,
+    early_round_fraction,
+    filter_score,
+    gradient,
+    hessian_gradient,
+    unstructured_score,
+)
+from prune_cli.pruning.grda import GRDA
+from prune_cli.pruning.mask import Masks
+from prune_cli.pruning.method import METHODS, PruneContext
+from prune_cli.pruning.methods.dns import DnsConfig, surgery_probability, thresholds
+from prune_cli.pruning.methods.filter_pruning import FilterConfig
+from prune_cli.spec import DataSpec
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    )
+
+
+def context(batches, num_classes=3) -> PruneContext:
+    return PruneContext(
+        level=1,
+        seed=0,
+        device=torch.device("cpu"),
+        batches=lambda n: iter(batches[:n]),
+        loss_fn=nn.functional.cross_entropy,
+        weight_decay=0.0,
+        num_classes=num_classes,
+        load_state=lambda name: {},
+    )
+
+
+def data(n_batches=2, size=8, channels=1, classes=3, batch=12):
+    return [
+        (torch.randn(batch, channels, size, size), torch.arange(batch) % classes)
+        for _ in range(n_batches)
+    ]
+
+
+def test_hg_matches_autograd_hvp():
+    net = tiny_net().eval()
+    batches = data()
+    ctx = context(batches)
+    params = {k: p for k, p in net.named_parameters() if p.dim() > 1}
+    g, hg = hessian_gradient(net, params, batches, 1.0, ctx)
+    names = list(params)
+
+    def loss_of(*weights):
+        originals = [params[k].data for k in names]
+        try:
+            for k, w in zip(names, weights, strict=True):
+                mod_name, attr = k.rsplit(".", 1)
+                delattr(net.get_submodule(mod_name), attr)
+                setattr(net.get_submodule(mod_name), attr, w)
+            return sum(nn.functional.cross_entropy(net(x), y) for x, y in batches) / len(batches)
+        finally:
+            for k, w in zip(names, originals, strict=True):
+                mod_name, attr = k.rsplit(".", 1)
+                setattr(net.get_submodule(mod_name), attr, nn.Parameter(w))
+
+    inputs = tuple(params[k].detach().clone() for k in names)
+    _, expected = torch.autograd.functional.hvp(loss_of, inputs, tuple(g[k] for k in names))
+    for k, e in zip(names, expected, strict=True):
+        assert torch.allclose(hg[k], e, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("measure", [m for m in MEASURES if m != "bn_gamma"])
+def test_filter_and_weight_scores_by_hand(measure):
+    net = tiny_net().eval()
+    batches = data()
+    ctx = context(batches)
+    params = {k: p for k, p in net.named_parameters() if p.dim() > 1}
+    g_by_hand = dict(
+        zip(
+            params,
+            torch.autograd.grad(
+                sum(nn.functional.cross_entropy(net(x), y) for x, y in batches) / 2,
+                list(params.values()),
+            ),
+            strict=True,
+        )
+    )
+    g = gradient(net, params, batches, 1.0, ctx)
+    for k in params:
+        assert torch.allclose(g[k], g_by_hand[k], atol=1e-6)
+    _, hg = hessian_gradient(net, params, batches, 1.0, ctx)
+    w = params["3.weight"].detach()
+    gw, hw = g_by_hand["3.weight"], hg["3.weight"]
+    rows = lambda t: t.reshape(4, -1)  # noqa: E731
+    expected = {
+        "magnitude": rows(w).norm(dim=1),
+        "loss_preservation": rows((w * gw).abs()).sum(1),
+        "biased_loss_preservation": rows((w * w * gw).abs()).sum(1),
+        "grasp": rows(w * hw).sum(1),
+        "gradient_norm": rows(w * hw).sum(1).abs(),
+        "taylor": rows(w * gw).sum(1).abs(),
+        "fisher": rows(w**2 * gw**2).sum(1),
+    }[measure]
+    assert torch.allclose(filter_score(measure, w, gw, hw), expected, atol=1e-6)
+    per_weight = unstructured_score(measure, w, gw, hw)
+    assert per_weight.shape == w.shape
+    if measure in ("loss_preservation", "taylor"):
+        assert torch.allclose(per_weight, (w * gw).abs())
+
+
+def test_bn_gamma_scores_are_the_batchnorm_scales():
+    net = tiny_net()
+    with torch.no_grad():
+        net[4].weight.copy_(torch.tensor([0.5, -2.0, 1.0, 0.25]))
+    method = METHODS.get("filter")(FilterConfig(measure="bn_gamma"))
+    ctx = context(data())
+    groups = method.units(net, ctx)
+    assert [u.root for u in groups.units] == ["3"]  # the first conv and the classifier stay
+    scores = method.channel_scores(net, groups, ctx)
+    assert torch.allclose(scores["3"], torch.tensor([0.5, 2.0, 1.0, 0.25]))
+
+
+@pytest.mark.parametrize(("n", "p"), [(1, 0.5), (5, 0.5), (3, 0.9), (10, 0.3), (4, 0.0)])
+def test_early_rounds_add_up_to_p(n, p):
+    remaining = 1.0
+    for k in range(1, n + 1):
+        remaining *= 1 - early_round_fraction(k, n, p)
+    assert 1 - remaining == pytest.approx(p)
+
+
+@pytest.mark.parametrize("name", ["resnet56", "vgg11", "mobilenet_v1"])
+def test_thinner_network_equals_the_masked_one(name):
+    spec = DataSpec(3, 10, 32)
+    model = build_model(name, spec)
+    for m in model.modules():  # non-trivial BatchNorm statistics, so masking must be exact
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.3, 0.3)
+    batches = data(1, 32, 3, 10, 4)
+    ctx = context(batches, 10)
+    method = METHODS.get("filter")(FilterConfig(measure="magnitude", sparsity=0.6))
+    masks = Masks.ones(method.prunable(model))
+    masks.update(method.prune_fraction(model, masks, ctx, 0.6))
+    groups = method.groups
+    keep = method.keep_from(masks, groups)
+    for unit in groups.units:
+        assert int(keep[unit.root].sum()) >= math.floor(0.05 * unit.channels) + 1
+    assert sum(int((~k).sum()) for k in keep.values()) == round(
+        0.6 * sum(u.channels for u in groups.units)
+    )
+    first_conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    assert first_conv not in keep or bool(keep[first_conv].all())
+    thin = groups.thin(keep, batches[0][0][:1])
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        a, b = model(x), thin(x)
+    assert torch.allclose(a, b, atol=1e-4 * max(1.0, float(a.abs().max())))
+    assert count_parameters(thin) < count_parameters(model)
+
+
+def test_grda_step_is_the_soft_threshold_of_the_accumulator():
+    w = nn.Parameter(torch.tensor([0.5, -0.2, 0.05]))
+    opt = GRDA([w], lr=0.1, c=0.2, mu=0.6)
+    g1, g2 = torch.tensor([1.0, -1.0, 0.2]), torch.tensor([-0.5, 0.5, 0.5])
+    w.grad = g1
+    opt.step()
+    acc = torch.tensor([0.5, -0.2, 0.05]) - 0.1 * g1
+    l1 = 0.2 * 0.1**1.1 * 1.0
+    expected = acc.sign() * (acc.abs() - l1).clamp(min=0)
+    assert torch.allclose(w.detach(), expected)
+    opt.param_groups[0]["lr"] = 0.05  # a schedule changes the learning rate
+    w.grad = g2
+    opt.step()
+    acc = acc - 0.05 * g2
+    l1 += 0.2 * 0.05**1.1 * (2**0.6 - 1)
+    expected = acc.sign() * (acc.abs() - l1).clamp(min=0)
+    assert torch.allclose(w.detach(), expected)
+    assert w.detach()[2] == 0  # an exact zero
+
+
+def test_grda_with_c_zero_is_sgd_without_momentum():
+    torch.manual_seed(0)
+    a, b = nn.Linear(5, 3), nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    opt_a = GRDA(a.parameters(), lr=0.1, c=0.0, mu=0.6)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.0)
+    for step in range(5):
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        for group in (opt_a, opt_b):
+            group.param_groups[0]["lr"] = 0.1 / (step + 2)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_dns_masks_follow_the_thresholds_and_splice_back():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 10))
+    method = METHODS.get("dns")(DnsConfig(c_rate=0.5, c_rates={"0.weight": 0.5}))
+    params = method.prunable(net)
+    masks = Masks.ones(params)
+    masks.update(method.prune(net, masks, context(data())))
+    w = net[0].weight.detach()
+    a, b = thresholds(w, 0.5)
+    magnitude = w.abs().to(torch.float64)
+    base = float(magnitude.mean() + 0.5 * magnitude.std())
+    assert (a, b) == pytest.approx((0.9 * base, 1.1 * base))
+    assert torch.equal(masks["0.weight"], w.abs() > a)  # from all-ones: off at or below a
+    (callback,) = method.callbacks(1, masks, context(data()))
+    i = int(torch.nonzero(~masks["0.weight"].flatten())[0])
+    j = int(torch.nonzero(masks["0.weight"].flatten())[0])
+    between = (a + b) / 2
+    with torch.no_grad():
+        method.dense["0.weight"].view(-1)[i] = 1.5 * b  # a pruned weight grew above b
+        method.dense["0.weight"].view(-1)[j] = between  # a kept weight fell between a and b
+    assert surgery_probability(0, 1e-4, 1.0, 10) == 1.0
+    callback.on_after_backward(0, net)
+    callback.on_step_end(0, net)  # surgery at step 0 happens with probability 1
+    assert bool(masks["0.weight"].view(-1)[i]) and bool(masks["0.weight"].view(-1)[j])
+    assert float(net[0].weight.view(-1)[i]) == pytest.approx(1.5 * b)
+    assert surgery_probability(10, 1e-4, 1.0, 10) == 0.0
+
+
+@pytest.mark.slow
+def test_early_filter_pruning_run_saves_a_thinner_model(tmp_path):
+    cfg = run_config(
+        [
+            "model=cnn",
+            "method=filter",
+            "method.rounds=2",
+            "method.sparsity=0.5",
+            "method.measure=loss_preservation",
+            "method.samples=64",
+            "method.latency_repeats=2",
+            "method.latency_batch=8",
+            "train.epochs=3",
+            "progress=false",
+        ]
+    )
+    summary = Experiment(cfg, tmp_path).run()
+    info = summary["method_info"]
+    assert info["filter_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert info["params_after"] < info["params_before"] and info["macs_after"] < info["macs_before"]
+    assert info["max_output_difference"] < 1e-4 and info["latency_thin_ms"] > 0
+    thin = torch.load(RunPaths(tmp_path).extra("final_model.pt"), weights_only=False)
+    exported = torch.export.load(str(RunPaths(tmp_path).extra("final_model.pt2"))).module()
+    x = torch.randn(5, 1, 8, 8)
+    assert info["exported_model"] == "final_model.pt2"
+    assert torch.allclose(thin.eval()(x), exported(x), atol=1e-5)
