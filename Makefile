@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd
+.PHONY: help install demo test test-fast lint format bench clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns
 
 help: ## list the targets with what they do and how long they take
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -50,6 +50,7 @@ clean: ## remove caches (keeps .venv and outputs/)
 # dataset-fashion-mnist`) on the CPU. The full targets run the papers' grids: GPU jobs that need
 # the datasets under data/ (CIFAR downloads with dataset.download=true where there is a network).
 RUN := $(VENV)/bin/prune-run
+REPORT := $(VENV)/bin/prune-report
 RESULTS ?= outputs/results
 SEEDS ?= 0 1 2 3 4
 SAP_SEEDS ?= 0 1
@@ -61,12 +62,14 @@ reproduce-sap-smoke: $(STAMP) ## SAP(0.5,1), SAP(1,2), LT, OS on Fashion-MNIST M
 	$(RUN) -m experiment=sap_fmnist_mlp method=sap method.p=1.0 method.q=2.0 method.levels=20 \
 	  train.epochs=8 seed=$(shell echo $(SAP_SEEDS) | tr ' ' ',') progress=false \
 	  hydra.sweep.dir=$(RESULTS)/sap_fmnist_mlp/sap_1_2
+	$(REPORT) $(RESULTS)/sap_fmnist_mlp -o $(RESULTS)/sap_fmnist_mlp/report
 
 reproduce-sap: $(STAMP) ## the SAP paper's CIFAR-10 grid: CNN T=30, ResNet-18 T=15, 200-epoch rounds, 4 seeds (GPU, days)
 	$(RUN) -m experiment=sap_cifar10_cnn,sap_cifar10_resnet18 method=sap,lt,os seed=0,1,2,3 \
 	  progress=false hydra.sweep.dir=$(RESULTS)/sap_cifar10/main
 	$(RUN) -m experiment=sap_cifar10_cnn,sap_cifar10_resnet18 method=sap method.p=1.0 \
 	  method.q=2.0 seed=0,1,2,3 progress=false hydra.sweep.dir=$(RESULTS)/sap_cifar10/sap_1_2
+	$(REPORT) $(RESULTS)/sap_cifar10 -o $(RESULTS)/sap_cifar10/report
 
 reproduce-rd-smoke: $(STAMP) ## recall distortion: MP, GP, UP, RP on Fashion-MNIST LeNet-5, t=2..50, 5 seeds (CPU ~40 min)
 	for s in $(SEEDS); do \
@@ -77,6 +80,7 @@ reproduce-rd-smoke: $(STAMP) ## recall distortion: MP, GP, UP, RP on Fashion-MNI
 	    dense_from=$(RESULTS)/rd_lenet5_fmnist/dense-s$$s progress=false \
 	    hydra.sweep.dir=$(RESULTS)/rd_lenet5_fmnist/sweep-s$$s || exit 1; \
 	done
+	$(REPORT) $(RESULTS)/rd_lenet5_fmnist -o $(RESULTS)/rd_lenet5_fmnist/report
 
 reproduce-rd: $(STAMP) ## recall distortion: ResNet-20..110 on CIFAR-10, 4 methods x 5 ratios, 5 seeds (GPU, days)
 	for s in $(SEEDS); do for m in resnet20 resnet32 resnet44 resnet56 resnet110; do \
@@ -87,3 +91,38 @@ reproduce-rd: $(STAMP) ## recall distortion: ResNet-20..110 on CIFAR-10, 4 metho
 	    dense_from=$(RESULTS)/rd_cifar10/$$m-dense-s$$s progress=false \
 	    hydra.sweep.dir=$(RESULTS)/rd_cifar10/$$m-sweep-s$$s || exit 1; \
 	done; done
+	$(REPORT) $(RESULTS)/rd_cifar10 -o $(RESULTS)/rd_cifar10/report
+
+reproduce-flow-smoke: $(STAMP) ## early filter pruning: magnitude, loss preservation, GraSP on Fashion-MNIST LeNet-5, 3 seeds (CPU ~15 min)
+	$(RUN) -m dataset=fashion_mnist model=lenet5 method=filter \
+	  method.measure=magnitude,loss_preservation,grasp method.when=early method.rounds=4 \
+	  method.sparsity=0.6 method.score_temperature=5.0 train.epochs=12 train.batch_size=128 \
+	  train.lr=0.05 seed=0,1,2 progress=false hydra.sweep.dir=$(RESULTS)/flow_fmnist_lenet5
+	$(REPORT) $(RESULTS)/flow_fmnist_lenet5 -o $(RESULTS)/flow_fmnist_lenet5/report
+
+reproduce-flow: $(STAMP) ## early filter pruning on CIFAR-10: VGG-13, MobileNet-V1, ResNet-56 x 8 measures (GPU, days)
+	$(RUN) -m experiment=flow_vgg13_cifar,flow_mobilenet_v1_cifar,flow_resnet56_cifar \
+	  method.measure=magnitude,loss_preservation,biased_loss_preservation,grasp,gradient_norm,taylor,fisher,bn_gamma \
+	  seed=0,1,2 progress=false hydra.sweep.dir=$(RESULTS)/flow_cifar10
+	$(REPORT) $(RESULTS)/flow_cifar10 -o $(RESULTS)/flow_cifar10/report
+
+reproduce-grda-smoke: $(STAMP) ## gRDA on Fashion-MNIST MLP for mu = 0.51, 0.55, 0.6, 0.7 (CPU ~10 min)
+	$(RUN) -m dataset=fashion_mnist model=mlp method=grda method.c=0.005 \
+	  method.mu=0.51,0.55,0.6,0.7 train.epochs=20 train.lr=0.1 train.batch_size=128 \
+	  train.schedule=constant seed=0,1 progress=false hydra.sweep.dir=$(RESULTS)/grda_fmnist_mlp
+	$(REPORT) $(RESULTS)/grda_fmnist_mlp -o $(RESULTS)/grda_fmnist_mlp/report
+
+reproduce-grda: $(STAMP) ## gRDA: VGG-16 and WRN-28-10 on CIFAR-10 (GPU, days)
+	$(RUN) -m experiment=grda_vgg16_cifar10,grda_wrn28_10_cifar10 seed=0,1 progress=false \
+	  hydra.sweep.dir=$(RESULTS)/grda_cifar10
+	$(REPORT) $(RESULTS)/grda_cifar10 -o $(RESULTS)/grda_cifar10/report
+
+reproduce-dns-smoke: $(STAMP) ## DNS on Fashion-MNIST Caffe LeNet-5 with the paper's per-layer c_rate, 2 seeds (CPU ~15 min)
+	$(RUN) -m experiment=dns_lenet5_mnist dataset=fashion_mnist train.epochs=10 \
+	  train.retrain.epochs=10 seed=0,1 progress=false hydra.sweep.dir=$(RESULTS)/dns_fmnist_lenet5
+	$(REPORT) $(RESULTS)/dns_fmnist_lenet5 -o $(RESULTS)/dns_fmnist_lenet5/report
+
+reproduce-dns: $(STAMP) ## DNS on MNIST Caffe LeNet-5, the paper's setting (needs MNIST under data/; CPU hours)
+	$(RUN) -m experiment=dns_lenet5_mnist seed=0,1,2 progress=false \
+	  hydra.sweep.dir=$(RESULTS)/dns_mnist_lenet5
+	$(REPORT) $(RESULTS)/dns_mnist_lenet5 -o $(RESULTS)/dns_mnist_lenet5/report

@@ -151,6 +151,7 @@ class Experiment:
             self.elapsed_before = float(self.checkpoint.get("wall_time_s", 0.0))
             self.masks = Masks(self.checkpoint["masks"]).to(self.device)
             self.model.load_state_dict(self.checkpoint["model"])
+            self.method.load_state_dict(self.checkpoint.get("method", {}))
             console.print(
                 f"resuming {self.paths.root} at level {self.cursor.level}, "
                 f"epoch {self.cursor.epoch}"
@@ -408,6 +409,7 @@ class Experiment:
                 "callbacks": [cb.state_dict() for cb in callbacks],
                 "best_state": best_state,
                 "records": self.records.state_dict(),
+                "method": self.method.state_dict(),
                 "config_hash": self.hash,
                 "wall_time_s": self._elapsed(),
             },

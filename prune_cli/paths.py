@@ -13,6 +13,7 @@ Layout of a run directory::
     init.pt                the weights at initialisation (for rewinding)
     rewind.pt              the weights at the rewind epoch, when rewinding to an epoch
     levels/level_<k>/model.pt, mask.pt   the selected model and mask at the end of level k
+    final_model.pt, .pt2   a structured method's thinner network (pickled; torch.export)
     .hydra/                Hydra's copy of the config and overrides
 """
 
@@ -33,6 +34,8 @@ RESULT_FILES = (
     "checkpoint.pt",
     "init.pt",
     "rewind.pt",
+    "final_model.pt",
+    "final_model.pt2",
 )
 RESULT_DIRS = ("levels",)
 

@@ -150,15 +150,24 @@ def test_nan_loss_marks_the_run_failed(tmp_path):
     assert summary["status"] == "failed" and "loss became" in summary["reason"]
 
 
-def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+RESUME_CASES = {
+    # level 0 has 3 epochs: the 5th epoch is level 1's second; the 4th is its first, right
+    # after pruning (DNS keeps its dense weights in the method's state)
+    "magnitude": (["method.levels=2", "method.rewind=1ep"], 5),
+    "dns": (["method=dns", "method.c_rate=0.5"], 4),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch, case):
+    extra, crash_at = RESUME_CASES[case]
     overrides = [
         "model=mlp",
         "train.epochs=3",
         "train.retrain.epochs=2",
-        "method.levels=2",
-        "method.rewind=1ep",
         "progress=false",
         "seed=3",
+        *extra,
     ]
     cfg = run_config(overrides)
     reference = Experiment(cfg, tmp_path / "straight").run()
@@ -168,7 +177,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
 
     def crash_in_level_1(self, epoch, generator):
         calls["n"] += 1
-        if calls["n"] == 5:  # level 0 has 3 epochs: crash in level 1's second epoch
+        if calls["n"] == crash_at:
             raise KeyboardInterrupt
         return original(self, epoch, generator)
 

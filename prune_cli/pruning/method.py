@@ -16,6 +16,8 @@ hook                   used by
                        from the model selected at the end of level k - 1 (SAP, LT, one-shot)
 ``rewind``             where surviving weights restart after pruning (init, an epoch, none)
 ``enforce_masks``      False for methods whose masked weights must keep learning (DNS)
+``state_dict``         state a method keeps between hooks (DNS's dense weights and thresholds),
+                       saved with every checkpoint
 ``finalize``           after the last level: analyses of the trained model (pruning-limit
                        prediction, metric search) and structured removal of whole filters
                        (a physically thinner network saved beside the run)
@@ -111,6 +113,13 @@ class PruningMethod:
 
     def rewind(self) -> RewindPoint:
         return RewindPoint("none")
+
+    def state_dict(self) -> dict[str, Any]:
+        """State the method keeps between hooks (saved in every checkpoint, for resuming)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
 
     def finalize(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> dict[str, Any]:
         """After the last level; returns entries added to ``summary.json`` under ``method``."""

@@ -140,7 +140,7 @@ def study_plots(c: Collection, dataset: str, model: str, out: Path) -> list[str]
         pairs = sorted({(p, q) for p, q in zip(glob.p, glob.q, strict=True)})
         agg = glob.groupby(["label", "p", "q", "level"]).pqi.mean().reset_index()
         agg = agg.join(mean.groupby(["label", "level"]).remaining.mean(), on=["label", "level"])
-        for x, xlabel in (("level", "level"), ("remaining", "remaining weights %")):
+        for x, xlabel in (("level", "level"), ("remaining", "remaining weights % (log)")):
             name = f"pqi_{x}_{_slug(dataset, model)}.png"
 
             def draw_pqi(ax, i, x=x):
@@ -155,6 +155,7 @@ def study_plots(c: Collection, dataset: str, model: str, out: Path) -> list[str]
                         label=label,
                     )
                 if x == "remaining":
+                    ax.set_xscale("log")
                     ax.invert_xaxis()
                 ax.set_title(f"(p, q) = ({p}, {q})")
 

@@ -16,7 +16,8 @@ parameter name (the paper's LeNet-5: conv1 1, conv2 3, fc1 4, fc2 2.5).
 How it runs in the loop: the model holds W * T outside the optimizer step (evaluation and
 checkpoints see the pruned network); just before the step the callback puts the dense W back,
 so the step updates it with the gradient taken at W * T; after the step it keeps the new dense
-W, updates T, and writes W * T into the model again. The dense W travels in the checkpoint.
+W, updates T, and writes W * T into the model again. The dense W and the thresholds are the
+method's state (``state_dict``), saved with every checkpoint.
 """
 
 from __future__ import annotations
@@ -97,6 +98,16 @@ class DynamicNetworkSurgery(PruningMethod):
         self.dense = {k: p.detach().clone() for k, p in params.items()}
         return {k: surgery(p, masks[k], *self.bounds[k]) for k, p in params.items()}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "bounds": dict(self.bounds),
+            "dense": {k: v.detach().cpu() for k, v in self.dense.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bounds = dict(state.get("bounds", {}))
+        self.dense = dict(state.get("dense", {}))
+
     def callbacks(self, level: int, masks: Masks, ctx: PruneContext) -> list[Callback]:
         return [Surgery(self, masks, ctx.seed)] if level == 1 else []
 
@@ -127,7 +138,11 @@ class Surgery(Callback):
         self.seed = seed
 
     def _params(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        return self.method.prunable(model)
+        params = self.method.prunable(model)
+        for k, p in params.items():  # after a resume the dense copy comes from the CPU
+            if self.method.dense[k].device != p.device:
+                self.method.dense[k] = self.method.dense[k].to(p.device)
+        return params
 
     @torch.no_grad()
     def on_after_backward(self, step: int, model: nn.Module) -> None:
@@ -151,14 +166,3 @@ class Surgery(Callback):
             )
         for k, p in params.items():
             p.copy_(self.method.dense[k] * self.masks[k])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "bounds": dict(self.method.bounds),
-            "dense": {k: v.detach().cpu() for k, v in self.method.dense.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.method.bounds = dict(state["bounds"])
-        device = next(iter(self.masks.values())).device
-        self.method.dense = {k: v.to(device) for k, v in state["dense"].items()}
