@@ -23,8 +23,9 @@ class-balanced sample (``samples_per_class`` examples of each class), as GraSP p
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -45,9 +46,23 @@ NEEDS_GRAD = {"loss_preservation", "biased_loss_preservation", "taylor", "fisher
 NEEDS_HG = {"grasp", "gradient_norm"}
 
 
-def scoring_batches(
-    ctx: PruneContext, samples: int, batch_size_hint: int | None = None
-) -> list[Batch]:
+@contextlib.contextmanager
+def preserved(model: nn.Module, train: bool = False) -> Iterator[None]:
+    """Score in eval (or train) mode, then restore the mode and every buffer (BatchNorm running
+    statistics), so that scoring never changes the model."""
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    was_training = model.training
+    model.train(train)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        model.train(was_training)
+
+
+def scoring_batches(ctx: PruneContext, samples: int) -> list[Batch]:
     """Training batches holding at least ``samples`` examples."""
     batches, seen = [], 0
     for x, y in ctx.batches(10**9):
@@ -166,10 +181,7 @@ def derivatives(
     BatchNorm buffers are left as they were."""
     if measure not in NEEDS_GRAD | NEEDS_HG:
         return None, None
-    buffers = {k: b.clone() for k, b in model.named_buffers()}
-    was_training = model.training
-    model.eval()
-    try:
+    with preserved(model):
         if measure in NEEDS_HG:
             batches = (
                 class_balanced_batch(ctx, per_class)
@@ -179,11 +191,6 @@ def derivatives(
             temp = grasp_temperature if measure == "grasp" else temperature
             return hessian_gradient(model, params, batches, temp, ctx)
         return gradient(model, params, scoring_batches(ctx, samples), temperature, ctx), None
-    finally:
-        with torch.no_grad():
-            for k, b in model.named_buffers():
-                b.copy_(buffers[k])
-        model.train(was_training)
 
 
 def early_round_fraction(k: int, n: int, p: float) -> float:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from prune_cli.pruning.flow import gradient, preserved
 from prune_cli.registry import Registry
 
 if TYPE_CHECKING:
@@ -49,27 +50,11 @@ def mean_gradient(
     """g: the gradient of the mean cross-entropy, averaged over ``num_batches`` training batches.
 
     ``mode="eval"`` uses BatchNorm's running statistics (the model as it is evaluated);
-    ``mode="train"`` uses batch statistics, and the BatchNorm buffers are restored afterwards so
-    that scoring never changes the model. ``.grad`` of the parameters is left untouched.
+    ``mode="train"`` uses batch statistics. Mode and buffers are restored afterwards, so that
+    scoring never changes the model; ``.grad`` of the parameters is left untouched.
     """
-    buffers = {k: b.clone() for k, b in model.named_buffers()}
-    was_training = model.training
-    model.train(mode == "train")
-    names = list(params)
-    total = [torch.zeros_like(params[k]) for k in names]
-    seen = 0
-    for x, y in ctx.batches(num_batches):
-        loss = ctx.loss_fn(model(x), y)
-        grads = torch.autograd.grad(loss, [params[k] for k in names])
-        torch._foreach_add_(total, grads)
-        seen += 1
-    if seen == 0:
-        raise ValueError("no training batches for the gradient")
-    with torch.no_grad():
-        for k, b in model.named_buffers():
-            b.copy_(buffers[k])
-    model.train(was_training)
-    return {k: t / seen for k, t in zip(names, total, strict=True)}
+    with preserved(model, train=mode == "train"):
+        return gradient(model, params, list(ctx.batches(num_batches)), 1.0, ctx)
 
 
 def gradient_score(
