@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -191,6 +192,32 @@ def derivatives(
             temp = grasp_temperature if measure == "grasp" else temperature
             return hessian_gradient(model, params, batches, temp, ctx)
         return gradient(model, params, scoring_batches(ctx, samples), temperature, ctx), None
+
+
+class MeasureSettings(Protocol):
+    """The settings a method that scores by a measure carries (``filter`` and ``flow``)."""
+
+    measure: str
+    samples: int
+    score_temperature: float
+    grasp_temperature: float
+    samples_per_class: int
+
+
+def derivatives_for(
+    cfg: MeasureSettings, model: nn.Module, params: Mapping[str, Tensor], ctx: PruneContext
+) -> tuple[dict | None, dict | None]:
+    """``derivatives`` with a method's measure settings."""
+    return derivatives(
+        cfg.measure,
+        model,
+        params,
+        ctx,
+        cfg.samples,
+        cfg.score_temperature,
+        cfg.grasp_temperature,
+        cfg.samples_per_class,
+    )
 
 
 def early_round_fraction(k: int, n: int, p: float) -> float:

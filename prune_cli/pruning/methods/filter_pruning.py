@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from prune_cli.callbacks import Callback
 from prune_cli.errors import ConfigError
-from prune_cli.pruning.flow import MEASURES, derivatives, early_round_fraction, filter_score
+from prune_cli.pruning.flow import MEASURES, derivatives_for, early_round_fraction, filter_score
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod
 from prune_cli.pruning.structured import FilterGroups, latency_ms, macs_and_params
@@ -117,16 +117,7 @@ class FilterPruning(PruningMethod):
                 raise ConfigError(f"measure bn_gamma needs BatchNorm after {', '.join(missing)}")
             return {u.root: sum(params[b].detach().abs() for b in u.bn) for u in groups.units}
         names = groups.weight_names()
-        g, hg = derivatives(
-            c.measure,
-            model,
-            {k: params[k] for k in names},
-            ctx,
-            c.samples,
-            c.score_temperature,
-            c.grasp_temperature,
-            c.samples_per_class,
-        )
+        g, hg = derivatives_for(c, model, {k: params[k] for k in names}, ctx)
         return {
             u.root: sum(
                 filter_score(

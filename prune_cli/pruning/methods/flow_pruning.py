@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from prune_cli.errors import ConfigError
-from prune_cli.pruning.flow import MEASURES, derivatives, unstructured_score
+from prune_cli.pruning.flow import MEASURES, derivatives_for, unstructured_score
 from prune_cli.pruning.level import LevelConfig, LevelPruning
 from prune_cli.pruning.method import METHODS, PruneContext
 
@@ -45,16 +45,7 @@ class FlowPruning(LevelPruning):
         self, model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
     ) -> dict[str, Tensor]:
         c = self.cfg
-        g, hg = derivatives(
-            c.measure,
-            model,
-            params,
-            ctx,
-            c.samples,
-            c.score_temperature,
-            c.grasp_temperature,
-            c.samples_per_class,
-        )
+        g, hg = derivatives_for(c, model, params, ctx)
         return {
             k: unstructured_score(
                 c.measure, p, None if g is None else g[k], None if hg is None else hg[k]
