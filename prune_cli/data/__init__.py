@@ -1,0 +1,59 @@
+"""Dataset registry and the dataset settings.
+
+``build_dataset(cfg, device)`` is the one factory. Datasets that fit in memory (digits, the MNIST
+family, CIFAR) are held as tensors on the training device and augmented there in batches;
+ImageNet streams through a DataLoader with workers. Both offer the same ``batches`` interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from omegaconf import MISSING
+
+from prune_cli.errors import ConfigError
+from prune_cli.registry import Registry, import_submodules
+from prune_cli.spec import ImageData
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    #: where the files are (or are downloaded to)
+    root: str = "data"
+    #: download when the files are missing and a network is there
+    download: bool = False
+    #: validation split carved from the training set: a fraction (< 1) or a count (>= 1)
+    val_size: float = 0.1
+    #: test split for datasets without one (digits): a fraction of all examples
+    test_size: float = 0.2
+    #: seed of the train/val (and digits' test) split; fixed across runs so methods compare fairly
+    split_seed: int = 0
+    #: standard augmentation of the dataset (CIFAR: padded crop and flip) on training batches
+    augment: bool = True
+    #: keep only this many training examples (quick runs); null keeps all
+    limit_train: int | None = None
+    #: ImageNet only: training and evaluation crop size, and DataLoader workers
+    image_size: int = 224
+    num_workers: int = 8
+
+    def __post_init__(self) -> None:
+        if self.val_size < 0:
+            raise ConfigError(f"dataset.val_size must be >= 0, got {self.val_size}")
+        if not 0.0 < self.test_size < 1.0:
+            raise ConfigError(f"dataset.test_size must be in (0, 1), got {self.test_size}")
+        if self.limit_train is not None and self.limit_train < 1:
+            raise ConfigError(f"dataset.limit_train must be >= 1, got {self.limit_train}")
+
+
+DatasetBuilder = Callable[[DatasetConfig, torch.device], ImageData]
+DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+
+
+def build_dataset(cfg: DatasetConfig, device: torch.device) -> ImageData:
+    return DATASETS.get(cfg.name)(cfg, device)
+
+
+import_submodules(__name__)
