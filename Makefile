@@ -46,38 +46,34 @@ clean: ## remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
 
 # ---- reproduction of the seed papers -------------------------------------------------------
-# `-smoke` targets: scaled-down grids on Fashion-MNIST (installed by `apt-get install
-# dataset-fashion-mnist`) on the CPU. The full targets run the papers' grids: GPU jobs that need
-# the datasets under data/ (CIFAR downloads with dataset.download=true where there is a network).
+# Each grid is a sweep preset in conf/sweep/ (`prune-run -m sweep=NAME`); each target runs it
+# and writes its report. `-smoke` targets: scaled-down grids on Fashion-MNIST (from
+# `apt-get install dataset-fashion-mnist`) on the CPU. The others run the papers' grids: GPU jobs
+# that need the datasets under data/ (dataset.download=true fetches CIFAR where there is a
+# network; ImageNet must be put there by hand).
 RUN := $(VENV)/bin/prune-run
 REPORT := $(VENV)/bin/prune-report
 RESULTS ?= outputs/results
 SEEDS ?= 0 1 2 3 4
-SAP_SEEDS ?= 0 1
+SWEEP = $(RUN) -m progress=false
 
-reproduce-sap-smoke: $(STAMP) ## SAP(0.5,1), SAP(1,2), LT, OS on Fashion-MNIST MLP, T=20, 8-epoch rounds (CPU ~40 min)
-	$(RUN) -m experiment=sap_fmnist_mlp method=sap,lt,os method.levels=20 train.epochs=8 \
-	  seed=$(shell echo $(SAP_SEEDS) | tr ' ' ',') progress=false \
-	  hydra.sweep.dir=$(RESULTS)/sap_fmnist_mlp/main
-	$(RUN) -m experiment=sap_fmnist_mlp method=sap method.p=1.0 method.q=2.0 method.levels=20 \
-	  train.epochs=8 seed=$(shell echo $(SAP_SEEDS) | tr ' ' ',') progress=false \
-	  hydra.sweep.dir=$(RESULTS)/sap_fmnist_mlp/sap_1_2
+reproduce-sap-smoke: $(STAMP) ## SAP(0.5,1), SAP(1,2), LT, OS on Fashion-MNIST MLP, T=20, 8-epoch rounds, 2 seeds (CPU ~40 min)
+	$(SWEEP) sweep=sap_fmnist_mlp_smoke hydra.sweep.dir=$(RESULTS)/sap_fmnist_mlp/main
+	$(SWEEP) sweep=sap12_fmnist_mlp_smoke hydra.sweep.dir=$(RESULTS)/sap_fmnist_mlp/sap_1_2
 	$(REPORT) $(RESULTS)/sap_fmnist_mlp -o $(RESULTS)/sap_fmnist_mlp/report
 
 reproduce-sap: $(STAMP) ## the SAP paper's CIFAR-10 grid: CNN T=30, ResNet-18 T=15, 200-epoch rounds, 4 seeds (GPU, days)
-	$(RUN) -m experiment=sap_cifar10_cnn,sap_cifar10_resnet18 method=sap,lt,os seed=0,1,2,3 \
-	  progress=false hydra.sweep.dir=$(RESULTS)/sap_cifar10/main
-	$(RUN) -m experiment=sap_cifar10_cnn,sap_cifar10_resnet18 method=sap method.p=1.0 \
-	  method.q=2.0 seed=0,1,2,3 progress=false hydra.sweep.dir=$(RESULTS)/sap_cifar10/sap_1_2
+	$(SWEEP) sweep=sap_cifar10 hydra.sweep.dir=$(RESULTS)/sap_cifar10/main
+	$(SWEEP) sweep=sap_cifar10 method=sap method.p=1.0 method.q=2.0 \
+	  hydra.sweep.dir=$(RESULTS)/sap_cifar10/sap_1_2
 	$(REPORT) $(RESULTS)/sap_cifar10 -o $(RESULTS)/sap_cifar10/report
 
 reproduce-rd-smoke: $(STAMP) ## recall distortion: MP, GP, UP, RP on Fashion-MNIST LeNet-5, t=2..50, 5 seeds (CPU ~40 min)
 	for s in $(SEEDS); do \
 	  $(RUN) experiment=rd_lenet5_fmnist method=magnitude method.levels=0 train.epochs=10 \
 	    seed=$$s progress=false hydra.run.dir=$(RESULTS)/rd_lenet5_fmnist/dense-s$$s || exit 1; \
-	  $(RUN) -m experiment=rd_lenet5_fmnist method=magnitude,gradient,undecayed,random \
-	    method.ratio=2,4,10,20,50 train.epochs=10 train.retrain.epochs=3 seed=$$s \
-	    dense_from=$(RESULTS)/rd_lenet5_fmnist/dense-s$$s progress=false \
+	  $(SWEEP) sweep=rd_lenet5_fmnist_smoke seed=$$s \
+	    dense_from=$(RESULTS)/rd_lenet5_fmnist/dense-s$$s \
 	    hydra.sweep.dir=$(RESULTS)/rd_lenet5_fmnist/sweep-s$$s || exit 1; \
 	done
 	$(REPORT) $(RESULTS)/rd_lenet5_fmnist -o $(RESULTS)/rd_lenet5_fmnist/report
@@ -86,43 +82,31 @@ reproduce-rd: $(STAMP) ## recall distortion: ResNet-20..110 on CIFAR-10, 4 metho
 	for s in $(SEEDS); do for m in resnet20 resnet32 resnet44 resnet56 resnet110; do \
 	  $(RUN) experiment=rd_resnet_cifar10 model=$$m method=magnitude method.levels=0 seed=$$s \
 	    progress=false hydra.run.dir=$(RESULTS)/rd_cifar10/$$m-dense-s$$s || exit 1; \
-	  $(RUN) -m experiment=rd_resnet_cifar10 model=$$m \
-	    method=magnitude,gradient,undecayed,random method.ratio=2,4,10,20,50 seed=$$s \
-	    dense_from=$(RESULTS)/rd_cifar10/$$m-dense-s$$s progress=false \
+	  $(SWEEP) sweep=rd_cifar10 model=$$m seed=$$s dense_from=$(RESULTS)/rd_cifar10/$$m-dense-s$$s \
 	    hydra.sweep.dir=$(RESULTS)/rd_cifar10/$$m-sweep-s$$s || exit 1; \
 	done; done
 	$(REPORT) $(RESULTS)/rd_cifar10 -o $(RESULTS)/rd_cifar10/report
 
 reproduce-flow-smoke: $(STAMP) ## early filter pruning: magnitude, loss preservation, GraSP on Fashion-MNIST LeNet-5, 3 seeds (CPU ~15 min)
-	$(RUN) -m dataset=fashion_mnist model=lenet5 method=filter \
-	  method.measure=magnitude,loss_preservation,grasp method.when=early method.rounds=4 \
-	  method.sparsity=0.6 method.score_temperature=5.0 train.epochs=12 train.batch_size=128 \
-	  train.lr=0.05 seed=0,1,2 progress=false hydra.sweep.dir=$(RESULTS)/flow_fmnist_lenet5
+	$(SWEEP) sweep=flow_fmnist_lenet5_smoke hydra.sweep.dir=$(RESULTS)/flow_fmnist_lenet5
 	$(REPORT) $(RESULTS)/flow_fmnist_lenet5 -o $(RESULTS)/flow_fmnist_lenet5/report
 
-reproduce-flow: $(STAMP) ## early filter pruning on CIFAR-10: VGG-13, MobileNet-V1, ResNet-56 x 8 measures (GPU, days)
-	$(RUN) -m experiment=flow_vgg13_cifar,flow_mobilenet_v1_cifar,flow_resnet56_cifar \
-	  method.measure=magnitude,loss_preservation,biased_loss_preservation,grasp,gradient_norm,taylor,fisher,bn_gamma \
-	  seed=0,1,2 progress=false hydra.sweep.dir=$(RESULTS)/flow_cifar10
+reproduce-flow: $(STAMP) ## early filter pruning on CIFAR-10: VGG-13, MobileNet-V1, ResNet-56 x 8 measures, 3 seeds (GPU, days)
+	$(SWEEP) sweep=flow_cifar10 hydra.sweep.dir=$(RESULTS)/flow_cifar10
 	$(REPORT) $(RESULTS)/flow_cifar10 -o $(RESULTS)/flow_cifar10/report
 
-reproduce-grda-smoke: $(STAMP) ## gRDA on Fashion-MNIST MLP for mu = 0.51, 0.55, 0.6, 0.7 (CPU ~10 min)
-	$(RUN) -m dataset=fashion_mnist model=mlp method=grda method.c=0.005 \
-	  method.mu=0.51,0.55,0.6,0.7 train.epochs=20 train.lr=0.1 train.batch_size=128 \
-	  train.schedule=constant seed=0,1 progress=false hydra.sweep.dir=$(RESULTS)/grda_fmnist_mlp
+reproduce-grda-smoke: $(STAMP) ## gRDA on Fashion-MNIST MLP for mu = 0.51, 0.55, 0.6, 0.7, 2 seeds (CPU ~10 min)
+	$(SWEEP) sweep=grda_fmnist_mlp_smoke hydra.sweep.dir=$(RESULTS)/grda_fmnist_mlp
 	$(REPORT) $(RESULTS)/grda_fmnist_mlp -o $(RESULTS)/grda_fmnist_mlp/report
 
-reproduce-grda: $(STAMP) ## gRDA: VGG-16 and WRN-28-10 on CIFAR-10 (GPU, days)
-	$(RUN) -m experiment=grda_vgg16_cifar10,grda_wrn28_10_cifar10 seed=0,1 progress=false \
-	  hydra.sweep.dir=$(RESULTS)/grda_cifar10
+reproduce-grda: $(STAMP) ## gRDA: VGG-16 and WRN-28-10 on CIFAR-10, 2 seeds (GPU, days)
+	$(SWEEP) sweep=grda_cifar10 hydra.sweep.dir=$(RESULTS)/grda_cifar10
 	$(REPORT) $(RESULTS)/grda_cifar10 -o $(RESULTS)/grda_cifar10/report
 
 reproduce-dns-smoke: $(STAMP) ## DNS on Fashion-MNIST Caffe LeNet-5 with the paper's per-layer c_rate, 2 seeds (CPU ~15 min)
-	$(RUN) -m experiment=dns_lenet5_mnist dataset=fashion_mnist train.epochs=10 \
-	  train.retrain.epochs=10 seed=0,1 progress=false hydra.sweep.dir=$(RESULTS)/dns_fmnist_lenet5
+	$(SWEEP) sweep=dns_fmnist_lenet5_smoke hydra.sweep.dir=$(RESULTS)/dns_fmnist_lenet5
 	$(REPORT) $(RESULTS)/dns_fmnist_lenet5 -o $(RESULTS)/dns_fmnist_lenet5/report
 
-reproduce-dns: $(STAMP) ## DNS on MNIST Caffe LeNet-5, the paper's setting (needs MNIST under data/; CPU hours)
-	$(RUN) -m experiment=dns_lenet5_mnist seed=0,1,2 progress=false \
-	  hydra.sweep.dir=$(RESULTS)/dns_mnist_lenet5
+reproduce-dns: $(STAMP) ## DNS on MNIST Caffe LeNet-5, the paper's setting, 3 seeds (needs MNIST under data/; CPU hours)
+	$(SWEEP) sweep=dns_mnist_lenet5 hydra.sweep.dir=$(RESULTS)/dns_mnist_lenet5
 	$(REPORT) $(RESULTS)/dns_mnist_lenet5 -o $(RESULTS)/dns_mnist_lenet5/report

@@ -20,7 +20,7 @@ from prune_cli.errors import RunFailed, UserError
 
 #: the config tree: ``conf/`` beside the package (the repository), or $PRUNE_RUN_CONF
 CONF_DIR = Path(os.environ.get("PRUNE_RUN_CONF", Path(__file__).resolve().parent.parent / "conf"))
-CHOICE_GROUPS = ("model", "dataset", "method", "train", "experiment")
+CHOICE_GROUPS = ("model", "dataset", "method", "train", "experiment", "sweep")
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 from conftest import compose_config, run_config
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from prune_cli.cli import check_choices, group_options
+from prune_cli.cli import CONF_DIR, check_choices, group_options
 from prune_cli.config import config_hash
 from prune_cli.errors import ConfigError, UserError
 from prune_cli.pruning.method import METHODS
@@ -91,3 +92,18 @@ def test_config_hash_is_stable_and_ignores_display_settings():
     assert base == config_hash(compose_config(["progress=false", "overwrite=true", "device=cpu"]))
     assert base != config_hash(compose_config(["method.sparsity=0.8"]))
     assert base == config_hash(run_config())
+
+
+@pytest.mark.parametrize("preset", group_options("sweep"))
+def test_every_sweep_preset_names_valid_options(preset):
+    """Each preset's grid composes: every combination of its first values is a valid run."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"sweep={preset}"], return_hydra_config=True)
+    params = dict(cfg.hydra.sweeper.params)
+    assert params, preset
+    overrides = [f"{k}={str(v).split(',')[0]}" for k, v in params.items()]
+    for key, value in params.items():
+        for option in str(value).split(","):
+            if key in ("experiment", "method", "model", "dataset"):
+                assert option in group_options(key), (preset, key, option)
+    run_config([*overrides, f"sweep={preset}"])
