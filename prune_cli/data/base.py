@@ -17,9 +17,10 @@ from torch import Tensor
 
 from prune_cli.spec import Batch, DataSpec, ImageData
 
+
 def split_indices(n: int, holdout: float, seed: int) -> tuple[Tensor, Tensor]:
     """Seeded (keep, holdout) index split; ``holdout`` is a fraction (< 1) or a count (>= 1)."""
-    count = int(round(holdout * n)) if holdout < 1 else int(holdout)
+    count = round(holdout * n) if holdout < 1 else int(holdout)
     if count >= n:
         raise ValueError(f"cannot hold out {count} of {n} examples")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -80,14 +81,20 @@ class InMemoryData(ImageData):
         return x.contiguous()
 
     def batches(
-        self, split: str, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment: bool = False,
         generator: torch.Generator | None = None,
     ) -> Iterator[Batch]:
         x_all, y_all = self._x[split], self._y[split]
         n = y_all.numel()
         order = (
             torch.randperm(n, generator=generator).to(self.device)
-            if shuffle else torch.arange(n, device=self.device)
+            if shuffle
+            else torch.arange(n, device=self.device)
         )
         for b in range(self.num_batches(split, batch_size)):
             idx = order[b * batch_size : (b + 1) * batch_size]
@@ -98,7 +105,10 @@ class InMemoryData(ImageData):
 
 
 def carve_splits(
-    train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], cfg_val_size: float, seed: int,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    cfg_val_size: float,
+    seed: int,
     limit_train: int | None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """Train/val/test from a train and a test set: val is a seeded part of the training set."""

@@ -22,10 +22,24 @@ MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409
 STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
 LAYOUT = {
     # name: (folder, train files, test files, label key, meta file, class-name key, tv class)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                b"labels", "batches.meta", b"label_names", "CIFAR10"),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", "meta",
-                 b"fine_label_names", "CIFAR100"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        b"labels",
+        "batches.meta",
+        b"label_names",
+        "CIFAR10",
+    ),
+    "cifar100": (
+        "cifar-100-python",
+        ["train"],
+        ["test"],
+        b"fine_labels",
+        "meta",
+        b"fine_label_names",
+        "CIFAR100",
+    ),
 }
 
 
@@ -73,8 +87,16 @@ def _load(name: str, cfg: DatasetConfig, device: torch.device) -> InMemoryData:
         class_names = [str(i) for i in range(num_classes)]
     splits = carve_splits(train, test, cfg.val_size, cfg.split_seed, cfg.limit_train)
     aug = cfg.augment
-    return InMemoryData(splits, DataSpec(3, num_classes, 32), class_names, MEAN[name], STD[name],
-                        device, crop_padding=4 if aug else 0, flip=aug)
+    return InMemoryData(
+        splits,
+        DataSpec(3, num_classes, 32),
+        class_names,
+        MEAN[name],
+        STD[name],
+        device,
+        crop_padding=4 if aug else 0,
+        flip=aug,
+    )
 
 
 @DATASETS.register("cifar10")

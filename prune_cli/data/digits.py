@@ -21,9 +21,11 @@ def digits(cfg: DatasetConfig, device: torch.device) -> InMemoryData:
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0,1]
     y = torch.tensor(bunch.target, dtype=torch.long)
     rest, test = split_indices(len(y), cfg.test_size, cfg.split_seed)
-    splits = carve_splits((x[rest], y[rest]), (x[test], y[test]), cfg.val_size,
-                          cfg.split_seed + 1, cfg.limit_train)
+    splits = carve_splits(
+        (x[rest], y[rest]), (x[test], y[test]), cfg.val_size, cfg.split_seed + 1, cfg.limit_train
+    )
     mean = float(x[rest].mean())
     std = float(x[rest].std())
-    return InMemoryData(splits, DataSpec(1, 10, 8), [str(i) for i in range(10)],
-                        (mean,), (std,), device)
+    return InMemoryData(
+        splits, DataSpec(1, 10, 8), [str(i) for i in range(10)], (mean,), (std,), device
+    )

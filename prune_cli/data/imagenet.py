@@ -30,14 +30,22 @@ class StreamingImageData(ImageData):
 
         size = cfg.image_size
         normalize = transforms.Normalize(MEAN, STD)
-        train_tf = transforms.Compose([
-            transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(), normalize,
-        ])
-        eval_tf = transforms.Compose([
-            transforms.Resize(int(round(size * 8 / 7))), transforms.CenterCrop(size),
-            transforms.ToTensor(), normalize,
-        ])
+        train_tf = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(size),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
+        eval_tf = transforms.Compose(
+            [
+                transforms.Resize(round(size * 8 / 7)),
+                transforms.CenterCrop(size),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
         train_aug = datasets.ImageFolder(str(base / "train"), train_tf if cfg.augment else eval_tf)
         train_eval = datasets.ImageFolder(str(base / "train"), eval_tf)
         test = datasets.ImageFolder(str(base / "val"), eval_tf)
@@ -62,13 +70,22 @@ class StreamingImageData(ImageData):
         return len(self._sets[split])
 
     def batches(
-        self, split: str, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment: bool = False,
         generator: torch.Generator | None = None,
     ) -> Iterator[Batch]:
         dataset = self._sets[split if augment or split != "train" else "train_eval"]
         loader = DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
             drop_last=split == "train" and len(dataset) % batch_size == 1,
             persistent_workers=False,
         )

@@ -26,8 +26,18 @@ FILES = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -57,8 +67,15 @@ def _find(dirs: list[Path]) -> dict[str, Path] | None:
     return None
 
 
-def _load(name: str, folder: str, cfg: DatasetConfig, device: torch.device,
-          class_names: list[str], extra_dirs: list[Path], hint: str) -> InMemoryData:
+def _load(
+    name: str,
+    folder: str,
+    cfg: DatasetConfig,
+    device: torch.device,
+    class_names: list[str],
+    extra_dirs: list[Path],
+    hint: str,
+) -> InMemoryData:
     root = Path(cfg.root)
     dirs = [root / folder / "raw", root / name, *extra_dirs]
     files = _find(dirs)
@@ -74,27 +91,40 @@ def _load(name: str, folder: str, cfg: DatasetConfig, device: torch.device,
             ) from exc
         files = _find(dirs)
     if files is None:
-        raise DatasetNotFound(
-            f"{name}: idx files not found in {', '.join(map(str, dirs))}; {hint}"
-        )
+        raise DatasetNotFound(f"{name}: idx files not found in {', '.join(map(str, dirs))}; {hint}")
     arrays = {k: torch.from_numpy(read_idx(p).copy()) for k, p in files.items()}
     train = (arrays["train_x"].unsqueeze(1), arrays["train_y"].long())
     test = (arrays["test_x"].unsqueeze(1), arrays["test_y"].long())
     splits = carve_splits(train, test, cfg.val_size, cfg.split_seed, cfg.limit_train)
     x = splits["train"][0].float() / 255.0
     size = int(train[0].shape[-1])
-    return InMemoryData(splits, DataSpec(1, 10, size), class_names,
-                        (float(x.mean()),), (float(x.std()),), device)
+    return InMemoryData(
+        splits, DataSpec(1, 10, size), class_names, (float(x.mean()),), (float(x.std()),), device
+    )
 
 
 @DATASETS.register("mnist")
 def mnist(cfg: DatasetConfig, device: torch.device) -> InMemoryData:
-    return _load("mnist", "MNIST", cfg, device, [str(i) for i in range(10)], [],
-                 "put the four idx files there or pass dataset.download=true with a network")
+    return _load(
+        "mnist",
+        "MNIST",
+        cfg,
+        device,
+        [str(i) for i in range(10)],
+        [],
+        "put the four idx files there or pass dataset.download=true with a network",
+    )
 
 
 @DATASETS.register("fashion_mnist")
 def fashion_mnist(cfg: DatasetConfig, device: torch.device) -> InMemoryData:
-    return _load("fashion_mnist", "FashionMNIST", cfg, device, FASHION_CLASSES, [DEBIAN_FASHION],
-                 "install it with 'apt-get install dataset-fashion-mnist' or pass "
-                 "dataset.download=true with a network")
+    return _load(
+        "fashion_mnist",
+        "FashionMNIST",
+        cfg,
+        device,
+        FASHION_CLASSES,
+        [DEBIAN_FASHION],
+        "install it with 'apt-get install dataset-fashion-mnist' or pass "
+        "dataset.download=true with a network",
+    )
