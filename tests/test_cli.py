@@ -155,6 +155,18 @@ RESUME_CASES = {
     # after pruning (DNS keeps its dense weights in the method's state)
     "magnitude": (["method.levels=2", "method.rewind=1ep"], 5),
     "dns": (["method=dns", "method.c_rate=0.5"], 4),
+    # filter pruning rounds after epochs 1 and 2; the crash comes in epoch 3, after a resume the
+    # pruned channels' biases must stay at zero
+    "filter": (
+        [
+            "method=filter",
+            "method.rounds=2",
+            "method.samples=64",
+            "method.latency_repeats=1",
+            "method.latency_batch=4",
+        ],
+        3,
+    ),
 }
 
 

@@ -92,16 +92,28 @@ class FilterGroups:
     def weight_names(self) -> list[str]:
         return sorted({w for u in self.units for w in u.weights})
 
+    def channel_factors(self, keep: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """(tensors, 0/1 factors) that zero every producer of the masked channels, for one
+        fused multiply (``torch._foreach_mul_``) per step."""
+        params = dict(self.model.named_parameters())
+        tensors, factors = [], []
+        for unit in self.units:
+            kept = keep[unit.root]
+            if bool(kept.all()):
+                continue
+            for name in unit.weights + unit.vectors:
+                p = params[name]
+                shape = (-1,) + (1,) * (p.dim() - 1)  # channels are the first dimension
+                tensors.append(p.data)
+                factors.append(kept.to(device=p.device, dtype=p.dtype).view(shape))
+        return tensors, factors
+
     @torch.no_grad()
     def zero_channels(self, keep: dict[str, Tensor]) -> None:
         """Zero all producers of the masked channels; ``keep[root]`` is a bool (channels,)."""
-        params = dict(self.model.named_parameters())
-        for unit in self.units:
-            dropped = ~keep[unit.root].to(next(iter(params.values())).device)
-            if not dropped.any():
-                continue
-            for name in unit.weights + unit.vectors:
-                params[name][dropped] = 0
+        tensors, factors = self.channel_factors(keep)
+        if tensors:
+            torch._foreach_mul_(tensors, factors)
 
     def thin(self, keep: dict[str, Tensor], example: Tensor) -> nn.Module:
         """A copy of the model with the masked channels physically removed."""

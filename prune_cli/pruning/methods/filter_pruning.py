@@ -228,6 +228,8 @@ class ChannelSchedule(Callback):
         self.ctx = ctx
         self.level = level
         self.init_done = False
+        self.version = -1  # masks version the cached factors belong to
+        self.factors: tuple[list[Tensor], list[Tensor]] | None = None
 
     def _prune(self, model: nn.Module, fraction: float) -> None:
         self.masks.update(self.method.prune_fraction(model, self.masks, self.ctx, fraction))
@@ -241,9 +243,15 @@ class ChannelSchedule(Callback):
             self.init_done = True
 
     def on_step_end(self, step: int, model: nn.Module) -> None:
-        groups = self.method.groups
-        if groups is not None and self.masks.sparsity() > 0:
-            groups.zero_channels(self.method.keep_from(self.masks, groups))
+        if self.version != self.masks.version:  # the masks changed (or the run resumed)
+            self.version = self.masks.version
+            self.factors = None
+            if self.masks.sparsity() > 0:  # (the graph is traced with autograd: no no_grad)
+                groups = self.method.units(model, self.ctx)
+                self.factors = groups.channel_factors(self.method.keep_from(self.masks, groups))
+        if self.factors is not None and self.factors[0]:
+            with torch.no_grad():  # BatchNorm and biases of pruned channels stay at zero
+                torch._foreach_mul_(*self.factors)
 
     def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
         cfg = self.method.cfg
