@@ -10,6 +10,7 @@ by (seed, level, epoch).
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import platform
@@ -64,6 +65,7 @@ class Experiment:
         self.cfg = cfg
         self.paths = RunPaths(run_dir)
         self.hash = config_hash(cfg)
+        self.config_container = OmegaConf.to_container(OmegaConf.structured(cfg))
         self.started = time.time()
         self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
 
@@ -237,7 +239,7 @@ class Experiment:
                 "and init.pt); run it first, or point dense_from at a run directory"
             )
         theirs = load_torch(source.level_model(0))["config"]
-        ours = OmegaConf.to_container(OmegaConf.structured(self.cfg))
+        ours = copy.deepcopy(self.config_container)
         for part in (theirs, ours):
             part["train"].pop("retrain", None)
         differ = [k for k in ("model", "dataset", "train", "seed") if theirs[k] != ours[k]]
@@ -343,7 +345,7 @@ class Experiment:
             {
                 "model": self.model.state_dict(),
                 "mask": self.masks.state_dict(),
-                "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
+                "config": self.config_container,
                 "level": level,
             },
             self.paths.level_model(level),
@@ -411,6 +413,7 @@ class Experiment:
                 "records": self.records.state_dict(),
                 "method": self.method.state_dict(),
                 "config_hash": self.hash,
+                "config": self.config_container,
                 "wall_time_s": self._elapsed(),
             },
             self.paths.checkpoint,

@@ -199,6 +199,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     crashed = RunPaths(tmp_path / "crashed")
     assert json.loads(crashed.summary.read_text())["status"] == "failed"
     assert crashed.checkpoint.exists()
+    checkpoint = torch.load(crashed.checkpoint, weights_only=False)
+    assert checkpoint["config"]["method"]["name"] == cfg.method.name  # checkpoints carry config
     monkeypatch.setattr(Trainer, "train_epoch", original)
     resumed = Experiment(run_config(overrides), tmp_path / "crashed").run()
 
