@@ -24,6 +24,11 @@ from prune_cli.reporting.stats import (
 )
 
 KEYS = ["dataset", "model", "label", "target", "level"]
+TEST_NOTES = {
+    "alpha_consecutive_tests": "One-sided paired t-tests over seeds, "
+    "H1: alpha(t_to) > alpha(t_from).",
+    "alpha_method_tests": "Two-sided paired t-tests over seeds; t > 0: method_b's alpha is larger.",
+}
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -280,7 +285,14 @@ def write_report(c: Collection, out: Path) -> Path:
         ):
             if not frame.empty:
                 frame.to_csv(out / f"{name}.csv", index=False)
-                lines += [f"### {name.replace('_', ' ')}", "", markdown_plain(frame), ""]
+                lines += [
+                    f"### {name.replace('_', ' ')}",
+                    "",
+                    TEST_NOTES[name],
+                    "",
+                    markdown_plain(frame),
+                    "",
+                ]
     index = out / "index.md"
     save_text("\n".join(lines), index)
     return index
