@@ -4,7 +4,8 @@ ICLR 2021; METHODS.md section 6).
 Filters are ranked globally across layers by a measure of ``prune_cli.pruning.flow`` (summed over
 the coupled layers of a unit), the lowest pruned first; each unit keeps at least
 floor(``min_keep`` * channels) + 1 filters, and the first convolution and the classifier are
-never pruned. When:
+never pruned (so in a CIFAR ResNet, whose residual streams are coupled to the first convolution
+through the shortcuts, the units are the inner convolution of each block). When:
 
 - ``early`` (the paper's schedule): after each of the first ``rounds`` (n) epochs, prune
   p_k = p / (k p + n (1 - p)) of the remaining filters, k = 1..n, so that ``sparsity`` p of the
