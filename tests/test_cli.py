@@ -122,6 +122,18 @@ def test_a_run_writes_every_result_file(tmp_path):
     assert not paths.level_dir(2).exists()
 
 
+def test_bare_prune_run_is_the_demonstration(tmp_path):
+    """README's first command: dense training, at least two pruning levels, fine-tuning."""
+    run = tmp_path / "demo"
+    result = run_cli([f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(RunPaths(run).summary.read_text())
+    assert (summary["dataset"], summary["status"]) == ("digits", "completed")
+    levels = summary["levels"]
+    assert len(levels) >= 3 and levels[-1]["sparsity"] > levels[1]["sparsity"] > 0
+    assert levels[0]["test_accuracy"] > 0.9 and levels[-1]["test_accuracy"] > 0.9
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
