@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from prune_cli.config import register_configs, to_run_config
@@ -20,6 +21,8 @@ from prune_cli.errors import RunFailed, UserError
 
 #: the config tree: ``conf/`` beside the package (the repository), or $PRUNE_RUN_CONF
 CONF_DIR = Path(os.environ.get("PRUNE_RUN_CONF", Path(__file__).resolve().parent.parent / "conf"))
+#: sweep jobs (run in this process) that failed; a sweep goes on and exits 1 at the end
+FAILED_JOBS: list[int] = []
 CHOICE_GROUPS = ("model", "dataset", "method", "train", "experiment", "sweep")
 
 
@@ -51,13 +54,19 @@ def _run(cfg: DictConfig) -> None:
     from prune_cli.experiment import run_experiment
     from prune_cli.reporting.console import show_config
 
+    hydra_cfg = HydraConfig.get()
     try:
         run_cfg = to_run_config(cfg)
         if run_cfg.progress:
             show_config(cfg)
-        run_experiment(run_cfg, Path(HydraConfig.get().runtime.output_dir))
+        run_experiment(run_cfg, Path(hydra_cfg.runtime.output_dir))
     except (UserError, RunFailed) as exc:
-        fail(exc)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            fail(exc)
+        # In a sweep one failed job must not stop the others: say it, count it (its run
+        # directory records the failure), and let the launcher go on.
+        print(f"prune-run: job {hydra_cfg.job.num} failed: {exc}", file=sys.stderr)
+        FAILED_JOBS.append(hydra_cfg.job.num)
 
 
 def precheck(overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR) -> None:
@@ -78,8 +87,8 @@ def precheck(overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR) ->
     except (OmegaConfBaseException, hydra.errors.HydraException) as exc:
         cause = exc.__cause__ or exc
         detail = str(cause).splitlines()[0]
-        where = next((ln.strip() for ln in str(cause).splitlines() if "full_key" in ln), "")
-        raise UserError(f"{detail} ({where}); check the override's key and type") from None
+        where = next((f" ({ln.strip()})" for ln in str(cause).splitlines() if "full_key" in ln), "")
+        raise UserError(f"{detail}{where}; check the override's key and type") from None
     to_run_config(cfg)
 
 
@@ -93,6 +102,12 @@ def main() -> None:
         except UserError as exc:
             fail(exc)
     _run()
+    if FAILED_JOBS:
+        print(
+            f"prune-run: {len(FAILED_JOBS)} job(s) of the sweep failed: {FAILED_JOBS}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

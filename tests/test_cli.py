@@ -231,3 +231,22 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     straight = RunPaths(tmp_path / "straight")
     for name in ("metrics", "per_class_recall", "pqi", "sparsity"):
         assert getattr(straight, name).read_text() == getattr(crashed, name).read_text()
+
+
+def test_a_failed_job_does_not_stop_a_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            "model=mlp",
+            "train.epochs=1",
+            "method.levels=1",
+            "train.lr=1e30,0.05",
+            "progress=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1 and "1 job(s) of the sweep failed" in result.stderr
+    statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json"))
+    assert statuses == ["completed", "failed"]
