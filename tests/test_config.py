@@ -88,7 +88,10 @@ def test_unknown_group_option_lists_the_valid_names():
 
 def test_config_hash_is_stable_and_ignores_display_settings():
     base = config_hash(compose_config())
-    # pinned: a new setting must default to something that leaves old hashes valid
+    # pinned: a new setting must default to something that leaves old hashes valid (null, or a
+    # value that changes nothing), or every existing run directory stops matching its config
+    assert base == "a325909de010"
+    assert config_hash(compose_config(["method=sap", "model=resnet56"])) == "f632aa95d53a"
     assert base == config_hash(compose_config(["progress=false", "overwrite=true", "device=cpu"]))
     assert base != config_hash(compose_config(["method.sparsity=0.8"]))
     assert base == config_hash(run_config())
