@@ -324,7 +324,6 @@ class Experiment:
             self.records.sparsity.append((level, name, numel, nonzero, 1.0 - nonzero / numel))
         prunable = sum(n for n, _ in counts.values())
         zeros = sum(n - nz for n, nz in counts.values())
-        p, q = self.cfg.pqi_grid[0] if self.cfg.pqi_grid else (0.5, 1.0)
         entry = {
             "level": level,
             "sparsity": zeros / max(1, prunable),
@@ -337,7 +336,7 @@ class Experiment:
             "mask_sparsity": self.masks.sparsity(),
             "selected_epoch": self.cursor.best.get("epoch"),
             "epochs": self.cfg.train.for_level(level).epochs,
-            "pqi": self._pqi_global(p, q),
+            "pqi": self._recorded_global_pqi(level),
         }
         entry["alpha"] = self._record_distortion(level, test.accuracy)
         self.records.levels.append(entry)
@@ -355,6 +354,14 @@ class Experiment:
         self._save_checkpoint(None, None, [], None)
         self.records.write(self.paths)
         self._write_summary("running")
+
+    def _recorded_global_pqi(self, level: int) -> float | None:
+        """The trained model's global PQI at the first (p, q) of the grid, as just recorded."""
+        if not self.cfg.pqi_grid:
+            return None
+        p, q = self.cfg.pqi_grid[0]
+        key = (level, "trained", "global", "all", p, q)
+        return next(r[6] for r in reversed(self.records.pqi) if tuple(r[:6]) == key)
 
     def _record_distortion(self, level: int, accuracy: float) -> float | None:
         """Recall distortion of level k against the dense level 0 (None for level 0)."""

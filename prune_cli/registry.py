@@ -26,16 +26,14 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
-        self._meta: dict[str, dict] = {}
 
-    def register(self, name: str, **meta: object) -> Callable[[T], T]:
-        """Decorator that registers ``obj`` under ``name``; ``meta`` is kept beside it."""
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that registers ``obj`` under ``name``."""
 
         def decorate(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = obj
-            self._meta[name] = dict(meta)
             return obj
 
         return decorate
@@ -45,10 +43,6 @@ class Registry(Generic[T]):
             valid = ", ".join(sorted(self._entries))
             raise UserError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
         return self._entries[name]
-
-    def meta(self, name: str) -> dict:
-        self.get(name)
-        return self._meta[name]
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style ``pattern``, sorted."""

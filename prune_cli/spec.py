@@ -25,7 +25,6 @@ class DataSpec:
         return (self.channels, self.image_size, self.image_size)
 
 
-SPLITS = ("train", "val", "test")
 Batch = tuple[Tensor, Tensor]
 
 

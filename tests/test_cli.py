@@ -76,6 +76,14 @@ def test_a_run_writes_every_result_file(tmp_path):
     assert list(pqi[0]) == ["level", "stage", "scope", "name", "p", "q", "pqi"]
     assert {(r["p"], r["q"]) for r in pqi} == {("0.5", "1.0"), ("1.0", "2.0")}
     assert {r["scope"] for r in pqi} == {"global", "layer"}
+    for lv in summary["levels"]:  # the summary's PQI is the trained model's global (0.5, 1)
+        (row,) = [
+            r
+            for r in pqi
+            if (r["level"], r["stage"], r["scope"], r["p"])
+            == (str(lv["level"]), "trained", "global", "0.5")
+        ]
+        assert lv["pqi"] == pytest.approx(float(row["pqi"]))
     sparsity = read_csv(paths.sparsity)
     assert list(sparsity[0]) == ["level", "name", "numel", "nonzero", "sparsity"]
     level2 = [r for r in sparsity if r["level"] == "2"]

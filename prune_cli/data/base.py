@@ -55,9 +55,6 @@ class InMemoryData(ImageData):
     def size(self, split: str) -> int:
         return int(self._y[split].numel())
 
-    def labels(self, split: str) -> Tensor:
-        return self._y[split]
-
     def _prepare(self, x: Tensor) -> Tensor:
         x = x.float()
         if self._x["train"].dtype == torch.uint8:

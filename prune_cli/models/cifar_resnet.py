@@ -77,7 +77,7 @@ class CifarResNet(nn.Module):
 
 
 def _register(depth: int) -> None:
-    @MODELS.register(f"resnet{depth}", family="cifar_resnet")
+    @MODELS.register(f"resnet{depth}")
     def build(spec: DataSpec) -> nn.Module:
         return CifarResNet(depth, spec)
 

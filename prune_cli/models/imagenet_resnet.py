@@ -26,7 +26,7 @@ def _adapt(model: torchvision.models.ResNet, spec: DataSpec) -> nn.Module:
 
 
 def _register(name: str, builder: Callable[..., torchvision.models.ResNet]) -> None:
-    @MODELS.register(name, family="imagenet_resnet")
+    @MODELS.register(name)
     def build(spec: DataSpec) -> nn.Module:
         return _adapt(builder(weights=None, num_classes=spec.num_classes), spec)
 

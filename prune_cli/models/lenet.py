@@ -74,16 +74,16 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-@MODELS.register("lenet5", family="lenet")
+@MODELS.register("lenet5")
 def lenet5(spec: DataSpec) -> nn.Module:
     return LeNet5(spec, 6, 16, (120, 84), pad1=2, act=nn.ReLU)
 
 
-@MODELS.register("lenet5_caffe", family="lenet")
+@MODELS.register("lenet5_caffe")
 def lenet5_caffe(spec: DataSpec) -> nn.Module:
     return LeNet5(spec, 20, 50, (500,), pad1=0, act=nn.ReLU)
 
 
-@MODELS.register("lenet300_100", family="lenet")
+@MODELS.register("lenet300_100")
 def lenet300_100(spec: DataSpec) -> nn.Module:
     return MLP(spec, (300, 100))

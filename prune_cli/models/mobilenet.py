@@ -63,12 +63,12 @@ class MobileNetV1(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-@MODELS.register("mobilenet_v1", family="mobilenet")
+@MODELS.register("mobilenet_v1")
 def mobilenet_v1(spec: DataSpec) -> nn.Module:
     return MobileNetV1(spec)
 
 
-@MODELS.register("mobilenet_v2", family="mobilenet")
+@MODELS.register("mobilenet_v2")
 def mobilenet_v2(spec: DataSpec) -> nn.Module:
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=spec.num_classes)
     small = spec.image_size < 64

@@ -34,11 +34,11 @@ class SapCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-@MODELS.register("mlp", family="sap")
+@MODELS.register("mlp")
 def mlp(spec: DataSpec) -> nn.Module:
     return MLP(spec, (128, 256))
 
 
-@MODELS.register("cnn", family="sap")
+@MODELS.register("cnn")
 def cnn(spec: DataSpec) -> nn.Module:
     return SapCNN(spec)

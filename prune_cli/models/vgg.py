@@ -94,7 +94,7 @@ class VGG(nn.Module):
 
 
 def _register(name: str) -> None:
-    @MODELS.register(name, family="vgg")
+    @MODELS.register(name)
     def build(spec: DataSpec) -> nn.Module:
         return VGG(CONFIGS[name], spec)
 

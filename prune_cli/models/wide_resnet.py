@@ -56,11 +56,11 @@ class WideResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-@MODELS.register("wrn28_10", family="wide_resnet")
+@MODELS.register("wrn28_10")
 def wrn28_10(spec: DataSpec) -> nn.Module:
     return WideResNet(28, 10, spec)
 
 
-@MODELS.register("wrn28_8", family="wide_resnet")
+@MODELS.register("wrn28_8")
 def wrn28_8(spec: DataSpec) -> nn.Module:
     return WideResNet(28, 8, spec)

@@ -46,11 +46,6 @@ class Masks(Mapping[str, Tensor]):
     def ones(cls, params: Mapping[str, Tensor]) -> Masks:
         return cls({k: torch.ones_like(v, dtype=torch.bool) for k, v in params.items()})
 
-    @classmethod
-    def from_nonzero(cls, params: Mapping[str, Tensor]) -> Masks:
-        """The mask of the entries that are not exactly zero (for mask-free methods like gRDA)."""
-        return cls({k: v.detach() != 0 for k, v in params.items()})
-
     # --- mapping ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Tensor:
         return self._masks[name]

@@ -75,23 +75,17 @@ def select(
             out[k] = flat[start : start + n].reshape(masks[k].shape)
             start += n
         return out
-    if scope == "layer":
-        return {
-            k: _select_one(
-                params[k].reshape(1, -1), scores[k].reshape(1, -1), masks[k].reshape(1, -1), count
-            ).reshape(masks[k].shape)
-            for k in names
-        }
-    if scope == "neuron":
-        return {
-            k: _select_one(
-                params[k].reshape(masks[k].shape[0], -1),
-                scores[k].reshape(masks[k].shape[0], -1),
-                masks[k].reshape(masks[k].shape[0], -1),
+    if scope in ("layer", "neuron"):
+        out = {}
+        for k in names:
+            rows = 1 if scope == "layer" else masks[k].shape[0]  # one row per tensor / per unit
+            out[k] = _select_one(
+                params[k].reshape(rows, -1),
+                scores[k].reshape(rows, -1),
+                masks[k].reshape(rows, -1),
                 count,
             ).reshape(masks[k].shape)
-            for k in names
-        }
+        return out
     raise ValueError(f"unknown scope {scope!r}; valid scopes: {', '.join(SCOPES)}")
 
 
