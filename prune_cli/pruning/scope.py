@@ -66,7 +66,9 @@ def select(
             weights=torch.cat([params[k].detach().reshape(-1) for k in names]).unsqueeze(0),
             mask=torch.cat([masks[k].reshape(-1) for k in names]).unsqueeze(0),
             scores=torch.cat([scores[k].reshape(-1).to(torch.float64) for k in names]).unsqueeze(0),
-            size=torch.tensor([sum(masks[k].numel() for k in names)]),
+            size=torch.tensor(
+                [sum(masks[k].numel() for k in names)], device=masks[names[0]].device
+            ),
         )
         flat = _select_rows(groups, count(groups).reshape(1))[0]
         out, start = {}, 0
