@@ -2,11 +2,18 @@
 
 Bad input is one line on stderr and exit status 2, without a traceback: unknown group options
 are caught before Hydra composes (so the line can list the valid names), impossible values when
-the composed config becomes typed objects. A run that fails while training exits with status 1.
+the composed config becomes typed objects, and an unusable run directory before Hydra creates
+it. A run that fails while training exits with status 1; Ctrl-C ends with one line and 130.
+
+The same command names the same directory: a run directory is named by the config's hash
+(``${prune_run_name:}``), a sweep directory by the sweep's overrides, so re-running a crashed
+command resumes it, and re-running a sweep skips its finished jobs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -14,15 +21,23 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from prune_cli.config import register_configs, to_run_config
+from prune_cli.config import (
+    CONF_DIR,
+    NON_RESULT_KEYS,
+    check_target_overrides,
+    register_configs,
+    register_resolvers,
+    to_run_config,
+)
 from prune_cli.errors import RunFailed, UserError
 
-#: the config tree: ``conf/`` beside the package (the repository), or $PRUNE_RUN_CONF
-CONF_DIR = Path(os.environ.get("PRUNE_RUN_CONF", Path(__file__).resolve().parent.parent / "conf"))
 #: sweep jobs (run in this process) that failed; a sweep goes on and exits 1 at the end
 FAILED_JOBS: list[int] = []
+#: the sweep directory's lock, held by the launching process for the whole sweep
+_SWEEP_LOCK = contextlib.ExitStack()
+_MAIN_PID = os.getpid()
 CHOICE_GROUPS = ("model", "dataset", "method", "train", "experiment", "sweep")
 
 
@@ -49,17 +64,44 @@ def fail(exc: Exception) -> None:
     sys.exit(getattr(exc, "exit_code", 1))
 
 
+def _hydra_files(cfg: DictConfig) -> dict[str, str]:
+    """Hydra's record of the job (``.hydra/``), written by the run store once the run owns its
+    directory, so that a refused run leaves the owner's copy alone."""
+    hydra_cfg = HydraConfig.get()
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+        "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
+    }
+
+
+def _lock_sweep(sweep_dir: Path) -> None:
+    """One sweep at a time in a sweep directory (its jobs, run elsewhere, lock their own)."""
+    from prune_cli.store import check_location, directory_lock
+
+    if os.getpid() != _MAIN_PID or _SWEEP_LOCK._exit_callbacks:  # already held, or a worker
+        return
+    try:
+        check_location(sweep_dir)
+        _SWEEP_LOCK.enter_context(directory_lock(sweep_dir, "sweep"))
+    except UserError as exc:
+        fail(exc)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> None:
     from prune_cli.experiment import run_experiment
     from prune_cli.reporting.console import show_config
 
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        _lock_sweep(Path(hydra_cfg.sweep.dir))
     try:
+        check_target_overrides(list(hydra_cfg.overrides.task))
         run_cfg = to_run_config(cfg)
         if run_cfg.progress:
             show_config(cfg)
-        run_experiment(run_cfg, Path(hydra_cfg.runtime.output_dir))
+        run_experiment(run_cfg, Path(hydra_cfg.runtime.output_dir), _hydra_files(cfg))
     except (UserError, RunFailed) as exc:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             fail(exc)
@@ -67,6 +109,22 @@ def _run(cfg: DictConfig) -> None:
         # directory records the failure), and let the launcher go on.
         print(f"prune-run: job {hydra_cfg.job.num} failed: {exc}", file=sys.stderr)
         FAILED_JOBS.append(hydra_cfg.job.num)
+
+
+def sweep_dir_override(overrides: list[str]) -> str | None:
+    """``hydra.sweep.dir`` named by what the sweep runs (unless the user chose one): the preset
+    name, if any, and a digest of the overrides, so the same sweep lands in the same place."""
+    if any(o.lstrip("+").startswith("hydra.sweep.dir=") for o in overrides):
+        return None
+    ignored = {k for k in NON_RESULT_KEYS if "." not in k}
+    keep = sorted(
+        o
+        for o in overrides
+        if not o.startswith(("hydra.", "hydra/")) and o.partition("=")[0] not in ignored
+    )
+    preset = next((o.partition("=")[2] for o in keep if o.startswith("sweep=")), "sweep")
+    digest = hashlib.sha256("\n".join(keep).encode()).hexdigest()[:10]
+    return f"hydra.sweep.dir=${{output_root}}/multirun/{preset}-{digest}"
 
 
 def precheck(overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR) -> None:
@@ -78,30 +136,54 @@ def precheck(overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR) ->
     from hydra import compose, initialize_config_dir
     from omegaconf.errors import OmegaConfBaseException
 
+    from prune_cli.store import check_location
+
     check_choices(overrides, conf_dir)
+    check_target_overrides(overrides)
     if multirun:
         return
+    if any(o.startswith("sweep=") for o in overrides):
+        raise UserError("sweep=NAME is a sweep preset: add -m (prune-run -m sweep=NAME ...)")
     try:
         with initialize_config_dir(str(conf_dir), version_base="1.3"):
-            cfg = compose("config", overrides=[o for o in overrides if not o.startswith("hydra")])
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
     except (OmegaConfBaseException, hydra.errors.HydraException) as exc:
         cause = exc.__cause__ or exc
         detail = str(cause).splitlines()[0]
         where = next((f" ({ln.strip()})" for ln in str(cause).splitlines() if "full_key" in ln), "")
         raise UserError(f"{detail}{where}; check the override's key and type") from None
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
     to_run_config(cfg)
+    if run_dir:
+        check_location(Path(str(run_dir)))
 
 
 def main() -> None:
     register_configs()
+    register_resolvers()
     flags = [a for a in sys.argv[1:] if a.startswith("-")]
     overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+    multirun = any(f in ("-m", "--multirun") for f in flags)
     if not any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for f in flags):
         try:
-            precheck(overrides, multirun=any(f in ("-m", "--multirun") for f in flags))
+            precheck(overrides, multirun=multirun)
         except UserError as exc:
             fail(exc)
-    _run()
+        if multirun and (sweep_dir := sweep_dir_override(overrides)) is not None:
+            sys.argv.append(sweep_dir)
+    try:
+        _run()
+    except KeyboardInterrupt:
+        print(
+            "prune-run: interrupted; the run is marked interrupted, re-run the same command to "
+            "resume it",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    finally:
+        _SWEEP_LOCK.close()
     if FAILED_JOBS:
         print(
             f"prune-run: {len(FAILED_JOBS)} job(s) of the sweep failed: {FAILED_JOBS}",

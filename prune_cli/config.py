@@ -1,4 +1,8 @@
-"""The run's typed config: a schema for each group, stored in Hydra's ConfigStore.
+"""The run's typed config (the entry layer): a schema for each group, in Hydra's ConfigStore.
+
+This module sits beside the CLI, above the experiment: it gathers the settings dataclasses that
+``data``, ``training`` and ``pruning`` define and composes them into ``RunConfig``; it also owns
+the config hash, which names run directories and guards resumes.
 
 ``model``, ``dataset`` and ``train`` are single dataclasses; each method has its own config
 dataclass (registered with the method), which the method's YAML extends through its defaults
@@ -9,10 +13,13 @@ composes the config, and impossible values fail in ``__post_init__`` when
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -25,8 +32,22 @@ from prune_cli.pruning.method import METHODS, MethodConfig
 from prune_cli.pruning.methods import __name__ as _methods  # noqa: F401  (registers methods)
 from prune_cli.training.config import TrainConfig
 
-#: keys that do not change results: left out of the config hash
-NON_RESULT_KEYS = ("overwrite", "progress", "output_root", "device")
+#: the config tree: ``conf/`` beside the package (the repository), or $PRUNE_RUN_CONF
+CONF_DIR = Path(os.environ.get("PRUNE_RUN_CONF", Path(__file__).resolve().parent.parent / "conf"))
+
+#: keys (dotted paths) that do not change results: left out of the config hash, so changing
+#: them never blocks a resume (where files are, how fast they load, what is displayed)
+NON_RESULT_KEYS = (
+    "overwrite",
+    "progress",
+    "output_root",
+    "device",
+    "dataset.root",
+    "dataset.download",
+    "dataset.num_workers",
+    "train.eval_batch_size",
+    "train.compile",
+)
 
 
 @dataclass
@@ -80,8 +101,32 @@ def register_configs() -> None:
         cs.store(group="schema/method", name=name, node=METHODS.get(name).Config)
 
 
+def _unknown_keys(node: Any, prefix: str = "") -> list[str]:
+    """Keys of ``node`` that its schema dataclass does not declare (added with ``+key=...``)."""
+    if not isinstance(node, DictConfig):
+        return []
+    schema = OmegaConf.get_type(node)
+    declared = (
+        {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    )
+    found = []
+    for key in node:
+        path = f"{prefix}{key}"
+        if declared is not None and key not in declared and path != "hydra":
+            found.append(path)
+        elif key != "hydra":
+            found += _unknown_keys(node._get_node(key), f"{path}.")
+    return found
+
+
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Turn the composed config into dataclasses, running every ``__post_init__`` check."""
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {unknown[0]} (added with '+'?); it is not a setting of this group and "
+            "would be ignored: check its spelling, without '+'"
+        )
     try:
         run = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
@@ -101,17 +146,102 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-def config_hash(cfg: DictConfig | RunConfig) -> str:
-    """Short hash of everything that changes results (not device, paths or display).
+def _canonical(value: Any) -> Any:
+    """Numbers as floats: ``[[1, 2]]`` and the validated ``[[1.0, 2.0]]`` hash alike."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def result_settings(cfg: DictConfig | RunConfig | dict) -> dict[str, Any]:
+    """The settings that change results, as a plain nested dict (no nulls, no Hydra node)."""
+    if isinstance(cfg, dict):
+        container: Any = json.loads(json.dumps(cfg, default=str))
+    else:
+        node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+        container = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    for dotted in NON_RESULT_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = container
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return _canonical(_without_nulls(container))
+
+
+def config_hash(cfg: DictConfig | RunConfig | dict) -> str:
+    """Short hash of everything that changes results (not device, paths, speed or display).
 
     Null values are left out, so a new setting whose default is null (changes nothing) keeps
     the hashes of existing runs valid (open_lth's rule).
     """
-    container = OmegaConf.to_container(
-        cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg), resolve=True
-    )
-    assert isinstance(container, dict)
-    for key in NON_RESULT_KEYS:
-        container.pop(key, None)
-    blob = json.dumps(_without_nulls(container), sort_keys=True, default=str)
+    blob = json.dumps(result_settings(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def differing_keys(a: DictConfig | RunConfig | dict, b: DictConfig | RunConfig | dict) -> list[str]:
+    """The dotted keys whose result-relevant values differ between two configs."""
+    fa, fb = _flatten(result_settings(a)), _flatten(result_settings(b))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+def run_name(cfg: DictConfig) -> str:
+    """The run directory's name: what it is, readable, and the hash of what determines it."""
+    # Resolve every node but ``hydra``, whose directories interpolate this very name.
+    settings = {
+        str(k): OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in ((k, cfg[k]) for k in cfg if k != "hydra")
+    }
+    name = "-".join(
+        str(part)
+        for part in (
+            (settings.get("dataset") or {}).get("name"),
+            (settings.get("model") or {}).get("name"),
+            (settings.get("method") or {}).get("name"),
+            f"s{settings.get('seed')}",
+        )
+    )
+    return f"{name}-{config_hash(settings)}"
+
+
+def register_resolvers() -> None:
+    """``${prune_run_name:}``: used by the default ``hydra.run.dir`` and sweep subdirectories."""
+    if not OmegaConf.has_resolver("prune_run_name"):
+        OmegaConf.register_new_resolver(
+            "prune_run_name", lambda *, _root_: run_name(_root_), use_cache=False
+        )
+
+
+#: settings of a level-pruning target; giving two of them is ambiguous
+TARGET_KEYS = ("method.sparsity", "method.ratio", "method.rate")
+
+
+def check_target_overrides(overrides: list[str]) -> None:
+    """Refuse overrides that set two targets (``method.sparsity`` with ``method.ratio``)."""
+    given = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+~") in TARGET_KEYS and value.strip() not in ("null", ""):
+            given.append(key.lstrip("+~"))
+    if len(set(given)) > 1:
+        winner = "method.rate" if "method.rate" in given else "method.ratio"
+        raise ConfigError(
+            f"{' and '.join(sorted(set(given)))} both set the pruning target ({winner} would "
+            "win); give only one"
+        )

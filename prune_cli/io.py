@@ -1,7 +1,11 @@
-"""Atomic writes: a crash never leaves a half-written checkpoint, CSV or JSON behind.
+"""Atomic writes and safe reads of everything a run stores.
 
 Every file is written to a temporary sibling and moved into place with ``os.replace``, which is
-atomic on POSIX file systems.
+atomic on POSIX file systems, so a crash never leaves a half-written checkpoint, CSV or JSON.
+Files get the permissions the user's umask gives (``mkstemp`` alone would make them 0600).
+
+Every torch file is read with ``weights_only=True``: tensors, containers and plain values only,
+so a crafted pickle given as a checkpoint or a ``dense_from`` model cannot run code.
 """
 
 from __future__ import annotations
@@ -19,14 +23,27 @@ import torch
 from prune_cli.errors import UserError
 
 
-def _atomic(path: Path, write: Any, mode: str = "w") -> None:
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of the files a run writes: what ``open()`` would give under the user's umask
+FILE_MODE = 0o666 & ~_current_umask()
+TMP_SUFFIX = ".tmp"
+
+
+def _atomic(path: Path, write: Any, mode: str = "w", durable: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -37,18 +54,31 @@ def save_torch(obj: Any, path: Path) -> None:
     _atomic(Path(path), lambda fh: torch.save(obj, fh), mode="wb")
 
 
-def load_torch(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint; a corrupt or truncated file is a one-line ``UserError``."""
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete ``.*.tmp`` files that a killed writer left in ``directory`` (one level deep)."""
+    for tmp in [
+        *Path(directory).glob(f".*{TMP_SUFFIX}"),
+        *Path(directory).glob(f"*/.*{TMP_SUFFIX}"),
+    ]:
+        tmp.unlink(missing_ok=True)
+
+
+def load_torch(path: Path, map_location: str | torch.device = "cpu", what: str = "file") -> Any:
+    """Load a torch file safely; a missing, corrupt or unsafe file is a one-line ``UserError``."""
     path = Path(path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
+    if not path.is_file():
         raise UserError(
-            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); delete it or "
-            "re-run with overwrite=true"
-        ) from exc
+            f"{what} {path} is missing; re-run the run that made it, or overwrite=true to start "
+            "afresh"
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        # weights_only refuses any pickle that would import or call code: treat it as corrupt
+        raise UserError(
+            f"{what} {path} is corrupt, truncated or not a prune-run file "
+            f"({type(exc).__name__}); delete it or re-run with overwrite=true"
+        ) from None
 
 
 def save_json(obj: Any, path: Path) -> None:
@@ -60,13 +90,31 @@ def load_json(path: Path) -> Any:
         return json.load(fh)
 
 
-def save_csv(rows: Iterable[Sequence[Any]], header: Sequence[str], path: Path) -> None:
+def load_json_mapping(path: Path, what: str = "file") -> dict[str, Any]:
+    """A JSON file that must hold a mapping; anything else is a one-line ``UserError``."""
+    try:
+        value = load_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"{what} {path} is unreadable or truncated ({type(exc).__name__}); delete it or "
+            "re-run with overwrite=true"
+        ) from None
+    if not isinstance(value, dict):
+        raise UserError(
+            f"{what} {path} does not hold a mapping; delete it or re-run with overwrite=true"
+        )
+    return value
+
+
+def save_csv(
+    rows: Iterable[Sequence[Any]], header: Sequence[str], path: Path, durable: bool = True
+) -> None:
     def write(fh: Any) -> None:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
 
-    _atomic(Path(path), write)
+    _atomic(Path(path), write, durable=durable)
 
 
 def save_text(text: str, path: Path) -> None:

@@ -11,10 +11,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from prune_cli.cli import CONF_DIR
-from prune_cli.config import RunConfig, register_configs, to_run_config
+from prune_cli.config import (
+    CONF_DIR,
+    RunConfig,
+    register_configs,
+    register_resolvers,
+    to_run_config,
+)
 
 register_configs()
+register_resolvers()
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 #: settings that make a CLI run take seconds on the CPU

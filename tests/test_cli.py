@@ -217,7 +217,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         Experiment(run_config(overrides), tmp_path / "crashed").run()
     crashed = RunPaths(tmp_path / "crashed")
-    assert json.loads(crashed.summary.read_text())["status"] == "failed"
+    assert json.loads(crashed.summary.read_text())["status"] == "interrupted"
     assert crashed.checkpoint.exists()
     checkpoint = torch.load(crashed.checkpoint, weights_only=False)
     assert checkpoint["config"]["method"]["name"] == cfg.method.name  # checkpoints carry config

@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from prune_cli.cli import CONF_DIR, check_choices, group_options
-from prune_cli.config import config_hash
+from prune_cli.cli import check_choices, group_options
+from prune_cli.config import CONF_DIR, config_hash
 from prune_cli.errors import ConfigError, UserError
 from prune_cli.pruning.method import METHODS
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from prune_cli.pruning.flow import gradient, preserved
 from prune_cli.registry import Registry
+from prune_cli.seeds import derive_seed
 
 if TYPE_CHECKING:
     from prune_cli.pruning.method import PruneContext
@@ -36,7 +37,8 @@ def random_score(
     model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
 ) -> dict[str, Tensor]:
     """Uniform random scores, seeded by (run seed, level) so that a resumed run agrees."""
-    gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 1_000_003 + ctx.level)
+    seed = derive_seed(ctx.seed, "random-score", ctx.level)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     return {k: torch.rand(p.shape, generator=gen).to(p.device) for k, p in params.items()}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from prune_cli.io import save_csv, save_json
+from prune_cli.io import save_csv
 from prune_cli.paths import RunPaths
 from prune_cli.reporting.distortion import DISTORTION_HEADER
 
@@ -36,12 +36,12 @@ class RunRecords:
     def from_state(cls, state: dict[str, Any]) -> RunRecords:
         return cls(**{k: list(v) for k, v in state.items()})
 
-    def write(self, paths: RunPaths) -> None:
-        save_csv(self.metrics, METRICS_HEADER, paths.metrics)
-        save_csv(self.recall, RECALL_HEADER, paths.per_class_recall)
-        save_csv(self.pqi, PQI_HEADER, paths.pqi)
-        save_csv(self.sparsity, SPARSITY_HEADER, paths.sparsity)
-        save_csv(self.distortion, DISTORTION_HEADER, paths.recall_distortion)
+    def write(self, paths: RunPaths, durable: bool = True) -> None:
+        save_csv(self.metrics, METRICS_HEADER, paths.metrics, durable)
+        save_csv(self.recall, RECALL_HEADER, paths.per_class_recall, durable)
+        save_csv(self.pqi, PQI_HEADER, paths.pqi, durable)
+        save_csv(self.sparsity, SPARSITY_HEADER, paths.sparsity, durable)
+        save_csv(self.distortion, DISTORTION_HEADER, paths.recall_distortion, durable)
 
     def recall_of(self, level: int, stage: str) -> list[float]:
         """Per-class test recall of a level's stage, in class order."""
@@ -49,8 +49,3 @@ class RunRecords:
             (r for r in self.recall if r[0] == level and r[1] == stage), key=lambda r: r[2]
         )
         return [r[5] for r in rows]
-
-    def write_summary(self, paths: RunPaths, header: dict[str, Any], **extra: Any) -> dict:
-        summary = {**header, **extra, "levels": self.levels}
-        save_json(summary, paths.summary)
-        return summary

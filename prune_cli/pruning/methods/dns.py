@@ -34,6 +34,7 @@ from prune_cli.callbacks import Callback
 from prune_cli.errors import ConfigError
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod
+from prune_cli.seeds import derive_seed
 
 
 @dataclass
@@ -157,7 +158,8 @@ class Surgery(Callback):
         for k, p in params.items():
             self.method.dense[k].copy_(p)
         chance = surgery_probability(step, cfg.gamma, cfg.power, cfg.iter_stop)
-        if chance > 0 and random.Random(self.seed * 1_000_003 + step).random() < chance:
+        draw = random.Random(derive_seed(self.seed, "dns-surgery", step)).random()
+        if chance > 0 and draw < chance:
             self.masks.update(
                 {
                     k: surgery(self.method.dense[k], self.masks[k], *self.method.bounds[k])

@@ -1,0 +1,351 @@
+"""The run store: the one owner of a run directory (lock, checkpoints, resume, results).
+
+The experiment loop asks the store to save or load states and results; it never builds a path
+or opens a file itself. The store keeps a run directory whole:
+
+- **one writer**: an exclusive lock (``.lock``, ``flock``) is held for the whole run, so a second
+  ``prune-run`` into the same directory is refused instead of mixing its files with the first's;
+- **one config**: the directory belongs to the config whose hash its summary, checkpoint or
+  ``config.yaml`` carries; another config is refused with the keys that differ, and a checkpoint
+  is resumed only by the config that wrote it;
+- **nothing lost**: ``overwrite=true`` clears old results only once the new run has built its
+  data and model; a refused run writes nothing (not even Hydra's ``.hydra/``);
+- **nothing stale**: leftover temporaries are removed, a completed run keeps no checkpoint, and
+  the level models' sizes and digests are recorded so that a truncated one is detected;
+- **safe reads**: every torch file goes through :func:`prune_cli.io.load_torch`
+  (``weights_only=True``).
+
+Layout: see :mod:`prune_cli.paths`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from prune_cli.config import config_hash, differing_keys
+from prune_cli.errors import UserError
+from prune_cli.io import (
+    FILE_MODE,
+    load_json_mapping,
+    load_torch,
+    remove_stale_temporaries,
+    save_json,
+    save_text,
+    save_torch,
+)
+from prune_cli.paths import RESULT_DIRS, RESULT_FILES, RunPaths
+
+LOCK_NAME = ".lock"
+
+
+def check_location(root: Path) -> None:
+    """Refuse, before anything is written, a run directory that cannot hold a run."""
+    root = Path(root).absolute()
+    for parent in [root, *root.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is" if parent == root else f"is under {parent}, which is"
+                raise UserError(
+                    f"run directory {root} {where} a file, not a directory; choose another "
+                    "hydra.run.dir"
+                )
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(
+                    f"run directory {root} cannot be written ({parent} is read-only); choose "
+                    "another hydra.run.dir or fix its permissions"
+                )
+            return
+
+
+@contextlib.contextmanager
+def directory_lock(root: Path, what: str = "run") -> Iterator[None]:
+    """Hold an exclusive lock on ``root`` for the duration; a second holder gets a UserError."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / (LOCK_NAME if what == "run" else f".{what}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise UserError(
+                f"another prune-run (pid {holder}) is writing the {what} directory {root}; wait "
+                "for it to finish or choose another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def verify_files(root: Path, files: dict[str, Any], full: bool = True) -> str | None:
+    """Why the recorded files of a run are not intact (missing, truncated, changed), or None."""
+    for name, recorded in files.items():
+        path = Path(root) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != recorded.get("bytes"):
+            return f"{name} is truncated ({size} bytes, {recorded.get('bytes')} written)"
+        if full and file_digest(path)["sha256"] != recorded.get("sha256"):
+            return f"{name} has changed since the run wrote it"
+    return None
+
+
+@dataclass
+class DenseSource:
+    """The trained dense level of another run, for ``dense_from``."""
+
+    level0: dict[str, Any]  # {"model": state dict, "mask": mask state}
+    init_path: Path
+    metrics: list[tuple]  # the level-0 rows of its metrics.csv
+
+
+class RunStore:
+    """Everything a run reads from or writes to its directory."""
+
+    def __init__(self, root: Path, config: dict[str, Any]) -> None:
+        self.paths = RunPaths(Path(root))
+        self.config = config
+        self.hash = config_hash(config)
+
+    @property
+    def root(self) -> Path:
+        return self.paths.root
+
+    # --- ownership ----------------------------------------------------------------------------
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        check_location(self.root)
+        return directory_lock(self.root)
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.paths.summary.exists():
+            return None
+        return load_json_mapping(self.paths.summary, "summary")
+
+    def owner(self) -> tuple[str, dict[str, Any] | None] | None:
+        """(hash, config) of the run this directory holds, from its summary, checkpoint or
+        ``config.yaml``; None for an empty directory."""
+        stored_config = None
+        if self.paths.config.is_file():
+            try:
+                stored_config = yaml.safe_load(self.paths.config.read_text())
+            except (OSError, yaml.YAMLError):
+                stored_config = None
+        summary = self.summary()
+        if summary is not None:
+            return str(summary.get("config_hash")), stored_config
+        if self.paths.checkpoint.exists():
+            ck = load_torch(self.paths.checkpoint, what="checkpoint")
+            return str(ck.get("config_hash")), ck.get("config")
+        if isinstance(stored_config, dict):
+            return config_hash(stored_config), stored_config
+        return None
+
+    def refuse_other_config(self) -> None:
+        owner = self.owner()
+        if owner is None or owner[0] == self.hash:
+            return
+        theirs = owner[1]
+        differ = differing_keys(theirs, self.config) if isinstance(theirs, dict) else []
+        detail = f" ({', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''} differ)"
+        raise UserError(
+            f"{self.root} holds a run of another config{detail if differ else ''}; choose "
+            "another hydra.run.dir or pass overwrite=true to replace it"
+        )
+
+    def has_results(self) -> bool:
+        return any((self.root / n).exists() for n in RESULT_FILES) or any(
+            (self.root / d).exists() for d in RESULT_DIRS
+        )
+
+    def clear(self) -> None:
+        """Delete the results of the run this directory held (``overwrite=true``)."""
+        for name in RESULT_FILES:
+            (self.root / name).unlink(missing_ok=True)
+        for name in (*RESULT_DIRS, ".hydra"):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def tidy(self) -> None:
+        """Remove what a killed run leaves behind: temporaries, a completed run's checkpoint."""
+        remove_stale_temporaries(self.root)
+        summary = self.summary()
+        if summary is not None and summary.get("status") == "completed":
+            self.paths.checkpoint.unlink(missing_ok=True)
+
+    def verify(self, summary: dict[str, Any]) -> None:
+        """A completed run's level files must be as it wrote them."""
+        problem = verify_files(self.root, summary.get("files", {}))
+        if problem is not None:
+            raise UserError(
+                f"{self.root} is complete but {problem}; re-run with overwrite=true to recompute it"
+            )
+
+    def write_config(self, config_yaml: str, hydra_files: dict[str, str] | None) -> None:
+        """The resolved config, and Hydra's copies (written here, after the checks)."""
+        save_text(config_yaml, self.paths.config)
+        for name, text in (hydra_files or {}).items():
+            save_text(text, self.root / ".hydra" / name)
+
+    # --- states -------------------------------------------------------------------------------
+    def load_init(self, device: torch.device) -> dict[str, torch.Tensor] | None:
+        if not self.paths.init_state.exists():
+            return None
+        return load_torch(self.paths.init_state, device, what="initial weights")
+
+    def save_init(self, state: dict[str, torch.Tensor]) -> None:
+        save_torch(state, self.paths.init_state)
+
+    def save_rewind(self, state: dict[str, torch.Tensor]) -> None:
+        save_torch(state, self.paths.rewind_state)
+
+    def load_rewind(self, device: torch.device) -> dict[str, torch.Tensor]:
+        return load_torch(self.paths.rewind_state, device, what="rewind weights")
+
+    def save_checkpoint(self, payload: dict[str, Any]) -> None:
+        save_torch(
+            {**payload, "config_hash": self.hash, "config": self.config}, self.paths.checkpoint
+        )
+
+    def load_checkpoint(self, device: torch.device) -> dict[str, Any] | None:
+        """The resumable state, if this config wrote one (another config's is refused)."""
+        if not self.paths.checkpoint.exists():
+            return None
+        ck = load_torch(self.paths.checkpoint, device, what="checkpoint")
+        if not isinstance(ck, dict) or "cursor" not in ck:
+            raise UserError(
+                f"checkpoint {self.paths.checkpoint} is not a prune-run checkpoint; delete it or "
+                "re-run with overwrite=true"
+            )
+        if ck.get("config_hash") != self.hash:
+            differ = differing_keys(ck.get("config") or {}, self.config)
+            raise UserError(
+                f"checkpoint {self.paths.checkpoint} was written by another config "
+                f"({', '.join(differ[:6]) or 'hash ' + str(ck.get('config_hash'))} differ); "
+                "choose another hydra.run.dir or pass overwrite=true"
+            )
+        return ck
+
+    def discard_checkpoint(self) -> None:
+        self.paths.checkpoint.unlink(missing_ok=True)
+
+    def save_level(self, level: int, model: dict, mask: dict, model_info: dict) -> None:
+        """The selected model of a level, with what rebuilds it, and its mask."""
+        save_torch(
+            {
+                "model": model,
+                "mask": mask,
+                "config": self.config,
+                "model_info": model_info,
+                "level": level,
+            },
+            self.paths.level_model(level),
+        )
+        save_torch(mask, self.paths.level_mask(level))
+
+    def load_level(self, level: int, device: torch.device) -> dict[str, Any]:
+        return self._level_file(self.paths, level, device)
+
+    @staticmethod
+    def _level_file(paths: RunPaths, level: int, device: torch.device) -> dict[str, Any]:
+        state = load_torch(paths.level_model(level), device, what=f"level {level} model")
+        if not isinstance(state, dict) or not {"model", "mask"} <= state.keys():
+            raise UserError(
+                f"{paths.level_model(level)} is a plain state dict, not a prune-run level model; "
+                "point dense_from at the directory of a prune-run run"
+            )
+        return state
+
+    def level_files(self, levels: int) -> dict[str, Any]:
+        """Sizes and digests of the level files, recorded in the summary."""
+        out = {}
+        for k in range(levels):
+            for path in (self.paths.level_model(k), self.paths.level_mask(k)):
+                if path.exists():
+                    out[str(path.relative_to(self.root))] = file_digest(path)
+        return out
+
+    # --- dense_from ---------------------------------------------------------------------------
+    def dense_source(self, source_dir: Path, device: torch.device) -> DenseSource:
+        """The other run's dense level 0, refused unless model, data, training and seed match."""
+        source = RunPaths(Path(source_dir))
+        if not source.level_model(0).exists() or not source.init_state.exists():
+            raise UserError(
+                f"dense_from: {source.root} has no finished dense level (levels/level_0/model.pt "
+                "and init.pt); run it first, or point dense_from at a run directory"
+            )
+        level0 = self._level_file(source, 0, device)
+        theirs = level0.get("config")
+        if not isinstance(theirs, dict):
+            raise UserError(
+                f"dense_from: {source.level_model(0)} carries no config; it was not written by "
+                "prune-run"
+            )
+        differ = sorted(
+            {
+                k.split(".")[0]
+                for k in differing_keys(theirs, self.config)
+                if k.split(".")[0] in ("model", "dataset", "train", "seed")
+                and not k.startswith("train.retrain")
+            }
+        )
+        if differ:
+            raise UserError(
+                f"dense_from: {source.root} was trained with other {', '.join(differ)} settings; "
+                "reuse only a dense model of the same model, dataset, train and seed"
+            )
+        load_torch(source.init_state, device, what="dense_from initial weights")  # readable
+        rows: list[tuple] = []
+        if source.metrics.exists():
+            try:
+                with open(source.metrics) as fh:
+                    for lv, e, split, metric, v in list(csv.reader(fh))[1:]:
+                        if lv == "0":
+                            rows.append((0, int(e), split, metric, float(v)))
+            except (OSError, ValueError) as exc:
+                raise UserError(
+                    f"dense_from: {source.metrics} is unreadable ({type(exc).__name__}); "
+                    "re-run the dense run"
+                ) from None
+        return DenseSource(level0=level0, init_path=source.init_state, metrics=rows)
+
+    def adopt_init(self, path: Path) -> None:
+        if not self.paths.init_state.exists():
+            shutil.copyfile(path, self.paths.init_state)
+            os.chmod(self.paths.init_state, FILE_MODE)
+
+    # --- results ------------------------------------------------------------------------------
+    def write_results(self, records: Any) -> None:
+        # The rows live in the checkpoint too, so the CSVs need no fsync: a crash rewrites them.
+        records.write(self.paths, durable=False)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        save_json(summary, self.paths.summary)
+
+    def artifact(self, name: str) -> Path:
+        return self.paths.extra(name)

@@ -1,0 +1,393 @@
+"""Run integrity: one writer per directory, one config per directory, safe loading, nothing lost.
+
+Each case is what a user (or an attacker) can do to a run directory; each must end in a one-line
+error with exit status 2 (or a clean resume), never in mixed or lost results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, run_cli, run_config
+
+from prune_cli.config import config_hash, differing_keys
+from prune_cli.errors import UserError
+from prune_cli.experiment import Experiment
+from prune_cli.io import FILE_MODE, load_torch
+from prune_cli.paths import RunPaths
+from prune_cli.pruning.mask import Masks
+from prune_cli.seeds import derive_seed
+from prune_cli.store import RunStore, check_location, directory_lock
+from prune_cli.training.loop import Trainer
+
+QUICK = ["model=mlp", "train.epochs=1", "method.levels=1", "progress=false"]
+
+
+class _Planted:
+    """A pickle that, when unpickled with full pickle, writes a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def plant(path: Path, marker: Path, wrap: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": _Planted(marker), "mask": {}} if wrap else _Planted(marker)
+    with open(path, "wb") as fh:
+        pickle.dump(payload, fh)
+    torch.save(payload, path)  # a torch zip file whose data.pkl carries the payload
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory) -> Path:
+    """A completed quick run (shared by the cases that must leave it untouched)."""
+    root = tmp_path_factory.mktemp("done") / "run"
+    Experiment(run_config(QUICK), root).run()
+    return root
+
+
+# --- the seed function, the hash ---------------------------------------------------------------
+def test_derive_seed_separates_streams_and_repeats():
+    seeds = {
+        derive_seed(0, "epoch", 0, 1),
+        derive_seed(0, "epoch", 1, 0),
+        derive_seed(1, "epoch", 0, 0),
+        derive_seed(0, "random-score", 1),
+        derive_seed(0, "score-batches", 1),
+        derive_seed(0, "dns-surgery", 1),
+    }
+    assert len(seeds) == 6
+    assert derive_seed(3, "epoch", 2, 5) == derive_seed(3, "epoch", 2, 5)
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_hash_ignores_speed_and_display_settings_and_names_what_differs():
+    base = run_config(QUICK)
+    same = run_config(
+        [*QUICK, "dataset.num_workers=3", "train.eval_batch_size=17", "progress=true"]
+    )
+    assert config_hash(base) == config_hash(same)
+    other = run_config([*QUICK, "method.sparsity=0.5", "train.lr=0.01"])
+    assert config_hash(other) != config_hash(base)
+    assert differing_keys(base, other) == ["method.sparsity", "train.lr"]
+
+
+# --- bad input: one line, exit 2, nothing created ----------------------------------------------
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    a_file = tmp / "a_file"
+    a_file.write_text("x")
+    plain = tmp / "plain"
+    (plain / "levels" / "level_0").mkdir(parents=True)
+    torch.save({"w": torch.zeros(2)}, plain / "levels" / "level_0" / "model.pt")
+    torch.save({"w": torch.zeros(2)}, plain / "init.pt")
+    return {
+        "unknown model": (["model=resnet57"], "valid models:"),
+        "unknown method": (["method=sapp"], "valid methods:"),
+        "sparsity 1.5": (["method.sparsity=1.5"], "method.sparsity must be in [0, 1)"),
+        "lr nan": (["train.lr=nan"], "train.lr"),
+        "lr inf": (["train.lr=inf"], "train.lr"),
+        "misspelt key": (["method.sparsty=0.5"], "sparsty"),
+        "added unknown key": (["+method.sparsty=0.5"], "unknown key method.sparsty"),
+        "added model key": (["+model.foo=1"], "unknown key model.foo"),
+        "two targets": (["method.sparsity=0.5", "method.ratio=4"], "give only one"),
+        "sweep without -m": (["sweep=sap_cifar10"], "add -m"),
+        "run dir is a file": ([f"hydra.run.dir={a_file}"], "is a file"),
+        "run dir under a file": ([f"hydra.run.dir={a_file}/run"], "is under"),
+        "dense_from missing": ([f"dense_from={tmp / 'nowhere'}"], "no finished dense level"),
+        "dense_from plain state dict": ([f"dense_from={plain}"], "plain state dict"),
+    }
+
+
+def _case_names() -> list[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return list(_bad_inputs(Path(tmp)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", _case_names())
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, case):
+    args, message = _bad_inputs(tmp_path)[case]
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args = [*args, f"hydra.run.dir={tmp_path / 'run'}"]
+    before = snapshot(tmp_path)
+    result = run_cli([*args, *QUICK[:2], "progress=false"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in one_line(result)
+    after = snapshot(tmp_path)
+    if case.startswith("dense_from"):
+        # a set-up failure is recorded (so reports list it), and nothing else is written
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["status"] == "failed" and message in summary["reason"]
+        assert set(after) - set(before) == {"run", "run/.lock", "run/summary.json"}
+    else:
+        assert after == before
+
+
+def test_location_checks_read_only_directories(tmp_path, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: Path(p) != tmp_path and real_access(p, m))
+    with pytest.raises(UserError, match="read-only"):
+        check_location(tmp_path / "run")
+
+
+# --- one writer, one config ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_second_writer_is_refused(tmp_path):
+    run = tmp_path / "run"
+    with directory_lock(run):
+        result = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "another prune-run" in one_line(result)
+    assert not RunPaths(run).summary.exists() and not (run / ".hydra").exists()
+
+
+def test_the_lock_is_exclusive_within_and_across_processes(tmp_path):
+    with (
+        directory_lock(tmp_path),
+        pytest.raises(UserError, match="another prune-run"),
+        directory_lock(tmp_path),
+    ):
+        pass
+    with directory_lock(tmp_path):  # released: can be taken again
+        code = (
+            "import sys; from prune_cli.store import directory_lock\n"
+            "try:\n with directory_lock(sys.argv[1]): pass\n"
+            "except Exception as e: print(e); sys.exit(3)\n"
+        )
+        other = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True
+        )
+    assert other.returncode == 3 and "another prune-run" in other.stdout
+
+
+@pytest.mark.slow
+def test_a_refused_run_leaves_the_owner_untouched(tmp_path, done_run):
+    before = snapshot(done_run)
+    result = run_cli([*QUICK, "method.sparsity=0.5", f"hydra.run.dir={done_run}"], cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result)
+    assert "method.sparsity" in line and "overwrite=true" in line
+    assert snapshot(done_run) == before  # .hydra/ and config.yaml included
+
+
+def test_a_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    original, calls = Trainer.train_epoch, []
+
+    def interrupt_in_level_1(self, epoch, generator):
+        calls.append(epoch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch, generator)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_level_1)
+    with pytest.raises(KeyboardInterrupt):
+        Experiment(run_config([*QUICK, "method.sparsity=0.9"]), run).run()
+    paths = RunPaths(run)
+    assert json.loads(paths.summary.read_text())["status"] == "interrupted"
+    assert paths.checkpoint.exists()
+    paths.summary.unlink()  # only the checkpoint tells whose run this is now
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=r"method\.sparsity"):
+        Experiment(run_config([*QUICK, "method.sparsity=0.5"]), run).run()
+    (run / "config.yaml").unlink()
+    with pytest.raises(UserError, match=r"another config \(method\.sparsity differ"):
+        Experiment(run_config([*QUICK, "method.sparsity=0.5"]), run).run()
+    store = RunStore(run, _container(run_config([*QUICK, "method.sparsity=0.5"])))
+    with pytest.raises(UserError, match=r"checkpoint .* another config \(method\.sparsity"):
+        store.load_checkpoint(torch.device("cpu"))
+    done = Experiment(run_config([*QUICK, "method.sparsity=0.9"]), run).run()
+    assert done["status"] == "completed" and done["levels"][1]["sparsity"] == pytest.approx(
+        0.9, abs=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_overwrite_with_bad_data_keeps_the_old_run(tmp_path, done_run):
+    before = snapshot(done_run)
+    result = run_cli(
+        [
+            *QUICK,
+            "overwrite=true",
+            "dataset=mnist",
+            f"dataset.root={tmp_path / 'none'}",
+            f"hydra.run.dir={done_run}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "not found" in one_line(result)
+    assert snapshot(done_run) == before
+
+
+def test_a_kill_after_completion_leaves_nothing_stale(tmp_path, done_run):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(done_run, run)
+    paths = RunPaths(run)
+    torch.save({"cursor": {}}, paths.checkpoint)  # killed before the checkpoint was removed
+    (run / ".summary.json.abc.tmp").write_text("{")  # and in the middle of a write
+    (run / "levels" / ".model.pt.x.tmp").write_bytes(b"")
+    summary = Experiment(run_config(QUICK), run).run()
+    assert summary["status"] == "completed"
+    assert not paths.checkpoint.exists()
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_results_get_the_users_umask(done_run):
+    for path in (RunPaths(done_run).summary, RunPaths(done_run).level_model(1)):
+        assert path.stat().st_mode & 0o777 == FILE_MODE
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_level_model_is_detected_when_shown(tmp_path, done_run, damage):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(done_run, run)
+    model = RunPaths(run).level_model(1)
+    if damage == "truncate":
+        model.write_bytes(model.read_bytes()[:100])
+    else:
+        model.unlink()
+    with pytest.raises(UserError, match=r"level_1/model\.pt is (truncated|missing)"):
+        Experiment(run_config(QUICK), run).run()
+
+
+@pytest.mark.parametrize("content", ["{", "[1, 2]"])
+def test_a_broken_summary_is_one_line(tmp_path, content):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(content)
+    with pytest.raises(UserError, match=r"summary .*(truncated|mapping)"):
+        Experiment(run_config(QUICK), run).run()
+    assert (run / "summary.json").read_text() == content
+
+
+def test_level_models_carry_what_rebuilds_them(done_run):
+    state = load_torch(RunPaths(done_run).level_model(1))
+    assert state["model_info"] == {
+        "name": "mlp",
+        "settings": {"name": "mlp"},
+        "channels": 1,
+        "num_classes": 10,
+        "image_size": 8,
+    }
+
+
+# --- safe loading -------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["checkpoint", "init", "level", "mask", "dense_from"])
+def test_a_crafted_pickle_runs_no_code(tmp_path, target):
+    marker = tmp_path / "marker"
+    cfg = run_config(QUICK)
+    store = RunStore(tmp_path / "run", json.loads(json.dumps(_container(cfg))))
+    cpu = torch.device("cpu")
+    paths = store.paths
+    if target == "checkpoint":
+        plant(paths.checkpoint, marker)
+        call = lambda: store.load_checkpoint(cpu)  # noqa: E731
+    elif target == "init":
+        plant(paths.init_state, marker, wrap=False)
+        call = lambda: store.load_init(cpu)  # noqa: E731
+    elif target == "level":
+        plant(paths.level_model(0), marker)
+        call = lambda: store.load_level(0, cpu)  # noqa: E731
+    elif target == "mask":
+        plant(paths.level_mask(0), marker, wrap=False)
+        call = lambda: Masks.load(paths.level_mask(0))  # noqa: E731
+    else:
+        source = RunPaths(tmp_path / "source")
+        plant(source.level_model(0), marker)
+        torch.save({}, source.init_state)
+        call = lambda: store.dense_source(source.root, cpu)  # noqa: E731
+    with pytest.raises(UserError, match="corrupt, truncated or not a prune-run file"):
+        call()
+    assert not marker.exists()
+
+
+def _container(cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+# --- same command, same run ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_same_command_finds_its_run_and_a_sweep_its_jobs(tmp_path):
+    first = run_cli(QUICK, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    runs = list((tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 1
+    assert runs[0].name.startswith("digits-mlp-magnitude-s0-")
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert runs[0].name.endswith(summary["config_hash"])
+    again = run_cli([*QUICK, "train.eval_batch_size=17"], cwd=tmp_path)
+    assert again.returncode == 0 and "is complete" in again.stderr
+    assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 1
+
+    sweep = ["-m", *QUICK, "seed=0,1"]
+    assert run_cli(sweep, cwd=tmp_path).returncode == 0
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all(j.startswith("digits-mlp-magnitude-s") for j in jobs)
+    rerun = run_cli(sweep, cwd=tmp_path)
+    assert rerun.returncode == 0 and rerun.stderr.count("is complete") == 2
+    assert len(list((tmp_path / "outputs" / "multirun").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_marks_the_run_interrupted(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prune_cli.cli",
+            *FAST,
+            "train.epochs=200",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    deadline = time.time() + 120
+    while not RunPaths(run).checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err
+    summary = json.loads(RunPaths(run).summary.read_text())
+    assert summary["status"] == "interrupted" and "level 0" in summary["reason"]
