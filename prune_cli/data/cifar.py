@@ -15,7 +15,6 @@ one-line ``DatasetCorrupt`` naming the file.
 from __future__ import annotations
 
 import builtins
-import codecs
 import io
 import pickle
 from pathlib import Path
@@ -61,7 +60,10 @@ REDOWNLOAD = "delete it and run again with dataset.download=true, or copy an int
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles of bytes use it, limited to latin-1: a codec
     name from the file must not pick an arbitrary (for example compressing) codec."""
-    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+    # compared as text, not through codecs.lookup, which would import a codec module by a name
+    # read from the file
+    spelled = str(encoding).lower().replace("-", "").replace("_", "")
+    if not isinstance(text, str) or spelled not in ("latin1", "iso88591", "l1"):
         raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
     return text.encode("latin-1")
 
