@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import io
+import os
 import pickle
+import shlex
 import struct
 from pathlib import Path
 
@@ -15,7 +18,8 @@ from PIL import Image
 from prune_cli.cli import group_options
 from prune_cli.data import DATASETS, DatasetConfig, build_dataset
 from prune_cli.data.base import InMemoryData
-from prune_cli.errors import DatasetNotFound
+from prune_cli.data.cifar import SafeUnpickler, safe_unpickle
+from prune_cli.errors import DatasetNotFound, UserError
 from prune_cli.spec import DataSpec
 
 CPU = torch.device("cpu")
@@ -85,7 +89,7 @@ def test_missing_dataset_names_where_it_looked(tmp_path):
         build_dataset(DatasetConfig(name="imagenet", root=str(tmp_path)), CPU)
 
 
-def write_cifar(root: Path, hundred: bool, per_file: int = 12) -> None:
+def write_cifar(root: Path, hundred: bool, per_file: int = 12, protocol: int = 4) -> None:
     rng = np.random.default_rng(1)
     if hundred:
         base = root / "cifar-100-python"
@@ -103,9 +107,9 @@ def write_cifar(root: Path, hundred: bool, per_file: int = 12) -> None:
             key: list(rng.integers(0, classes, per_file)),
         }
         with open(base / f, "wb") as fh:
-            pickle.dump(batch, fh)
+            pickle.dump(batch, fh, protocol=protocol)
     with open(base / meta[0], "wb") as fh:
-        pickle.dump(meta[1], fh)
+        pickle.dump(meta[1], fh, protocol=protocol)
 
 
 @pytest.mark.parametrize("hundred", [False, True])
@@ -156,16 +160,22 @@ def test_crop_and_flip_produce_windows_of_the_padded_image():
     assert torch.equal(x, x2)
 
 
-def test_imagenet_folders(tmp_path):
+def write_image_folders(root: Path, layout: dict[str, dict[str, int]]) -> None:
+    """Write ``layout[split][class]`` small PNG images to root/imagenet/<split>/<class>/."""
     rng = np.random.default_rng(2)
-    for split, n in (("train", 6), ("val", 2)):
-        for cls in ("n01", "n02"):
-            d = tmp_path / "imagenet" / split / cls
+    for split, classes in layout.items():
+        (root / "imagenet" / split).mkdir(parents=True, exist_ok=True)
+        for cls, n in classes.items():
+            d = root / "imagenet" / split / cls
             d.mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
                     d / f"{i}.png"
                 )
+
+
+def test_imagenet_folders(tmp_path):
+    write_image_folders(tmp_path, {"train": {"n01": 6, "n02": 6}, "val": {"n01": 2, "n02": 2}})
     cfg = DatasetConfig(
         name="imagenet", root=str(tmp_path), val_size=2, image_size=32, num_workers=0
     )
@@ -184,3 +194,265 @@ def test_imagenet_folders(tmp_path):
 
 def test_every_dataset_has_a_config_and_every_config_a_dataset():
     assert group_options("dataset") == DATASETS.names()
+
+
+# --- bad inputs: every one is a one-line UserError, never a traceback ---------------------------
+
+
+def _cut(path: Path, keep: float) -> None:
+    """Truncate a file to ``keep`` of its bytes (an interrupted download)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _raw(root: Path) -> Path:
+    make_idx_dataset(root / "MNIST" / "raw", n_train=30, n_test=10, gz=False)
+    return root / "MNIST" / "raw"
+
+
+def _idx_truncated(root: Path) -> tuple[DatasetConfig, str]:
+    _cut(_raw(root) / "train-images-idx3-ubyte", 0.5)
+    return DatasetConfig(name="mnist", root=str(root)), "train-images-idx3-ubyte is truncated"
+
+
+def _idx_truncated_gzip(root: Path) -> tuple[DatasetConfig, str]:
+    make_idx_dataset(root / "MNIST" / "raw", n_train=30, n_test=10, gz=True)
+    _cut(root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz", 0.6)  # the gzip stream ends early
+    return DatasetConfig(name="mnist", root=str(root)), "t10k-images-idx3-ubyte.gz cannot be read"
+
+
+def _idx_garbage(root: Path) -> tuple[DatasetConfig, str]:
+    path = _raw(root) / "train-labels-idx1-ubyte"
+    path.write_bytes(np.random.default_rng(3).integers(1, 256, 500, dtype=np.uint8).tobytes())
+    return DatasetConfig(name="mnist", root=str(root)), "train-labels-idx1-ubyte is not an idx"
+
+
+def _idx_not_gzip(root: Path) -> tuple[DatasetConfig, str]:
+    raw = _raw(root)
+    (raw / "train-labels-idx1-ubyte").unlink()
+    (raw / "train-labels-idx1-ubyte.gz").write_bytes(b"<html>404 Not Found</html>")
+    return DatasetConfig(name="mnist", root=str(root)), "train-labels-idx1-ubyte.gz cannot be read"
+
+
+def _idx_short_header(root: Path) -> tuple[DatasetConfig, str]:
+    (_raw(root) / "t10k-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1, 0]))
+    return DatasetConfig(name="mnist", root=str(root)), "shorter than its header"
+
+
+def _idx_too_long(root: Path) -> tuple[DatasetConfig, str]:
+    path = _raw(root) / "train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes() + b"\x00" * 7)
+    return DatasetConfig(name="mnist", root=str(root)), "longer than its header says"
+
+
+def _idx_wrong_rank(root: Path) -> tuple[DatasetConfig, str]:
+    raw = _raw(root)
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros((30, 2, 2)), gz=False)
+    return DatasetConfig(name="mnist", root=str(root)), "has 3 dimensions, expected 1"
+
+
+def _idx_count_mismatch(root: Path) -> tuple[DatasetConfig, str]:
+    raw = _raw(root)
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(29) % 10, gz=False)
+    return DatasetConfig(name="mnist", root=str(root)), "holds 30 images but"
+
+
+def _idx_bad_label(root: Path) -> tuple[DatasetConfig, str]:
+    raw = _raw(root)
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.full(10, 12), gz=False)
+    return DatasetConfig(name="mnist", root=str(root)), "holds label 12, expected 0..9"
+
+
+def _cifar(root: Path, hundred: bool = False) -> Path:
+    write_cifar(root, hundred, per_file=6)
+    return root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+
+
+def _dump(path: Path, obj: object) -> None:
+    path.write_bytes(pickle.dumps(obj))
+
+
+def _cifar_truncated(root: Path) -> tuple[DatasetConfig, str]:
+    _cut(_cifar(root) / "data_batch_3", 0.5)
+    return DatasetConfig(name="cifar10", root=str(root)), "data_batch_3 is"
+
+
+def _cifar_garbage(root: Path) -> tuple[DatasetConfig, str]:
+    path = _cifar(root, hundred=True) / "train"
+    path.write_bytes(np.random.default_rng(4).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    return DatasetConfig(name="cifar100", root=str(root)), "train is not a readable pickle"
+
+
+def _cifar_empty_file(root: Path) -> tuple[DatasetConfig, str]:
+    (_cifar(root) / "test_batch").write_bytes(b"")
+    return DatasetConfig(name="cifar10", root=str(root)), "test_batch is truncated"
+
+
+def _cifar_not_a_dict(root: Path) -> tuple[DatasetConfig, str]:
+    _dump(_cifar(root) / "data_batch_1", [1, 2, 3])
+    return DatasetConfig(name="cifar10", root=str(root)), "holds a list, not a CIFAR batch"
+
+
+def _cifar_no_labels(root: Path) -> tuple[DatasetConfig, str]:
+    _dump(_cifar(root) / "data_batch_2", {b"data": np.zeros((6, 3072), np.uint8)})
+    return DatasetConfig(name="cifar10", root=str(root)), "data_batch_2 lacks labels"
+
+
+def _cifar_count_mismatch(root: Path) -> tuple[DatasetConfig, str]:
+    batch = {b"data": np.zeros((6, 3072), np.uint8), b"labels": [0] * 5}
+    _dump(_cifar(root) / "data_batch_4", batch)
+    return DatasetConfig(name="cifar10", root=str(root)), "holds 6 images but 5 labels"
+
+
+def _cifar_bad_shape(root: Path) -> tuple[DatasetConfig, str]:
+    batch = {b"data": np.zeros((6, 3000), np.uint8), b"labels": [0] * 6}
+    _dump(_cifar(root) / "data_batch_5", batch)
+    return DatasetConfig(name="cifar10", root=str(root)), "expected uint8 rows of 3072 pixels"
+
+
+def _cifar_bad_label(root: Path) -> tuple[DatasetConfig, str]:
+    batch = {b"data": np.zeros((6, 3072), np.uint8), b"fine_labels": [0, 1, 2, 3, 4, 100]}
+    _dump(_cifar(root, hundred=True) / "test", batch)
+    return DatasetConfig(name="cifar100", root=str(root)), "holds label 100, expected 0..99"
+
+
+def _cifar_bad_meta(root: Path) -> tuple[DatasetConfig, str]:
+    _cut(_cifar(root) / "batches.meta", 0.3)
+    return DatasetConfig(name="cifar10", root=str(root)), "batches.meta is"
+
+
+def _imagenet(root: Path, train: dict[str, int], val: dict[str, int]) -> DatasetConfig:
+    write_image_folders(root, {"train": train, "val": val})
+    return DatasetConfig(name="imagenet", root=str(root), image_size=16, num_workers=0)
+
+
+def _imagenet_one_class(root: Path) -> tuple[DatasetConfig, str]:
+    return _imagenet(root, {"n01": 3}, {"n01": 1}), "needs at least 2"
+
+
+def _imagenet_empty_val(root: Path) -> tuple[DatasetConfig, str]:
+    return _imagenet(root, {"n01": 3, "n02": 3}, {}), "val holds no class folders"
+
+
+def _imagenet_other_val_classes(root: Path) -> tuple[DatasetConfig, str]:
+    cfg = _imagenet(root, {"n01": 3, "n02": 3}, {"n01": 1, "n03": 1})
+    return cfg, "1 only in train/ (first: n02); 1 only in val/ (first: n03)"
+
+
+def _imagenet_empty_class(root: Path) -> tuple[DatasetConfig, str]:
+    return _imagenet(root, {"n01": 3, "n02": 0}, {"n01": 1, "n02": 1}), "at least one image"
+
+
+def _val_size_mnist(root: Path) -> tuple[DatasetConfig, str]:
+    _raw(root)
+    return DatasetConfig(name="mnist", root=str(root), val_size=30), "holds out 30 of the 30"
+
+
+def _val_size_fraction_cifar(root: Path) -> tuple[DatasetConfig, str]:
+    _cifar(root)  # 30 training examples; 0.99 of them rounds to all 30
+    return DatasetConfig(name="cifar10", root=str(root), val_size=0.99), "holds out 30 of the 30"
+
+
+def _val_size_digits(root: Path) -> tuple[DatasetConfig, str]:
+    return DatasetConfig(name="digits", val_size=5000), "holds out 5000 of the 1438"
+
+
+def _val_size_imagenet(root: Path) -> tuple[DatasetConfig, str]:
+    cfg = _imagenet(root, {"n01": 2, "n02": 2}, {"n01": 1, "n02": 1})
+    cfg.val_size = 4
+    return cfg, "holds out 4 of the 4"
+
+
+BAD_INPUTS = {
+    f.__name__.lstrip("_"): f
+    for f in (
+        _idx_truncated,
+        _idx_truncated_gzip,
+        _idx_garbage,
+        _idx_not_gzip,
+        _idx_short_header,
+        _idx_too_long,
+        _idx_wrong_rank,
+        _idx_count_mismatch,
+        _idx_bad_label,
+        _cifar_truncated,
+        _cifar_garbage,
+        _cifar_empty_file,
+        _cifar_not_a_dict,
+        _cifar_no_labels,
+        _cifar_count_mismatch,
+        _cifar_bad_shape,
+        _cifar_bad_label,
+        _cifar_bad_meta,
+        _imagenet_one_class,
+        _imagenet_empty_val,
+        _imagenet_other_val_classes,
+        _imagenet_empty_class,
+        _val_size_mnist,
+        _val_size_fraction_cifar,
+        _val_size_digits,
+        _val_size_imagenet,
+    )
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_data_is_a_one_line_user_error(tmp_path, case):
+    cfg, expected = BAD_INPUTS[case](tmp_path)
+    with pytest.raises(UserError) as info:
+        build_dataset(cfg, CPU)
+    message = str(info.value)
+    assert "\n" not in message and expected in message, message
+    # a file's defect names the file and says what to do; a bad setting names the setting
+    assert any(hint in message for hint in ("delete", "dataset.val_size", "folder", "image")), (
+        message
+    )
+
+
+def _malicious(marker: Path) -> bytes:
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {shlex.quote(str(marker))}",))
+
+    return pickle.dumps({b"data": Payload(), b"labels": [0]})
+
+
+def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
+    control = tmp_path / "control"
+    pickle.loads(_malicious(control))  # the payload does run under plain pickle
+    assert control.exists()
+    marker = tmp_path / "marker"
+    base = _cifar(tmp_path)
+    (base / "data_batch_1").write_bytes(_malicious(marker))
+    with pytest.raises(UserError, match=r"data_batch_1 is not a CIFAR batch: it names (posix|os)"):
+        build_dataset(DatasetConfig(name="cifar10", root=str(tmp_path)), CPU)
+    assert not marker.exists()
+    # other ways in are refused too: eval / exec, and a global hidden in the meta file
+    for module, name in (("builtins", "eval"), ("builtins", "exec"), ("subprocess", "Popen")):
+        with pytest.raises(pickle.UnpicklingError):
+            SafeUnpickler(io.BytesIO(f"c{module}\n{name}\n.".encode())).load()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickles_of_every_protocol_load_safely(tmp_path, protocol):
+    write_cifar(tmp_path, hundred=False, per_file=4, protocol=protocol)
+    base = tmp_path / "cifar-10-batches-py"
+    if protocol == 2:  # the official files were written by numpy 1.x: numpy.core, not numpy._core
+        path = base / "test_batch"
+        path.write_bytes(path.read_bytes().replace(b"cnumpy._core.", b"cnumpy.core."))
+    expected = pickle.loads((base / "test_batch").read_bytes())
+    data = build_dataset(DatasetConfig(name="cifar10", root=str(tmp_path), val_size=2), CPU)
+    assert data.size("test") == 4 and data.class_names[2] == "k2"
+    loaded = safe_unpickle(base / "test_batch")
+    assert np.array_equal(loaded[b"data"], expected[b"data"])
+    assert [int(v) for v in loaded[b"labels"]] == [int(v) for v in expected[b"labels"]]
+
+
+def test_cifar_pickles_with_str_keys_load(tmp_path):
+    write_cifar(tmp_path, hundred=True, per_file=4)
+    base = tmp_path / "cifar-100-python"
+    for f in ("train", "test", "meta"):
+        batch = pickle.loads((base / f).read_bytes())
+        _dump(base / f, {k.decode(): v for k, v in batch.items()})
+    data = build_dataset(DatasetConfig(name="cifar100", root=str(tmp_path), val_size=1), CPU)
+    assert data.size("train") == 3 and data.class_names[5] == "c5"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +26,9 @@ from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, PruneContext
 from prune_cli.pruning.methods.dns import DnsConfig, surgery_probability, thresholds
 from prune_cli.pruning.methods.filter_pruning import FilterConfig
+from prune_cli.pruning.structured import thin_checkpoint
 from prune_cli.spec import DataSpec
+from prune_cli.thin import ThinModelError, load_thin_model
 
 
 def tiny_net() -> nn.Module:
@@ -41,7 +44,7 @@ def tiny_net() -> nn.Module:
     )
 
 
-def context(batches, num_classes=3) -> PruneContext:
+def context(batches, num_classes=3, artifacts: Path | None = None) -> PruneContext:
     return PruneContext(
         level=1,
         seed=0,
@@ -51,6 +54,7 @@ def context(batches, num_classes=3) -> PruneContext:
         weight_decay=0.0,
         num_classes=num_classes,
         load_state=lambda name: {},
+        artifact_path=Path if artifacts is None else artifacts.joinpath,
     )
 
 
@@ -266,8 +270,85 @@ def test_early_filter_pruning_run_saves_a_thinner_model(tmp_path):
     assert info["filter_sparsity"] == pytest.approx(0.5, abs=0.01)
     assert info["params_after"] < info["params_before"] and info["macs_after"] < info["macs_before"]
     assert info["max_output_difference"] < 1e-4 and info["latency_thin_ms"] > 0
-    thin = torch.load(RunPaths(tmp_path).extra("final_model.pt"), weights_only=False)
+    thin = load_thin_model(RunPaths(tmp_path).extra("final_model.pt"))  # name from config.yaml
     exported = torch.export.load(str(RunPaths(tmp_path).extra("final_model.pt2"))).module()
     x = torch.randn(5, 1, 8, 8)
     assert info["exported_model"] == "final_model.pt2"
     assert torch.allclose(thin.eval()(x), exported(x), atol=1e-5)
+
+
+def _thinned_run(name: str, spec: DataSpec, folder: Path, stored_name: str | None = None):
+    """(masked dense model, its finalize info) after ``filter``'s finalize wrote final_model.pt."""
+    model = build_model(name, spec)
+    for m in model.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.3, 0.3)
+    batches = data(1, spec.image_size, spec.channels, spec.num_classes, 4)
+    ctx = context(batches, spec.num_classes, artifacts=folder)
+    if stored_name is not None:
+        ctx.model_name = stored_name  # what a context that carries the model's name provides
+    method = METHODS.get("filter")(FilterConfig(sparsity=0.5, latency_batch=4, latency_repeats=1))
+    masks = Masks.ones(method.prunable(model))
+    masks.update(method.prune_fraction(model, masks, ctx, 0.5))
+    return model, method.finalize(model, masks, ctx)
+
+
+def test_thin_model_is_a_state_dict_that_rebuilds_to_the_same_outputs(tmp_path):
+    spec = DataSpec(1, 10, 8)
+    model, info = _thinned_run("cnn", spec, tmp_path, stored_name="cnn")
+    path = tmp_path / info["final_model"]
+    stored = torch.load(path, weights_only=True)  # plain data: no module is unpickled
+    assert stored["model"] == "cnn" and stored["input_shape"] == list(spec.input_shape)
+    assert any(stored["removed"].values())
+    thin = load_thin_model(path)
+    assert count_parameters(thin) == info["params_after"] < count_parameters(model)
+    x = torch.randn(5, *spec.input_shape)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(thin(x), model(x), atol=1e-5)
+        if info["exported_model"] == "final_model.pt2":
+            exported = torch.export.load(str(tmp_path / "final_model.pt2")).module()
+            assert torch.allclose(thin(x), exported(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v1"])
+def test_thin_model_rebuilds_residual_and_depthwise_networks(tmp_path, name):
+    """The stored removal reproduces torch-pruning's coupling (residual streams, depthwise)."""
+    spec = DataSpec(3, 10, 8)
+    model = build_model(name, spec).eval()
+    batches = data(1, 8, 3, 10, 4)
+    ctx = context(batches, 10)
+    method = METHODS.get("filter")(FilterConfig(sparsity=0.5))
+    masks = Masks.ones(method.prunable(model))
+    masks.update(method.prune_fraction(model, masks, ctx, 0.5))
+    keep = method.keep_from(masks, method.groups)
+    thin = method.groups.thin(keep, batches[0][0][:1])
+    checkpoint = thin_checkpoint(thin, method.groups.removed(keep), spec.input_shape, 10, name)
+    torch.save(checkpoint, tmp_path / "final_model.pt")
+    rebuilt = load_thin_model(tmp_path / "final_model.pt")
+    assert count_parameters(rebuilt) == count_parameters(thin) < count_parameters(model)
+    x = torch.randn(4, *spec.input_shape)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), thin(x))
+        assert torch.allclose(rebuilt(x), model(x), atol=1e-4)
+
+
+def test_thin_model_name_from_the_run_config_and_bad_files(tmp_path):
+    spec = DataSpec(1, 10, 8)
+    model, info = _thinned_run("cnn", spec, tmp_path)  # this context does not carry the name
+    path = tmp_path / info["final_model"]
+    with pytest.raises(ThinModelError, match="does not record its model"):
+        load_thin_model(path)
+    (tmp_path / "config.yaml").write_text("model:\n  name: cnn\nseed: 0\n")
+    x = torch.randn(3, *spec.input_shape)
+    with torch.no_grad():
+        assert torch.allclose(load_thin_model(path)(x), model.eval()(x), atol=1e-5)
+    with pytest.raises(ThinModelError, match="does not fit model 'mlp'"):
+        load_thin_model(path, model="mlp")
+    old = tmp_path / "old.pt"
+    torch.save(model, old)  # the previous format, a pickled module, is refused, not unpickled
+    with pytest.raises(ThinModelError, match="weights_only=False") as exc:
+        load_thin_model(old)
+    assert "\n" not in str(exc.value)

@@ -7,13 +7,14 @@ ImageNet streams through a DataLoader with workers. Both offer the same ``batche
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from omegaconf import MISSING
 
-from prune_cli.errors import ConfigError
+from prune_cli.errors import ConfigError, DatasetNotFound
 from prune_cli.registry import Registry, import_submodules
 from prune_cli.spec import ImageData
 
@@ -40,12 +41,44 @@ class DatasetConfig:
     num_workers: int = 8
 
     def __post_init__(self) -> None:
+        for key in ("val_size", "test_size"):
+            value = getattr(self, key)
+            if not math.isfinite(value):
+                raise ConfigError(f"dataset.{key} must be a finite number, got {value}")
         if self.val_size < 0:
             raise ConfigError(f"dataset.val_size must be >= 0, got {self.val_size}")
         if not 0.0 < self.test_size < 1.0:
             raise ConfigError(f"dataset.test_size must be in (0, 1), got {self.test_size}")
         if self.limit_train is not None and self.limit_train < 1:
             raise ConfigError(f"dataset.limit_train must be >= 1, got {self.limit_train}")
+
+
+class DatasetCorrupt(DatasetNotFound):
+    """A dataset file that is there but unreadable (truncated, garbage, inconsistent).
+
+    A ``DatasetNotFound`` because the remedy is the same (get the files again), so a caller that
+    handles missing files handles broken ones too.
+    """
+
+
+def holdout_count(holdout: float, n: int) -> int:
+    """How many of ``n`` examples ``holdout`` (a fraction < 1 or a count >= 1) holds out.
+
+    The same rule as ``base.split_indices``, which carves the split: checking here first turns
+    its ValueError into a one-line error that names the setting.
+    """
+    return round(holdout * n) if holdout < 1 else int(holdout)
+
+
+def check_val_size(name: str, cfg: DatasetConfig, n_train: int) -> None:
+    """Refuse a ``dataset.val_size`` that would leave no training example."""
+    count = holdout_count(cfg.val_size, n_train)
+    if count >= n_train:
+        raise ConfigError(
+            f"{name}: dataset.val_size={cfg.val_size} holds out {count} of the {n_train} training "
+            f"examples, leaving none to train on; set it to a count below {n_train} or a smaller "
+            "fraction"
+        )
 
 
 DatasetBuilder = Callable[[DatasetConfig, torch.device], ImageData]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from prune_cli.data import DATASETS, DatasetConfig
+from prune_cli.data import DATASETS, DatasetConfig, check_val_size
 from prune_cli.data.base import InMemoryData, carve_splits, split_indices
 from prune_cli.spec import DataSpec
 
@@ -21,6 +21,7 @@ def digits(cfg: DatasetConfig, device: torch.device) -> InMemoryData:
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0,1]
     y = torch.tensor(bunch.target, dtype=torch.long)
     rest, test = split_indices(len(y), cfg.test_size, cfg.split_seed)
+    check_val_size("digits", cfg, len(rest))
     splits = carve_splits(
         (x[rest], y[rest]), (x[test], y[test]), cfg.val_size, cfg.split_seed + 1, cfg.limit_train
     )

@@ -10,13 +10,22 @@ channel zeroes everything that produces it (conv filters and biases, BatchNorm g
 depthwise channels), so the masked network computes exactly zero there; the thinner network
 made by removing those channels then gives the same outputs (tested for ResNet-56, VGG and
 MobileNet). The first convolution and the classifier are never pruned.
+
+The thinner network is stored without pickling a module (``thin_checkpoint``): its state dict plus
+the removed channel indices of each unit and the input shape, all plain tensors, lists, ints and
+strings, so ``torch.load(..., weights_only=True)`` reads it. ``rebuild_thin`` applies the stored
+removal to a freshly built dense model of the same architecture and loads the weights; building
+that dense model is the caller's (``prune_cli.thin.load_thin_model``), since this package never
+imports a model.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -115,18 +124,74 @@ class FilterGroups:
         if tensors:
             torch._foreach_mul_(tensors, factors)
 
+    def removed(self, keep: dict[str, Tensor]) -> dict[str, list[int]]:
+        """The masked channel indices of each unit, in unit order (what ``thin`` removes)."""
+        return {u.root: torch.nonzero(~keep[u.root].cpu()).flatten().tolist() for u in self.units}
+
     def thin(self, keep: dict[str, Tensor], example: Tensor) -> nn.Module:
         """A copy of the model with the masked channels physically removed."""
-        thin = copy.deepcopy(self.model).eval()
-        graph = tp.DependencyGraph().build_dependency(thin, example_inputs=example)
-        modules = dict(thin.named_modules())
-        for unit in self.units:
-            idxs = torch.nonzero(~keep[unit.root].cpu()).flatten().tolist()
-            if idxs:
-                root = modules[unit.root]
-                group = graph.get_pruning_group(root, _out_fn(root), idxs=idxs)
-                group.prune()
-        return thin
+        thin = copy.deepcopy(self.model)
+        return remove_channels(thin, self.removed(keep), example)
+
+
+def remove_channels(
+    model: nn.Module, removed: Mapping[str, Sequence[int]], example: Tensor
+) -> nn.Module:
+    """Remove ``removed[root]`` output channels of each unit root (a conv or linear module name)
+    and everything coupled to them, in place; returns ``model`` in eval mode.
+
+    The indices are those of the dense model: units are disjoint groups, so removing one unit's
+    channels leaves the indices of another unit's output channels unchanged.
+    """
+    model.eval()
+    with torch.enable_grad():  # torch-pruning traces the graph with autograd
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    modules = dict(model.named_modules())
+    for name, idxs in removed.items():
+        if idxs:
+            root = modules[name]
+            graph.get_pruning_group(root, _out_fn(root), idxs=list(idxs)).prune()
+    return model
+
+
+#: ``format`` entry of a stored thin model, checked when it is read
+THIN_FORMAT = "prune-run thin model"
+THIN_VERSION = 1
+
+
+def thin_checkpoint(
+    thin: nn.Module,
+    removed: Mapping[str, Sequence[int]],
+    input_shape: Sequence[int],
+    num_classes: int,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """What rebuilds ``thin``: its weights and how it differs from the dense model.
+
+    Only tensors, dicts, lists, ints and strings, so that ``torch.load(weights_only=True)`` reads
+    it and loading a file cannot run code (a pickled ``nn.Module`` needs ``weights_only=False``).
+    ``input_shape`` (channels, height, width) and ``num_classes`` are the model's ``DataSpec``;
+    ``model`` is its registry name, when the caller knows it.
+    """
+    return {
+        "format": THIN_FORMAT,
+        "version": THIN_VERSION,
+        "model": model,
+        "input_shape": [int(d) for d in input_shape],
+        "num_classes": int(num_classes),
+        "removed": {name: [int(i) for i in idxs] for name, idxs in removed.items()},
+        "state_dict": {k: v.detach().cpu() for k, v in thin.state_dict().items()},
+    }
+
+
+def rebuild_thin(dense: nn.Module, checkpoint: Mapping[str, Any]) -> nn.Module:
+    """The thin model of ``checkpoint``, made from ``dense``, a freshly built model of the same
+    architecture and input shape (changed in place): remove the stored channels, load the
+    weights (strictly, so an architecture that does not match fails here)."""
+    example = torch.zeros(1, *checkpoint["input_shape"])
+    thin = remove_channels(dense.cpu(), checkpoint["removed"], example)
+    thin.load_state_dict(checkpoint["state_dict"])
+    return thin
 
 
 def macs_and_params(model: nn.Module, example: Tensor) -> tuple[int, int]:

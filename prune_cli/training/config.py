@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 
 from prune_cli.errors import ConfigError
@@ -57,6 +58,21 @@ class TrainConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def __post_init__(self) -> None:
+        # Float settings must be finite: NaN passes every comparison below (nan <= 0 is False)
+        # and inf passes the lower bounds; either would train on silently to a NaN loss.
+        floats = ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing")
+        for key in floats:
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"train.{key} must be a finite number, got {getattr(self, key)}")
+        if self.grad_clip is not None and not math.isfinite(self.grad_clip):
+            raise ConfigError(
+                f"train.grad_clip must be a finite number or null, got {self.grad_clip}"
+            )
+        for key in ("milestones", "lr_values"):
+            if not all(math.isfinite(v) for v in getattr(self, key)):
+                raise ConfigError(
+                    f"train.{key} must be finite numbers, got {list(getattr(self, key))}"
+                )
         if self.epochs < 0:
             raise ConfigError(f"train.epochs must be >= 0, got {self.epochs}")
         for key in ("batch_size", "eval_batch_size"):

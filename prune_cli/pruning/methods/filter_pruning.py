@@ -16,9 +16,16 @@ through the shortcuts, the units are the inner convolution of each block). When:
 While training, pruned channels are kept at exactly zero (filters, biases, BatchNorm gamma and
 beta). At the end the channels are physically removed (torch-pruning): the run reports parameters,
 MACs and inference latency of the thinner network against the dense one, checks that the thinner
-network's outputs equal the masked one's, and saves it as ``final_model.pt`` (a pickled module)
-and ``final_model.pt2`` (``torch.export``: loads with ``torch.export.load`` alone, without
-prune-run installed).
+network's outputs equal the masked one's, and saves it twice:
+
+- ``final_model.pt``: its state dict, the removed channel indices of each unit and the model's
+  input shape and classes (``structured.thin_checkpoint``), loadable with
+  ``torch.load(..., weights_only=True)``, so reading it cannot run code;
+  ``prune_cli.thin.load_thin_model(path)`` rebuilds the module from it (the dense model from the
+  registry, then the stored removal, then the weights);
+- ``final_model.pt2`` (``torch.export``: loads with ``torch.export.load`` alone, without
+  prune-run installed).
+
 ``score_temperature`` divides the logits of the scoring loss (the reference sheet lists T = 5);
 GraSP uses its own ``grasp_temperature`` (200) and a class-balanced sample.
 """
@@ -39,7 +46,12 @@ from prune_cli.errors import ConfigError
 from prune_cli.pruning.flow import MEASURES, derivatives_for, early_round_fraction, filter_score
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod
-from prune_cli.pruning.structured import FilterGroups, latency_ms, macs_and_params
+from prune_cli.pruning.structured import (
+    FilterGroups,
+    latency_ms,
+    macs_and_params,
+    thin_checkpoint,
+)
 
 WHEN = ("early", "init", "trained")
 
@@ -186,7 +198,16 @@ class FilterPruning(PruningMethod):
         macs_after, params_after = macs_and_params(thin, example)
         dense_ms = latency_ms(model, batch, self.cfg.latency_repeats)
         thin_ms = latency_ms(thin, batch, self.cfg.latency_repeats)
-        torch.save(thin, ctx.artifact_path("final_model.pt"))
+        # The registry name is the experiment's: PruneContext does not carry it yet, so read it
+        # if a newer context does; otherwise load_thin_model takes it from the run's config.yaml.
+        checkpoint = thin_checkpoint(
+            thin,
+            groups.removed(keep),
+            input_shape=x.shape[1:],
+            num_classes=ctx.num_classes,
+            model=getattr(ctx, "model_name", None),
+        )
+        torch.save(checkpoint, ctx.artifact_path("final_model.pt"))
         exported = export(thin, x[:2], ctx.artifact_path("final_model.pt2"))
         total = sum(u.channels for u in groups.units)
         kept = sum(int(k.sum()) for k in keep.values())
@@ -210,7 +231,7 @@ class FilterPruning(PruningMethod):
 
 def export(model: nn.Module, example: Tensor, path: Path) -> str:
     """Save a ``torch.export`` program with a dynamic batch size; the file name, or the reason
-    the model could not be exported (the pickled module is saved in any case)."""
+    the model could not be exported (the state dict checkpoint is saved in any case)."""
     try:
         batch = torch.export.Dim("batch", min=1)
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))

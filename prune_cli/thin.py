@@ -1,0 +1,87 @@
+"""Loading a structured method's thinner network (``final_model.pt``) without unpickling a module.
+
+The file holds plain data (``pruning.structured.thin_checkpoint``): the thin network's state dict,
+the channels removed from each unit of the dense network, its input shape and classes, and its
+registry name when the run recorded it. ``load_thin_model`` reads it with
+``torch.load(weights_only=True)`` (so a crafted file cannot run code), builds the dense model from
+the registry, removes the stored channels with torch-pruning and loads the weights.
+
+Why here, at the top of the package beside ``experiment``: rebuilding needs both the model
+registry (``models/``) and the channel removal (``pruning/structured.py``), and the architecture
+lets only the experiment layer import both (``pruning/`` never imports a model; ``models/``
+imports nothing but the foundations).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from prune_cli.errors import UserError
+from prune_cli.models import build_model
+from prune_cli.paths import RunPaths
+from prune_cli.pruning.structured import THIN_FORMAT, THIN_VERSION, rebuild_thin
+from prune_cli.spec import DataSpec
+
+
+class ThinModelError(UserError):
+    """A ``final_model.pt`` that cannot be rebuilt (unreadable, another format, another model)."""
+
+
+def _model_name(path: Path, stored: str | None) -> str:
+    """The registry name: stored in the file, else the ``model.name`` of the run's config.yaml."""
+    if stored:
+        return stored
+    config = RunPaths(path.parent).config
+    if config.is_file():
+        try:
+            name = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("name")
+        except (yaml.YAMLError, AttributeError):
+            name = None
+        if isinstance(name, str) and name:
+            return name
+    raise ThinModelError(
+        f"{path} does not record its model and no run config.yaml beside it names one; "
+        "pass the model's registry name: load_thin_model(path, model=<name>)"
+    )
+
+
+def load_thin_model(path: str | Path, model: str | None = None) -> nn.Module:
+    """The thinner network stored at ``path`` by a structured method, on the CPU in eval mode.
+
+    ``model`` (a registry name) overrides the name stored in the file or the run's config.
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ThinModelError(f"{path} does not exist; pass the path of a final_model.pt") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        # weights_only refuses a pickled module (the format of prune-run before this one)
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ThinModelError(
+            f"{path} is not a thin-model checkpoint readable without unpickling code "
+            f"({type(exc).__name__}: {detail}); an old run's pickled module loads only with "
+            "torch.load(path, weights_only=False), and only if you trust the file"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != THIN_FORMAT:
+        raise ThinModelError(f"{path} is not a prune-run thin model (no format entry)")
+    if checkpoint.get("version") != THIN_VERSION:
+        raise ThinModelError(
+            f"{path} is version {checkpoint.get('version')} of the thin-model format; this "
+            f"prune-run reads version {THIN_VERSION}: use the prune-run that wrote it"
+        )
+    name = model or _model_name(path, checkpoint.get("model"))
+    channels, height, _ = checkpoint["input_shape"]
+    dense = build_model(name, DataSpec(channels, checkpoint["num_classes"], height))
+    try:
+        return rebuild_thin(dense, checkpoint).eval()
+    except (KeyError, RuntimeError, IndexError, ValueError) as exc:  # another architecture
+        raise ThinModelError(
+            f"{path} does not fit model {name!r} ({type(exc).__name__}); pass the model the run "
+            "used: load_thin_model(path, model=<name>)"
+        ) from None
