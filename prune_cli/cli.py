@@ -27,6 +27,7 @@ from prune_cli.config import (
     CONF_DIR,
     NON_RESULT_KEYS,
     check_target_overrides,
+    group_options,
     register_configs,
     register_resolvers,
     to_run_config,
@@ -39,10 +40,6 @@ FAILED_JOBS: list[int] = []
 _SWEEP_LOCK = contextlib.ExitStack()
 _MAIN_PID = os.getpid()
 CHOICE_GROUPS = ("model", "dataset", "method", "train", "experiment", "sweep")
-
-
-def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
-    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
 def check_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:

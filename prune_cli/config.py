@@ -35,6 +35,12 @@ from prune_cli.training.config import TrainConfig
 #: the config tree: ``conf/`` beside the package (the repository), or $PRUNE_RUN_CONF
 CONF_DIR = Path(os.environ.get("PRUNE_RUN_CONF", Path(__file__).resolve().parent.parent / "conf"))
 
+
+def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The options of a config group: its YAML files' names."""
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
 #: keys (dotted paths) that do not change results: left out of the config hash, so changing
 #: them never blocks a resume (where files are, how fast they load, what is displayed)
 NON_RESULT_KEYS = (

@@ -225,6 +225,7 @@ class Experiment:
             num_classes=s.data.spec.num_classes,
             load_state=load_state,
             artifact_path=self.store.artifact,
+            model_name=self.cfg.model.name,
         )
 
     # --- the levels ---------------------------------------------------------------------------

@@ -13,8 +13,10 @@ Layout of a run directory::
     init.pt                the weights at initialisation (for rewinding)
     rewind.pt              the weights at the rewind epoch, when rewinding to an epoch
     levels/level_<k>/model.pt, mask.pt   the selected model and mask at the end of level k
-    final_model.pt, .pt2   a structured method's thinner network (pickled; torch.export)
-    .hydra/                Hydra's copy of the config and overrides
+    final_model.pt, .pt2   a structured method's thinner network (state dict + removed channels,
+                           loadable with weights_only; torch.export program)
+    .hydra/                Hydra's copy of the config and overrides (written after the checks)
+    .lock                  held (flock) by the run that writes this directory
 """
 
 from __future__ import annotations

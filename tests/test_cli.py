@@ -168,6 +168,7 @@ def test_nan_loss_marks_the_run_failed(tmp_path):
     assert result.returncode == 1
     summary = json.loads(RunPaths(run).summary.read_text())
     assert summary["status"] == "failed" and "loss became" in summary["reason"]
+    assert summary["reason"].startswith("level 0:") and "epoch 1" in summary["reason"]
 
 
 RESUME_CASES = {

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from prune_cli.cli import group_options
+from prune_cli.config import group_options
 from prune_cli.data import DATASETS, DatasetConfig, build_dataset
 from prune_cli.data.base import InMemoryData
 from prune_cli.data.cifar import SafeUnpickler, safe_unpickle

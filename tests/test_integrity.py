@@ -25,6 +25,7 @@ from prune_cli.experiment import Experiment
 from prune_cli.io import FILE_MODE, load_torch
 from prune_cli.paths import RunPaths
 from prune_cli.pruning.mask import Masks
+from prune_cli.reporting.collect import collect
 from prune_cli.seeds import derive_seed
 from prune_cli.store import RunStore, check_location, directory_lock
 from prune_cli.training.loop import Trainer
@@ -168,6 +169,16 @@ def test_a_second_writer_is_refused(tmp_path):
     assert not RunPaths(run).summary.exists() and not (run / ".hydra").exists()
 
 
+@pytest.mark.slow
+def test_a_second_sweep_into_one_sweep_directory_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    with directory_lock(sweep, "sweep"):
+        result = run_cli(["-m", *QUICK, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "another prune-run" in one_line(result) and "sweep directory" in result.stderr
+    assert not list(sweep.glob("*/summary.json"))
+
+
 def test_the_lock_is_exclusive_within_and_across_processes(tmp_path):
     with (
         directory_lock(tmp_path),
@@ -279,6 +290,8 @@ def test_a_damaged_level_model_is_detected_when_shown(tmp_path, done_run, damage
         model.unlink()
     with pytest.raises(UserError, match=r"level_1/model\.pt is (truncated|missing)"):
         Experiment(run_config(QUICK), run).run()
+    (listed,) = collect([run]).runs.to_dict("records")
+    assert listed["status"] == "damaged" and "level_1/model.pt" in listed["reason"]
 
 
 @pytest.mark.parametrize("content", ["{", "[1, 2]"])

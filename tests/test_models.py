@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prune_cli.cli import group_options
+from prune_cli.config import group_options
 from prune_cli.models import MODELS, build_model, count_parameters
 from prune_cli.spec import DataSpec
 

@@ -204,8 +204,13 @@ def test_two_job_multirun_through_a_launcher(tmp_path, launcher):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted(p.parent.name for p in sweep_dir.glob("*/summary.json"))
-    assert runs == ["0-digits-mlp-magnitude-s0", "1-digits-mlp-random-s0"]
+    assert [r.rsplit("-", 1)[0] for r in runs] == [
+        "digits-mlp-magnitude-s0",
+        "digits-mlp-random-s0",
+    ]
     for p in sweep_dir.glob("*/summary.json"):
-        assert json.loads(p.read_text())["status"] == "completed"
+        summary = json.loads(p.read_text())
+        assert summary["status"] == "completed"
+        assert p.parent.name.endswith(summary["config_hash"])  # the job's own hash names it
     c = collect([sweep_dir])
     assert set(c.completed.method) == {"magnitude", "random"}

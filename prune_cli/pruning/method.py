@@ -75,6 +75,9 @@ class PruneContext:
     load_state: Callable[[str], dict[str, Tensor]]
     #: where a method saves its own artifacts (``artifact_path("final_model.pt")``)
     artifact_path: Callable[[str], Path] = Path
+    #: the registered model's name, recorded beside artifacts that rebuild it (never used to
+    #: import the model here)
+    model_name: str | None = None
 
 
 class PruningMethod:

@@ -48,12 +48,29 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return sorted(found)
 
 
+def _damaged(root: Path, files: dict) -> str | None:
+    """Why a completed run's level files are not as it wrote them (sizes only: cheap)."""
+    for name, recorded in files.items():
+        path = root / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if isinstance(recorded, dict) and path.stat().st_size != recorded.get("bytes"):
+            return f"{name} is truncated"
+    return None
+
+
 def _read_run(root: Path) -> dict:
     paths = RunPaths(root)
     try:
         summary = json.loads(paths.summary.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return {"run": str(root), "status": "unreadable", "reason": str(exc)}
+    if not isinstance(summary, dict):
+        return {"run": str(root), "status": "unreadable", "reason": "summary is not a mapping"}
+    if summary.get("status") == "completed" and isinstance(summary.get("files"), dict):
+        damage = _damaged(root, summary["files"])
+        if damage is not None:
+            summary = {**summary, "status": "damaged", "reason": damage}
     method_cfg: dict = {}
     if paths.config.exists():
         method_cfg = (yaml.safe_load(paths.config.read_text()) or {}).get("method", {}) or {}

@@ -205,7 +205,7 @@ class FilterPruning(PruningMethod):
             groups.removed(keep),
             input_shape=x.shape[1:],
             num_classes=ctx.num_classes,
-            model=getattr(ctx, "model_name", None),
+            model=ctx.model_name,
         )
         torch.save(checkpoint, ctx.artifact_path("final_model.pt"))
         exported = export(thin, x[:2], ctx.artifact_path("final_model.pt2"))
