@@ -53,6 +53,7 @@ NON_RESULT_KEYS = (
     "dataset.num_workers",
     "train.eval_batch_size",
     "train.compile",
+    "checkpoint_every",
 )
 
 
@@ -77,6 +78,9 @@ class RunConfig:
     #: (p, q) pairs of the PQ index logged in pqi.csv
     pqi_grid: list[Any] = field(default_factory=lambda: [[0.5, 1.0], [1.0, 2.0]])
     output_root: str = "outputs"
+    #: write the resumable checkpoint every N epochs (and at every level's end); a resume
+    #: repeats at most N - 1 epochs and still ends with the same results
+    checkpoint_every: int = 1
     #: reuse the dense level 0 of another run directory (same model, dataset, train, seed):
     #: prune one trained model with many methods and ratios without training it again
     dense_from: str | None = None
@@ -84,6 +88,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:<n>, got {self.device!r}")
         grid = []

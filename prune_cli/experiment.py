@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import platform
 import subprocess
 import time
@@ -44,6 +45,9 @@ from prune_cli.spec import ImageData
 from prune_cli.store import DenseSource, RunStore
 from prune_cli.training.loop import EvalResult, Trainer, evaluate, resolve_device
 from prune_cli.training.optim import build_optimizer, build_scheduler
+
+#: per-epoch and per-level lines: to ``run.log`` always, and to stdout through Hydra's logging
+log = logging.getLogger("prune_cli.experiment")
 
 
 @dataclass
@@ -102,7 +106,9 @@ class Experiment:
                     return existing
             self._start()
             try:
-                self._levels()
+                with self.store.log_file():
+                    log.info("run %s in %s", self.store.hash, self.store.root)
+                    self._levels()
                 s = self._s
                 info = s.method.finalize(s.model, s.masks, self._context(s.cursor.level))
             except KeyboardInterrupt:
@@ -293,7 +299,7 @@ class Experiment:
             cb.on_level_start(s.model, steps, cfg.epochs)
         has_val = s.data.size("val") > 0
         while s.cursor.epoch < cfg.epochs:
-            epoch, mask_version = s.cursor.epoch, s.masks.version
+            epoch, mask_version, started = s.cursor.epoch, s.masks.version, time.time()
             seed = derive_seed(self.cfg.seed, "epoch", level, epoch)
             torch.manual_seed(seed)
             try:
@@ -312,6 +318,15 @@ class Experiment:
                 score = {"val_accuracy": val.accuracy, "val_loss": -val.loss}.get(cfg.select, score)
             s.records.metrics.extend(rows)
             s.cursor.epoch += 1
+            log.info(
+                "level %d/%d epoch %d/%d %s (%.1f s)",
+                level,
+                s.method.num_levels(),
+                s.cursor.epoch,
+                cfg.epochs,
+                " ".join(f"{split}_{k}={v:.4g}" for _, _, split, k, v in rows),
+                time.time() - started,
+            )
             if s.masks.version != mask_version:
                 s.cursor.best = {}  # earlier epochs had other masks: not selectable
             if not s.cursor.best or score >= s.cursor.best["score"]:
@@ -320,8 +335,9 @@ class Experiment:
             rewind = s.method.rewind()
             if level == 0 and rewind.kind == "epoch" and s.cursor.epoch == rewind.epoch:
                 self.store.save_rewind(s.model.state_dict())
-            self._save_checkpoint(optimizer, scheduler, callbacks, best_state)
-            self.store.write_results(s.records)
+            if s.cursor.epoch % self.cfg.checkpoint_every == 0 or s.cursor.epoch == cfg.epochs:
+                self._save_checkpoint(optimizer, scheduler, callbacks, best_state)
+                self.store.write_results(s.records)
         if best_state is not None:
             s.model.load_state_dict(best_state)
 
@@ -355,6 +371,14 @@ class Experiment:
                 "num_classes": spec.num_classes,
                 "image_size": spec.image_size,
             },
+        )
+        entry = s.records.levels[-1]
+        log.info(
+            "level %d done: sparsity %.4f, val accuracy %s, test accuracy %.4f",
+            level,
+            entry["sparsity"],
+            "-" if val is None else f"{val.accuracy:.4f}",
+            test.accuracy,
         )
         s.cursor = Cursor(level=level + 1)
         self._save_checkpoint()

@@ -117,5 +117,12 @@ def save_csv(
     _atomic(Path(path), write, durable=durable)
 
 
+def append_csv(rows: Iterable[Sequence[Any]], path: Path) -> None:
+    """Append rows to an existing CSV file (not atomic: callers can rewrite it from a durable
+    copy of the rows, as the run store does at the start of every session)."""
+    with open(path, "a", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+
+
 def save_text(text: str, path: Path) -> None:
     _atomic(Path(path), lambda fh: fh.write(text))

@@ -15,6 +15,7 @@ Layout of a run directory::
     levels/level_<k>/model.pt, mask.pt   the selected model and mask at the end of level k
     final_model.pt, .pt2   a structured method's thinner network (state dict + removed channels,
                            loadable with weights_only; torch.export program)
+    run.log                one line per epoch and level (appended across resumed sessions)
     .hydra/                Hydra's copy of the config and overrides (written after the checks)
     .lock                  held (flock) by the run that writes this directory
 """
@@ -38,6 +39,7 @@ RESULT_FILES = (
     "rewind.pt",
     "final_model.pt",
     "final_model.pt2",
+    "run.log",
 )
 RESULT_DIRS = ("levels",)
 
@@ -76,6 +78,10 @@ class RunPaths:
     @property
     def recall_distortion(self) -> Path:
         return self.root / "recall_distortion.csv"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "run.log"
 
     @property
     def checkpoint(self) -> Path:

@@ -25,6 +25,7 @@ import csv
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -133,6 +134,8 @@ class RunStore:
         self.paths = RunPaths(Path(root))
         self.config = config
         self.hash = config_hash(config)
+        #: rows of each results table already in its file in this session (None: rewrite all)
+        self._written: dict[str, int] | None = None
 
     @property
     def root(self) -> Path:
@@ -205,6 +208,20 @@ class RunStore:
             raise UserError(
                 f"{self.root} is complete but {problem}; re-run with overwrite=true to recompute it"
             )
+
+    @contextlib.contextmanager
+    def log_file(self) -> Iterator[None]:
+        """Send the ``prune_cli`` log to ``run.log`` while the run holds the directory."""
+        handler = logging.FileHandler(self.paths.log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger = logging.getLogger("prune_cli")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
 
     def write_config(self, config_yaml: str, hydra_files: dict[str, str] | None) -> None:
         """The resolved config, and Hydra's copies (written here, after the checks)."""
@@ -341,8 +358,17 @@ class RunStore:
 
     # --- results ------------------------------------------------------------------------------
     def write_results(self, records: Any) -> None:
-        # The rows live in the checkpoint too, so the CSVs need no fsync: a crash rewrites them.
-        records.write(self.paths, durable=False)
+        """Bring the CSV files up to ``records``: rewrite them the first time in a session (a
+        resumed run's files may hold rows past its checkpoint), then append the new rows only.
+
+        The rows live in the checkpoint too, so the CSVs need no fsync: a crash, even in the
+        middle of an append, is repaired by the rewrite that starts the next session.
+        """
+        if self._written is None:
+            records.write(self.paths, durable=False)
+        else:
+            records.append(self.paths, self._written)
+        self._written = records.counts()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         save_json(summary, self.paths.summary)

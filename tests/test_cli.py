@@ -175,6 +175,9 @@ RESUME_CASES = {
     # level 0 has 3 epochs: the 5th epoch is level 1's second; the 4th is its first, right
     # after pruning (DNS keeps its dense weights in the method's state)
     "magnitude": (["method.levels=2", "method.rewind=1ep"], 5),
+    # checkpoints every 2 epochs: the crash in level 1's second epoch resumes from the end of
+    # level 0 (the level end always checkpoints) and repeats level 1's first epoch
+    "every-2-epochs": (["method.levels=2", "method.rewind=1ep", "checkpoint_every=2"], 5),
     "dns": (["method=dns", "method.c_rate=0.5"], 4),
     # filter pruning rounds after epochs 1 and 2; the crash comes in epoch 3, after a resume the
     # pruned channels' biases must stay at zero

@@ -112,3 +112,15 @@ def test_every_sweep_preset_names_valid_options(preset):
             if key in ("experiment", "method", "model", "dataset"):
                 assert option in group_options(key), (preset, key, option)
     run_config([*overrides, f"sweep={preset}"])
+
+
+def test_parallel_jobs_share_the_cores():
+    from prune_cli.cli import threads_per_job
+
+    assert threads_per_job(16, 4) == 4
+    assert threads_per_job(2, 2) == 1
+    assert threads_per_job(2, 8) == 1  # never zero
+    assert threads_per_job(8, 1) == 8
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=local"], return_hydra_config=True)
+    assert cfg.hydra.launcher.n_jobs == 2  # what _share_cores reads

@@ -456,3 +456,23 @@ def test_cifar_pickles_with_str_keys_load(tmp_path):
         _dump(base / f, {k.decode(): v for k, v in batch.items()})
     data = build_dataset(DatasetConfig(name="cifar100", root=str(tmp_path), val_size=1), CPU)
     assert data.size("train") == 3 and data.class_names[5] == "c5"
+
+
+def test_digits_are_read_without_importing_scikit_learns_datasets():
+    """The light reader gives scikit-learn's arrays exactly, and imports nothing of it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from prune_cli.data.digits import _digits_arrays; _digits_arrays(); "
+        "print('sklearn.datasets' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
+    from sklearn.datasets import load_digits
+
+    from prune_cli.data.digits import _digits_arrays
+
+    images, labels = _digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)

@@ -7,16 +7,13 @@ pre-activation-free ResNet-18 for CIFAR, so that small images are not reduced to
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torchvision
 from torch import nn
 
 from prune_cli.models import MODELS
 from prune_cli.spec import DataSpec
 
 
-def _adapt(model: torchvision.models.ResNet, spec: DataSpec) -> nn.Module:
+def _adapt(model: nn.Module, spec: DataSpec) -> nn.Module:
     if spec.image_size < 64:
         model.conv1 = nn.Conv2d(spec.channels, 64, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
@@ -25,12 +22,15 @@ def _adapt(model: torchvision.models.ResNet, spec: DataSpec) -> nn.Module:
     return model
 
 
-def _register(name: str, builder: Callable[..., torchvision.models.ResNet]) -> None:
+def _register(name: str) -> None:
     @MODELS.register(name)
     def build(spec: DataSpec) -> nn.Module:
+        # torchvision is imported when a model is built, not when the registry is (start-up time)
+        import torchvision
+
+        builder = getattr(torchvision.models, name)
         return _adapt(builder(weights=None, num_classes=spec.num_classes), spec)
 
 
-_register("resnet18", torchvision.models.resnet18)
-_register("resnet50", torchvision.models.resnet50)
-_register("resnet101", torchvision.models.resnet101)
+for _name in ("resnet18", "resnet50", "resnet101"):
+    _register(_name)

@@ -11,7 +11,6 @@ the usual CIFAR adaptation; the depthwise convolutions are what structured pruni
 
 from __future__ import annotations
 
-import torchvision
 from torch import Tensor, nn
 
 from prune_cli.models import MODELS
@@ -70,6 +69,8 @@ def mobilenet_v1(spec: DataSpec) -> nn.Module:
 
 @MODELS.register("mobilenet_v2")
 def mobilenet_v2(spec: DataSpec) -> nn.Module:
+    import torchvision  # at build time: keeps start-up light
+
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=spec.num_classes)
     small = spec.image_size < 64
     stem = model.features[0][0]
