@@ -39,7 +39,7 @@ format: $(STAMP) ## format the code with ruff
 	$(VENV)/bin/ruff check --fix prune_cli tests scripts
 	$(VENV)/bin/ruff format prune_cli tests scripts
 
-bench: $(STAMP) ## prune-run's training step against a plain PyTorch loop (CPU ~1 min; GPU when present)
+bench: $(STAMP) ## prune-run's training step against plain PyTorch loops (CPU ~2-3 min; GPU when present)
 	$(PY) scripts/bench_train.py
 
 # On a bare GPU machine: no venv. The system python3 (override: `make gpu-check PY=...`) must
