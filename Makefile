@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns
+.PHONY: help install demo test test-fast lint format bench gpu-check clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns
 
 help: ## list the targets with what they do and how long they take
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -39,8 +39,25 @@ format: $(STAMP) ## format the code with ruff
 	$(VENV)/bin/ruff check --fix prune_cli tests scripts
 	$(VENV)/bin/ruff format prune_cli tests scripts
 
-bench: $(STAMP) ## prune-run's training step against a plain PyTorch loop (CPU ~1 min; GPU when present)
+bench: $(STAMP) ## prune-run's training step against plain PyTorch loops (CPU ~2-3 min; GPU when present)
 	$(PY) scripts/bench_train.py
+
+# On a bare GPU machine: no venv. The system python3 (override: `make gpu-check PY=...`) must
+# have torch, torchvision, numpy, pytest, pandas, rich; hydra-core, omegaconf, antlr4 and
+# torch-pruning come from wheels in .whl/ (see docs/BENCHMARKS.md), installed into a
+# temporary folder that goes on PYTHONPATH with the repository root.
+gpu-check: PY = python3
+gpu-check: ## on a GPU machine: GPU tests + training/latency benchmarks into docs/BENCHMARKS.md (H100 ~6-8 min; no venv)
+	@set -e; site=""; \
+	if ls .whl/*.whl >/dev/null 2>&1; then \
+	  site=$$(mktemp -d); \
+	  $(PY) -m pip install --quiet --no-index --no-deps --target "$$site" .whl/*.whl; \
+	  echo "installed $$(ls .whl/*.whl | wc -l) wheels from .whl/ into $$site"; \
+	fi; \
+	export PYTHONPATH="$${site:+$$site:}$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"; \
+	status=0; GPU_CHECK_COMMAND="make gpu-check" $(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS) \
+	  || status=$$?; \
+	[ -z "$$site" ] || rm -rf "$$site"; exit $$status
 
 clean: ## remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -14,6 +14,7 @@ from prune_cli.data import DatasetConfig, build_dataset
 from prune_cli.experiment import Experiment
 from prune_cli.models import build_model
 from prune_cli.pruning.mask import Masks, prunable_parameters
+from prune_cli.spec import DataSpec
 from prune_cli.training.config import TrainConfig
 from prune_cli.training.loop import Trainer, evaluate
 from prune_cli.training.optim import build_optimizer, build_scheduler
@@ -51,3 +52,70 @@ def test_a_run_on_cuda(tmp_path):
     ).run()
     assert summary["status"] == "completed" and summary["device"].startswith("cuda")
     assert summary["levels"][-1]["sparsity"] > 0.5
+
+
+def cuda_trainer(compile_mode: str | None = None, model_name: str = "resnet20"):
+    device = torch.device("cuda")
+    data = build_dataset(DatasetConfig(name="digits"), device)
+    torch.manual_seed(0)
+    model = build_model(model_name, data.spec).to(device).to(memory_format=torch.channels_last)
+    cfg = TrainConfig(
+        epochs=2,
+        batch_size=64,
+        lr=0.05,
+        compile=compile_mode is not None,
+        compile_mode=compile_mode,
+    )
+    params = prunable_parameters(model)
+    masks = Masks({k: torch.rand(p.shape, device=device) > 0.5 for k, p in params.items()})
+    masks.apply_(params)
+    opt = build_optimizer(model.parameters(), cfg, cfg.lr)
+    sched = build_scheduler(opt, cfg, data.num_batches("train", 64), 2)
+    return Trainer(model, data, cfg, opt, sched, lambda: masks.apply_(params)), params, masks
+
+
+def test_an_epoch_syncs_with_the_host_only_at_its_end():
+    """No per-step host sync: the CPU can queue steps ahead of the GPU."""
+    trainer, _, _ = cuda_trainer()
+    trainer.train_epoch(0, torch.Generator().manual_seed(0))  # caches, cuDNN's search
+    assert trainer.steps_per_epoch > 10
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with pytest.warns(UserWarning) as record:
+            trainer.train_epoch(1, torch.Generator().manual_seed(1))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in record if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 2, [str(w.message) for w in syncs]
+
+
+def test_masks_and_inputs_keep_the_channels_last_layout():
+    trainer, params, masks = cuda_trainer()
+    masks.update({k: (torch.rand(p.shape) > 0.7).to(p.device) for k, p in params.items()})
+    masks.apply_(params)
+    for k, p in params.items():
+        assert masks._float[k].stride() == p.stride()
+    x, _ = next(trainer.data.batches("train", 64, augment=True, generator=torch.Generator()))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.backends.cudnn.benchmark
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_training_on_cuda_keeps_masks_and_learns(mode):
+    trainer, params, masks = cuda_trainer(mode, "lenet5")  # a small model compiles fast
+    first = trainer.train_epoch(0, torch.Generator().manual_seed(0))
+    second = trainer.train_epoch(1, torch.Generator().manual_seed(1))
+    assert second["loss"] < first["loss"]
+    for k, p in params.items():
+        assert torch.count_nonzero(p[~masks[k]]) == 0
+
+
+def test_latency_on_cuda_is_graphed_and_leaves_the_model_alone():
+    from prune_cli.pruning.structured import latency_ms
+
+    model = build_model("resnet20", DataSpec(3, 10, 32)).cuda().train()
+    x = torch.randn(64, 3, 32, 32, device="cuda")
+    graphed = latency_ms(model, x, repeats=5)
+    eager = latency_ms(model, x, repeats=5, graphs=False)
+    assert graphed > 0 and eager > 0
+    assert model.training and next(model.parameters()).is_contiguous()

@@ -208,3 +208,121 @@ def test_random_scores_depend_on_seed_and_level_only():
 def test_impossible_level_settings_are_refused(kwargs):
     with pytest.raises(ConfigError):
         LevelConfig(**kwargs)
+
+
+# --- devices and layouts ---------------------------------------------------------------------
+# A CUDA run crashed at its first prune because a selection built a tensor on the CPU. Tensors on
+# PyTorch's ``meta`` device have shapes and no data, and mixing them with CPU tensors raises the
+# same "expected device" error as mixing CUDA and CPU ones: running the selection paths on
+# ``meta`` catches that class of bug on a machine without a GPU.
+
+META = torch.device("meta")
+
+
+def meta_inputs() -> tuple[dict, dict, dict]:
+    params = {
+        "conv.weight": torch.empty(6, 3, 3, 3, device=META),
+        "fc.weight": torch.empty(10, 24, device=META),
+    }
+    masks = {k: torch.empty(p.shape, dtype=torch.bool, device=META) for k, p in params.items()}
+    scores = {k: torch.empty(p.shape, device=META) for k, p in params.items()}
+    return params, masks, scores
+
+
+def count_rules():
+    from prune_cli.pruning.methods.sap import sap_count
+
+    return {
+        "fraction_of_total": fraction_of_total(0.5),
+        "fraction_of_remaining": fraction_of_remaining(0.2),
+        "sap": sap_count(0.5, 1.0, 0.0, 1.0, 0.9),
+    }
+
+
+@pytest.mark.parametrize("rule", ["fraction_of_total", "fraction_of_remaining", "sap"])
+@pytest.mark.parametrize("scope", ["global", "layer", "neuron"])
+def test_selection_stays_on_the_masks_device(scope, rule):
+    params, masks, scores = meta_inputs()
+    out = select(params, scores, masks, scope, count_rules()[rule])
+    for k, m in out.items():
+        assert m.device == META and m.dtype == torch.bool and m.shape == masks[k].shape
+
+
+def test_the_old_global_size_on_the_cpu_is_caught_on_meta():
+    """The regression itself: a group size made on the CPU fails against meta masks."""
+    from prune_cli.pruning.scope import Groups
+
+    _, masks, _ = meta_inputs()
+    flat = torch.cat([m.reshape(-1) for m in masks.values()]).unsqueeze(0)
+    groups = Groups(flat.float(), flat, flat.double(), torch.tensor([flat.numel()]))
+    with pytest.raises(RuntimeError, match="device"):
+        fraction_of_total(0.5)(groups)
+
+
+def test_filter_keep_is_on_the_models_device_for_masked_and_unmasked_units():
+    from types import SimpleNamespace
+
+    from prune_cli.pruning.methods.filter_pruning import FilterConfig, FilterPruning
+    from prune_cli.pruning.structured import Unit
+
+    model = nn.Linear(3, 4, device=META)
+    groups = SimpleNamespace(model=model, units=[Unit("a", 4), Unit("b", 5)])
+    masks = Masks({"a.weight": torch.empty(4, 3, dtype=torch.bool, device=META)})
+    keep = FilterPruning(FilterConfig()).keep_from(masks, groups)
+    assert {k: (v.device, v.shape) for k, v in keep.items()} == {
+        "a": (META, (4,)),
+        "b": (META, (5,)),
+    }
+
+
+def channels_last_params() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 5, 3), nn.Flatten(), nn.Linear(20, 3))
+    params = prunable_parameters(net.to(memory_format=torch.channels_last))
+    assert params["0.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert not params["0.weight"].is_contiguous()
+    return params
+
+
+def test_mask_multiplicands_follow_the_weights_layout():
+    """Masks from a selection or a file have the default layout; what multiplies the weights
+    must have the weights' strides (else the fused multiply runs one kernel per tensor)."""
+    params = channels_last_params()
+    masks = Masks.ones(params)
+    assert masks["0.weight"].stride() == params["0.weight"].stride()  # ones_like keeps it
+    new = {k: (torch.rand(p.shape) > 0.5).contiguous() for k, p in params.items()}
+    masks.update(new)
+    assert masks["0.weight"].stride() == params["0.weight"].stride()
+    loaded = Masks(new)  # as read from a file: default layout
+    expected = {k: p.detach() * new[k] for k, p in params.items()}
+    loaded.apply_(params)
+    for k, p in params.items():
+        assert loaded._float[k].stride() == p.stride()
+        assert torch.equal(p.detach(), expected[k])
+
+
+def test_all_kept_masks_skip_the_multiply_and_the_flag_follows_changes(tmp_path):
+    params = prunable_parameters(small_net())
+    masks = Masks.ones(params)
+    assert masks.all_kept()
+    masks.apply_(params)
+    assert masks._float is None  # nothing was built, nothing multiplied
+    masks.update({"4.weight": torch.rand(params["4.weight"].shape) > 0.5})
+    assert not masks.all_kept() and not masks.to("cpu").all_kept()
+    masks.apply_(params)
+    assert int((params["4.weight"] != 0).sum()) == int(masks["4.weight"].sum())
+    masks.save(tmp_path / "m.pt")
+    assert not Masks.load(tmp_path / "m.pt").all_kept()
+    masks.update({"4.weight": torch.ones(params["4.weight"].shape, dtype=torch.bool)})
+    assert masks.all_kept()
+    assert Masks({k: torch.ones(p.shape, dtype=torch.bool) for k, p in params.items()}).all_kept()
+
+
+def test_latency_on_the_cpu_is_positive_and_leaves_the_model_as_it_was():
+    from prune_cli.pruning.structured import latency_ms
+
+    net = small_net().train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert latency_ms(net, torch.randn(4, 1, 8, 8), repeats=3) > 0
+    assert net.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

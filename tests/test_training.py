@@ -98,3 +98,63 @@ def test_nan_loss_fails_the_run():
     with pytest.raises(RunFailed, match="loss became"):
         for epoch in range(3):
             trainer.train_epoch(epoch, torch.Generator().manual_seed(epoch))
+
+
+def test_compile_mode_must_be_known():
+    assert TrainConfig(compile=True, compile_mode="reduce-overhead").compile_mode
+    with pytest.raises(ConfigError, match="compile_mode"):
+        TrainConfig(compile_mode="fast")
+
+
+def test_evaluation_returns_a_normal_tensor_and_needs_no_gradients():
+    trainer, _, _ = make_trainer()
+    result = evaluate(trainer.model, trainer.data, "val", trainer.cfg)
+    assert not result.confusion.is_inference()
+    result.confusion += 1  # callers may update it in place
+    assert all(p.grad is None for p in trainer.model.parameters())
+
+
+def test_the_optimizer_is_the_default_one_on_the_cpu():
+    """The fused kernels are for CUDA; the CPU keeps the implementation results were pinned
+    with."""
+    trainer, _, _ = make_trainer()
+    assert not trainer.optimizer.defaults.get("fused")
+
+
+def test_compiled_training_sees_the_masked_weights(monkeypatch):
+    """``train.compile``: the compiled step reads the weights at every call, so the zeros that
+    ``enforce_masks`` writes in place after a step are what the next step computes with; and it
+    trains like the eager step. (``aot_eager``: dynamo and AOTAutograd as in the real backend,
+    without the minutes Inductor needs to generate C++ on a CPU.)"""
+    from prune_cli.training import loop
+
+    monkeypatch.setitem(
+        loop._COMPILED,
+        "default",
+        torch.compile(loop.loss_and_correct, backend="aot_eager", dynamic=False),
+    )
+    eager, eager_params, _ = make_trainer()
+    eager_stats = eager.train_epoch(0, torch.Generator().manual_seed(0))
+    trainer, params, masks = make_trainer()
+    trainer = Trainer(
+        trainer.model,
+        trainer.data,
+        TrainConfig(epochs=1, batch_size=64, lr=0.05, compile=True),
+        trainer.optimizer,
+        trainer.scheduler,
+        lambda: masks.apply_(params),
+    )
+    stats = trainer.train_epoch(0, torch.Generator().manual_seed(0))
+    assert stats["loss"] == pytest.approx(eager_stats["loss"], rel=1e-4)
+    for k, p in params.items():
+        assert torch.count_nonzero(p[~masks[k]]) == 0
+        assert torch.allclose(p, eager_params[k], atol=1e-5)
+    # prune more in place; the compiled forward must compute with the new zeros
+    masks.update({k: masks[k] & (torch.rand(p.shape) > 0.5) for k, p in params.items()})
+    masks.apply_(params)
+    x, y = next(trainer.data.batches("train", 64))
+    trainer.model.train()
+    loss, _ = trainer._forward(trainer.model, x, y, False, 0.0)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(trainer.model(x), y)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)

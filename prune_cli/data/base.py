@@ -3,8 +3,16 @@
 Why in memory: the MNIST family, digits and CIFAR are at most 150 MB as uint8. Holding them on the
 training device and cropping, flipping and normalising whole batches there replaces a per-sample
 Python DataLoader, which is the bottleneck for small networks (see docs/BENCHMARKS.md).
+
 Randomness (shuffling, crop offsets, flips) comes from a CPU ``torch.Generator`` that the caller
 seeds per epoch, so a resumed run sees the same batches as an uninterrupted one, on any device.
+All of an epoch's random numbers are drawn when the epoch starts, in the order a batch-by-batch
+draw would take them (so the batches are the same as ever), and reach the device in one
+non-blocking copy from pinned memory: a blocking copy per step would make the CPU wait for the
+GPU at every step, so that it could never queue the next steps' kernels ahead of time.
+
+On CUDA, batches come out in the channels-last memory format that training uses there (the crop
+is a gather over (N, H, W, C) anyway), so no layout copy is needed before the model.
 """
 
 from __future__ import annotations
@@ -25,6 +33,14 @@ def split_indices(n: int, holdout: float, seed: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"cannot hold out {count} of {n} examples")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[count:].sort().values, perm[:count].sort().values
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Copy a CPU tensor to ``device``; to CUDA through pinned memory, without blocking the host
+    (the caching host allocator keeps the pinned buffer alive until the copy has run)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class InMemoryData(ImageData):
@@ -51,31 +67,53 @@ class InMemoryData(ImageData):
         self._std = torch.tensor(std, device=device).view(shape)
         self.crop_padding = crop_padding
         self.flip = flip
+        #: layout of the batches: channels-last on CUDA (what training uses there); on the CPU
+        #: the default layout, whose convolution kernels the CPU results were pinned with
+        self.memory_format = (
+            torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        )
 
     def size(self, split: str) -> int:
         return int(self._y[split].numel())
 
     def _prepare(self, x: Tensor) -> Tensor:
-        x = x.float()
+        # one kernel converts dtype and layout; the arithmetic below keeps the layout
+        x = x.to(dtype=torch.float32, memory_format=self.memory_format)
         if self._x["train"].dtype == torch.uint8:
             x = x / 255.0
         return (x - self._mean) / self._std
 
-    def _augment(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _draw(self, sizes: list[int], generator: torch.Generator | None) -> Tensor | None:
+        """(3, sum(sizes)) long: crop row offsets, column offsets and flips (0/1) of the epoch.
+
+        Drawn batch by batch in the order the augmentation has always drawn them (per batch:
+        rows, columns, flips), so that a given generator state gives the same batches as before.
+        """
+        pad = self.crop_padding
+        if not (pad or self.flip):
+            return None
+        columns = []
+        for n in sizes:
+            zeros = torch.zeros(n, dtype=torch.long)
+            dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator) if pad else zeros
+            dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator) if pad else zeros
+            flip = (torch.rand(n, generator=generator) < 0.5).long() if self.flip else zeros
+            columns.append(torch.stack([dy, dx, flip]))
+        return torch.cat(columns, dim=1)
+
+    def _augment(self, x: Tensor, draws: Tensor) -> Tensor:
+        """Padded random crop and horizontal flip as one gather; ``draws`` is (3, N)."""
         n, _, h, w = x.shape
-        if self.crop_padding:
-            pad = self.crop_padding
-            padded = F.pad(x, (pad, pad, pad, pad))  # zero padding after normalisation = mean
-            dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator).to(x.device)
-            dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator).to(x.device)
-            rows = dy + torch.arange(h, device=x.device).view(1, h, 1)  # (N, H, 1)
-            cols = dx + torch.arange(w, device=x.device).view(1, 1, w)  # (N, 1, W)
-            batch = torch.arange(n, device=x.device).view(n, 1, 1)
-            x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (N, C, H, W)
-        if self.flip:
-            flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(n, 1, 1, 1)
-            x = torch.where(flip, x.flip(3), x)
-        return x.contiguous()
+        pad = self.crop_padding
+        padded = F.pad(x, (pad, pad, pad, pad)) if pad else x  # zero after normalising = mean
+        dy, dx, flip = (d.view(n, 1, 1) for d in draws)
+        rows = dy + torch.arange(h, device=x.device).view(1, h, 1)  # (N, H, 1)
+        j = torch.arange(w, device=x.device).view(1, 1, w)
+        # a flipped crop reads column w - 1 - j of the crop where the plain one reads column j
+        cols = dx + torch.where(flip.bool(), w - 1 - j, j)  # (N, 1, W)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1)
+        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (N, C, H, W)
+        return x.contiguous(memory_format=self.memory_format)
 
     def batches(
         self,
@@ -88,16 +126,22 @@ class InMemoryData(ImageData):
     ) -> Iterator[Batch]:
         x_all, y_all = self._x[split], self._y[split]
         n = y_all.numel()
-        order = (
-            torch.randperm(n, generator=generator).to(self.device)
-            if shuffle
-            else torch.arange(n, device=self.device)
-        )
-        for b in range(self.num_batches(split, batch_size)):
-            idx = order[b * batch_size : (b + 1) * batch_size]
+        count = self.num_batches(split, batch_size)
+        if shuffle:
+            order = to_device(torch.randperm(n, generator=generator), self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        sizes = [min(batch_size, n - b * batch_size) for b in range(count)]
+        draws = self._draw(sizes, generator) if augment else None
+        if draws is not None:
+            draws = to_device(draws, self.device)
+        start = 0
+        for b, size in enumerate(sizes):
+            idx = order[b * batch_size : b * batch_size + size]
             x = self._prepare(x_all[idx])
-            if augment:
-                x = self._augment(x, generator)
+            if draws is not None:
+                x = self._augment(x, draws[:, start : start + size])
+            start += size
             yield x, y_all[idx]
 
 

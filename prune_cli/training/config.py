@@ -10,6 +10,8 @@ from prune_cli.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "multistep", "piecewise", "constant")
 SELECTIONS = ("val_accuracy", "val_loss", "last")
+#: ``torch.compile`` modes; ``reduce-overhead`` adds CUDA graphs (on CUDA)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -54,6 +56,14 @@ class TrainConfig:
     #: bf16 autocast and channels-last memory format (CUDA only; ignored on the CPU)
     bf16: bool = True
     channels_last: bool = True
+    #: compile the forward pass and the loss with ``torch.compile`` (and with them the backward
+    #: pass). Null = false: the speed settings below default to null so that adding them left
+    #: the config hashes of existing runs unchanged. On the CPU it needs a C++ compiler.
+    compile: bool | None = None
+    #: ``torch.compile`` mode (null = ``default``): ``reduce-overhead`` replays CUDA graphs
+    compile_mode: str | None = None
+    #: on CUDA, let cuDNN time its algorithms and keep the fastest (null = true)
+    cudnn_benchmark: bool | None = None
     #: overrides for levels >= 1 (for example a shorter fine-tuning schedule)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
@@ -103,6 +113,11 @@ class TrainConfig:
             )
         if any(v <= 0 for v in self.lr_values):
             raise ConfigError("train.lr_values must be > 0")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(
+                f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, "
+                f"got {self.compile_mode!r}"
+            )
         if self.retrain != RetrainConfig():
             self.for_level(1)  # validates the retraining settings as a whole
 

@@ -3,13 +3,22 @@
 Behaviour that varies (masks that change, progress bars, gradient edits) comes through
 :class:`~prune_cli.callbacks.Callback` hooks. Masks are enforced after each optimizer step by
 one fused multiply (``enforce_masks``, built by the experiment from the run's masks).
-Statistics stay on the device during an epoch (no per-step host sync); a loss that became NaN
-or infinite is caught once per epoch.
+
+What keeps a GPU busy (see docs/BENCHMARKS.md): no host sync inside an epoch, so the CPU queues
+the kernels of later steps while the GPU runs earlier ones. Loss and accuracy are summed on the
+device and read once at the end of the epoch, where a loss that became NaN or infinite is
+caught; the data's random numbers arrive once per epoch; inputs come in the model's memory
+format (channels-last on CUDA), so no layout copy is made per step. On CUDA, cuDNN picks its
+fastest kernels (``train.cudnn_benchmark``); ``train.compile`` compiles the forward pass and
+the loss with ``torch.compile`` (the backward pass follows through AOTAutograd). A compiled
+step reads the parameters as inputs at every call, so it sees the weights that ``enforce_masks``
+zeroed in place after the previous step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +46,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def setup_device(device: torch.device, cfg: TrainConfig) -> None:
+    """Process-wide settings for training on ``device``: on CUDA, let cuDNN time its algorithms
+    once per input shape and keep the fastest (the shapes of a run repeat at every step)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark is not False
+
+
+def memory_format(device: torch.device, cfg: TrainConfig) -> torch.memory_format:
+    """The layout of 4-d inputs (and of the model's weights): channels-last on CUDA when set."""
+    if device.type == "cuda" and cfg.channels_last:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def as_input(x: Tensor, fmt: torch.memory_format) -> Tensor:
+    """``x`` in layout ``fmt`` (4-d images only); no copy when it is laid out so already."""
+    return x.contiguous(memory_format=fmt) if x.dim() == 4 else x
+
+
 class Trainer:
     """Trains ``model`` on ``data`` with a given optimizer and scheduler; one level at a time."""
 
@@ -59,12 +87,13 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.device = next(model.parameters()).device
         self.cuda = self.device.type == "cuda"
+        self.memory_format = memory_format(self.device, cfg)
         self.steps_per_epoch = data.num_batches("train", cfg.batch_size)
-
-    def _input(self, x: Tensor) -> Tensor:
-        if self.cuda and self.cfg.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        setup_device(self.device, cfg)
+        self._bf16 = self.cuda and cfg.bf16
+        self._forward = compiled(cfg.compile_mode or "default") if cfg.compile else loss_and_correct
+        #: CUDA graphs (``reduce-overhead``): each step is a new generation of graph replays
+        self._mark_step = bool(cfg.compile) and cfg.compile_mode == "reduce-overhead"
 
     def train_epoch(self, epoch: int, generator: torch.Generator) -> dict[str, float]:
         """One pass over the training split; returns mean loss and accuracy."""
@@ -77,9 +106,10 @@ class Trainer:
             "train", self.cfg.batch_size, shuffle=True, augment=True, generator=generator
         )
         for x, y in batches:
-            with _autocast(self.device, self.cfg):
-                logits = self.model(self._input(x))
-                loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+            if self._mark_step:
+                torch.compiler.cudagraph_mark_step_begin()
+            x = as_input(x, self.memory_format)
+            loss, right = self._forward(self.model, x, y, self._bf16, self.cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for cb in self.callbacks:
@@ -92,16 +122,19 @@ class Trainer:
                 self.enforce_masks()
             for cb in self.callbacks:
                 cb.on_step_end(step, self.model)
+            # read before the next step: a compiled step with CUDA graphs reuses its outputs
             loss_sum += loss.detach() * y.numel()
-            correct += (logits.argmax(dim=1) == y).sum()
+            correct += right
             seen += y.numel()
             step += 1
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, self.model)
-        mean_loss = float(loss_sum) / max(1, seen)
-        if not torch.isfinite(torch.tensor(mean_loss)):
+        # the epoch's one host sync: both sums in one transfer
+        total_loss, total_correct = torch.stack([loss_sum.double(), correct.double()]).tolist()
+        mean_loss = total_loss / max(1, seen)
+        if not math.isfinite(mean_loss):
             raise RunFailed(f"training loss became {mean_loss} in epoch {epoch + 1}")
-        return {"loss": mean_loss, "accuracy": int(correct) / max(1, seen)}
+        return {"loss": mean_loss, "accuracy": int(total_correct) / max(1, seen)}
 
     def evaluate(self, split: str) -> EvalResult:
         return evaluate(self.model, self.data, split, self.cfg)
@@ -113,24 +146,61 @@ def _autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
+def loss_and_correct(
+    model: nn.Module, x: Tensor, y: Tensor, bf16: bool, label_smoothing: float
+) -> tuple[Tensor, Tensor]:
+    """Mean loss and the number of correct predictions of one batch: what ``train.compile``
+    compiles (forward and loss; AOTAutograd compiles the backward pass with it)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    return loss, (logits.argmax(dim=1) == y).sum()
+
+
+_COMPILED: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {}
+
+
+def compiled(mode: str) -> Callable[..., tuple[Tensor, Tensor]]:
+    """``loss_and_correct`` compiled with ``mode``, one wrapper per mode and process: the
+    experiment builds a Trainer per level, and dynamo's cache entries (guarded on the model
+    and the shapes) are then reused across levels instead of compiled again per Trainer."""
+    if mode not in _COMPILED:
+        # static shapes: an epoch has at most two batch sizes (full and last), each compiled
+        # once; dynamic shapes would make every kernel slower for the sake of the last batch
+        _COMPILED[mode] = torch.compile(loss_and_correct, mode=mode, dynamic=False)
+    return _COMPILED[mode]
+
+
 def evaluate(model: nn.Module, data: ImageData, split: str, cfg: TrainConfig) -> EvalResult:
-    """Loss, accuracy and confusion matrix of ``model`` on a split (eval mode, no gradients)."""
-    model.eval()
-    device = next(model.parameters()).device
-    num_classes = data.spec.num_classes
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), device=device)
-    for x, y in data.batches(split, cfg.eval_batch_size):
-        if device.type == "cuda" and cfg.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, cfg):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        confusion += confusion_matrix(logits.argmax(dim=1), y, num_classes)
+    """Loss, accuracy and confusion matrix of ``model`` on a split (eval mode, no gradients).
+
+    Under ``torch.inference_mode``; the sums stay on the device (the confusion matrix by
+    ``bincount``) and come to the host once, at the end.
+    """
+    loss_sum, confusion = _evaluate_sums(model, data, split, cfg)
+    # made outside inference mode: a normal tensor (inference tensors refuse in-place updates)
+    confusion = confusion.cpu().clone()
     n = int(confusion.sum())
     return EvalResult(
         loss=float(loss_sum) / max(1, n),
         accuracy=float(confusion.diagonal().sum()) / max(1, n),
-        confusion=confusion.cpu(),
+        confusion=confusion,
     )
+
+
+@torch.inference_mode()
+def _evaluate_sums(
+    model: nn.Module, data: ImageData, split: str, cfg: TrainConfig
+) -> tuple[Tensor, Tensor]:
+    model.eval()
+    device = next(model.parameters()).device
+    fmt = memory_format(device, cfg)
+    num_classes = data.spec.num_classes
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), device=device)
+    for x, y in data.batches(split, cfg.eval_batch_size):
+        with _autocast(device, cfg):
+            logits = model(as_input(x, fmt))
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        confusion += confusion_matrix(logits.argmax(dim=1), y, num_classes)
+    return loss_sum, confusion

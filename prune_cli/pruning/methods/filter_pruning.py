@@ -111,11 +111,15 @@ class FilterPruning(PruningMethod):
         return self.groups
 
     def keep_from(self, masks: Masks, groups: FilterGroups) -> dict[str, Tensor]:
-        """Kept channels of each unit, read off the mask of its root weight (no extra state)."""
+        """Kept channels of each unit, read off the mask of its root weight (no extra state).
+
+        All on the model's device: a unit whose root weight is not masked keeps every channel.
+        """
+        device = next(groups.model.parameters()).device
         return {
-            u.root: masks[f"{u.root}.weight"].reshape(u.channels, -1).any(dim=1)
+            u.root: masks[f"{u.root}.weight"].reshape(u.channels, -1).any(dim=1).to(device)
             if f"{u.root}.weight" in masks
-            else torch.ones(u.channels, dtype=torch.bool)
+            else torch.ones(u.channels, dtype=torch.bool, device=device)
             for u in groups.units
         }
 
@@ -146,13 +150,19 @@ class FilterPruning(PruningMethod):
     ) -> dict[str, Tensor]:
         """Prune ``fraction`` of the remaining filters (global ranking, per-unit floor)."""
         groups = self.units(model, ctx)
-        keep = self.keep_from(masks, groups)
-        scores = self.channel_scores(model, groups, ctx)
+        device_keep = self.keep_from(masks, groups)
+        # the ranking is a Python loop over channels: read scores and masks to the host once,
+        # not one element (and one device sync) at a time
+        keep = {r: k.cpu() for r, k in device_keep.items()}
+        scores = {
+            r: s.detach().cpu().tolist() for r, s in self.channel_scores(model, groups, ctx).items()
+        }
+        kept = {r: k.tolist() for r, k in keep.items()}
         candidates = sorted(
-            (float(scores[u.root][ch]), i, ch)
+            (scores[u.root][ch], i, ch)
             for i, u in enumerate(groups.units)
             for ch in range(u.channels)
-            if keep[u.root][ch]
+            if kept[u.root][ch]
         )
         remaining = {u.root: int(keep[u.root].sum()) for u in groups.units}
         floor = {u.root: math.floor(self.cfg.min_keep * u.channels) + 1 for u in groups.units}
@@ -165,6 +175,7 @@ class FilterPruning(PruningMethod):
                 keep[root][ch] = False
                 remaining[root] -= 1
                 todo -= 1
+        keep = {r: k.to(device_keep[r].device) for r, k in keep.items()}
         groups.zero_channels(keep)
         new: dict[str, Tensor] = {}
         for u in groups.units:

@@ -1,0 +1,239 @@
+"""One command on a GPU machine: the GPU tests, the training and latency benchmarks, one table.
+
+Runs, in order (on an H100 in about 5-8 minutes):
+
+1. ``pytest -m gpu`` (the CUDA path; needs hydra-core and the others from ``.whl/``);
+2. ``bench_train``: ResNet-56, 50,000 synthetic 32x32 uint8 images, batch 128: the torchvision
+   DataLoader reference with 4, 8 and 16 workers; prune-run eager and compiled, bf16 and fp32,
+   masks at 0% and 90% (and 90% not enforced); the plain loop over precomputed batches; the
+   cost of one mask multiply;
+3. ``bench_thin``: structured pruning (50% of the filters) of ResNet-56, VGG-16 and
+   MobileNet-V1, latency of the dense and the thinner network at batch 256;
+4. only if 1-3 took less than ``--budget-s``: the compiled step with CUDA graphs
+   (``reduce-overhead``), bf16, masks 0% and 90%, added to the training table.
+
+It prints everything, and writes a Markdown section (device, torch version, date, command,
+tables) into docs/BENCHMARKS.md between ``<!-- gpu-check:begin -->`` and
+``<!-- gpu-check:end -->``, and to ``--out`` when given. ``make gpu-check`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
+
+
+def log(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run_tests() -> tuple[str, int]:
+    """``pytest -m gpu``: its summary line and exit code; the output streams to stdout."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"]
+    log(f"$ {' '.join(cmd)}")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    last = ""
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        if line.strip():
+            last = line.strip()
+    return last, proc.wait()
+
+
+def train_summary(args: argparse.Namespace) -> dict:
+    """The required training measurements (``bench_train.run_all``)."""
+    import bench_train
+
+    bargs = bench_train.parser().parse_args(
+        [
+            "--model",
+            args.model,
+            "--size",
+            "32",
+            "--n",
+            str(args.n),
+            "--batch-size",
+            "128",
+            "--warmup",
+            "1",
+            "--epochs",
+            str(args.epochs),
+            "--workers",
+            *[str(w) for w in args.workers],
+            "--ref-epochs",
+            "1",
+            "--compile-modes",
+            *(["default"] if args.compile else []),
+            "--sparsities",
+            "0",
+            "0.9",
+            "--device",
+            args.device,
+        ]
+    )
+    return bench_train.run_all(bargs, log=log)
+
+
+def add_cudagraph_rows(args: argparse.Namespace, summary: dict) -> None:
+    """The compiled step with CUDA graphs (``reduce-overhead``), bf16, masks 0% and 90%."""
+    import bench_train
+
+    for sparsity in (0.0, 0.9):
+        try:
+            row, _, _ = bench_train.trainer_row(
+                summary["setup"], True, "reduce-overhead", sparsity, epochs=args.epochs
+            )
+        except Exception as exc:  # report it, keep the other figures
+            traceback.print_exc()
+            log(f"  reduce-overhead failed: {type(exc).__name__}: {exc}")
+            summary.setdefault("notes", []).append(
+                f"compiled with reduce-overhead (CUDA graphs) failed: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            )
+            break
+        summary["rows"].append(row)
+        log(f"  {row.name}: {row.images_per_s:,.0f} images/s, {row.s_per_epoch:.2f} s")
+    bench_train.derive(summary)
+
+
+def thin_section(args: argparse.Namespace) -> str:
+    import bench_thin
+
+    results = []
+    for name in args.thin_models:
+        results.append(bench_thin.measure(name, torch.device(args.device), 0.5, args.thin_batch, 3))
+        log(bench_thin.table(results[-1:]).splitlines()[-1])
+    return bench_thin.table(results)
+
+
+def write_section(doc: Path, section: str) -> None:
+    """Replace the text between the markers (or append the markers and the section)."""
+    text = doc.read_text() if doc.exists() else ""
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, help="also write the Markdown section to this file")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    ap.add_argument("--no-doc", action="store_true", help="do not edit docs/BENCHMARKS.md")
+    ap.add_argument("--n", type=int, default=50_000, help="training images per epoch")
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per variant")
+    ap.add_argument("--workers", type=int, nargs="+", default=[4, 8, 16])
+    ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--no-cudagraphs", dest="cudagraphs", action="store_false")
+    ap.add_argument("--no-tests", dest="tests", action="store_false")
+    ap.add_argument("--thin-models", nargs="+", default=["resnet56", "vgg16", "mobilenet_v1"])
+    ap.add_argument("--thin-batch", type=int, default=256)
+    ap.add_argument("--model", default="resnet56", help="training benchmark model")
+    ap.add_argument("--device", default="cuda", help="cpu: a quick dry run of this script")
+    ap.add_argument(
+        "--budget-s",
+        type=int,
+        default=330,
+        help="the CUDA-graph rows run only if the required parts took less (seconds)",
+    )
+    args = ap.parse_args()
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device visible")
+
+    started = time.perf_counter()
+    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor()})"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = os.environ.get("GPU_CHECK_COMMAND", "python3 scripts/gpu_check.py")
+    log(f"gpu-check on {device}, torch {torch.__version__}, CUDA {torch.version.cuda}, {date}")
+    parts = [
+        f"Measured on {device}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPU cores, {date}. "
+        f"Command: `{command}`.",
+        "",
+    ]
+    if args.tests:
+        summary, code = run_tests()
+        parts += [f"GPU tests (`pytest -m gpu`): {summary} (exit code {code}).", ""]
+
+    log(f"\n== training: {args.model}, 32x32x3, batch 128 ==")
+    summary: dict | None = None
+    train_error = ""
+    try:
+        summary = train_summary(args)
+    except Exception as exc:
+        traceback.print_exc()
+        train_error = f"training benchmark failed: {type(exc).__name__}: {exc}"
+
+    log(f"\n== structured pruning latency, batch {args.thin_batch} ==")
+    try:
+        thin = thin_section(args)
+    except Exception as exc:
+        traceback.print_exc()
+        thin = f"latency benchmark failed: {type(exc).__name__}: {exc}"
+    log(thin)
+
+    # optional, last, while the budget allows: the required figures are in by now
+    elapsed = time.perf_counter() - started
+    if summary is not None and args.compile and args.cudagraphs and cuda:
+        if elapsed < args.budget_s:
+            log(f"\n== training with CUDA graphs ({elapsed:.0f} s used) ==")
+            add_cudagraph_rows(args, summary)
+        else:
+            note = f"reduce-overhead (CUDA graphs) skipped: {elapsed:.0f} s used"
+            log(note)
+            summary.setdefault("notes", []).append(note)
+
+    import bench_train
+
+    train = train_error or bench_train.report(summary)
+    if summary is not None and summary.get("notes"):
+        train += "\n" + "\n".join(f"- {n}" for n in summary["notes"])
+    log(f"\n{train}")
+    parts += [
+        f"Training, {args.model} on {args.n:,} synthetic 32x32x3 uint8 images (crop + flip), "
+        f"batch 128, SGD; median of {args.epochs} timed epochs after one warm-up epoch "
+        "(compile time: the warm-up's extra time):",
+        "",
+        train,
+        "",
+        f"Thinner networks (50% of the prunable filters removed), batch {args.thin_batch}, "
+        "bf16 autocast, channels-last, forward pass replayed as a CUDA graph, CUDA events; "
+        "goal: latency gain / MACs reduction >= 0.8:",
+        "",
+        thin,
+        "",
+        f"gpu-check took {time.perf_counter() - started:.0f} s.",
+    ]
+    section = "\n".join(parts)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(section + "\n")
+        log(f"\nwrote {args.out}")
+    if not args.no_doc:
+        write_section(args.doc, section)
+        log(f"wrote the section into {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
