@@ -53,6 +53,8 @@ NON_RESULT_KEYS = (
     "dataset.num_workers",
     "train.eval_batch_size",
     "train.compile",
+    "train.compile_mode",
+    "train.cudnn_benchmark",
     "checkpoint_every",
 )
 
