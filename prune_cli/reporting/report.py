@@ -44,8 +44,18 @@ def _fmt(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def _seed_key(seed: object) -> tuple[int, float, str]:
+    """Numbers in order, then anything else (a summary without a seed) by its text."""
+    if isinstance(seed, int | float) and not isinstance(seed, bool) and seed == seed:
+        return 0, float(seed), ""
+    return 1, 0.0, str(seed)
+
+
 def _seeds(seeds: pd.Series) -> str:
-    return ",".join(str(s) for s in sorted(seeds, key=lambda s: (str(type(s)), s)))
+    def text(seed: object) -> str:  # a seed column with a gap is float: 1.0 is seed 1
+        return str(int(seed)) if isinstance(seed, float) and seed.is_integer() else str(seed)
+
+    return ",".join(text(s) for s in sorted(seeds, key=_seed_key))
 
 
 def _duplicates(seeds: pd.Series) -> str:
