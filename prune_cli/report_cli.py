@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     index = write_report(collection, args.out)
-    print(f"{len(collection.completed)} completed of {len(collection.runs)} runs -> {index}")
+    unreadable = int((collection.runs.status == "unreadable").sum())
+    note = f" ({unreadable} unreadable: see the index)" if unreadable else ""
+    print(f"{len(collection.completed)} completed of {len(collection.runs)} runs{note} -> {index}")
 
 
 if __name__ == "__main__":

@@ -216,17 +216,80 @@ def test_gmp_follows_the_cubic_schedule_step_by_step():
     for step in range(40):
         before = masks.version
         callback.on_step_end(step, model)
-        if step >= t0 and (step - t0) % dt == 0 and (step - t0) // dt <= steps:
-            j = (step - t0) // dt
+        done = step + 1  # t counts completed steps: step (0-based) completes step + 1
+        if done >= t0 and (done - t0) % dt == 0 and (done - t0) // dt <= steps:
+            j = (done - t0) // dt
             target = 0.8 + (0.1 - 0.8) * (1 - j / steps) ** 3
             assert n - masks.kept() == round(target * n)
             pruned_at.append(step)
         else:
             assert masks.version == before
-    assert pruned_at == [10, 14, 18, 22, 26, 30]
+    # after 10, 14, ..., 30 completed steps: the loop's steps 9, 13, ..., 29 (this test expected
+    # 10, 14, ..., 30 before, the schedule one step late that stopped short of s_f at the end)
+    assert pruned_at == [9, 13, 17, 21, 25, 29]
     assert n - masks.kept() == round(0.8 * n)
     assert isinstance(callback, GradualMagnitude)
     assert cubic_sparsity(9, 10, 4, 5, 0.1, 0.8) is None
+
+
+def _gmp(cfg: GmpConfig, steps_per_epoch: int, epochs: int):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 4))
+    method = METHODS.get("gmp")(cfg)
+    masks = Masks.ones(method.prunable(model))
+    (callback,) = method.callbacks(0, masks, ctx(0))
+    callback.on_level_start(model, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    pruned_at = []
+    for step in range(steps_per_epoch * epochs):
+        before = masks.version
+        callback.on_step_end(step, model)
+        if masks.version != before:
+            pruned_at.append(step)
+    return masks, pruned_at
+
+
+def test_gmp_reaches_the_final_sparsity_at_the_last_step():
+    """end_epoch == train.epochs, (end - start) divisible by the frequency: 3 epochs of 21 steps,
+    an update every 21 steps from epoch 1 ends at the last step (62) with s_f = 0.9, not at the
+    step after the last one (which left 0.9 - 0.9 / 8 = 0.7875)."""
+    cfg = GmpConfig(sparsity=0.9, initial_sparsity=0.0, start_epoch=1, end_epoch=3, frequency=21)
+    masks, pruned_at = _gmp(cfg, steps_per_epoch=21, epochs=3)
+    assert pruned_at == [20, 41, 62]
+    n = masks.numel()
+    assert n - masks.kept() == round(0.9 * n)
+
+
+def test_a_gmp_run_ends_at_the_final_sparsity(tmp_path):
+    """The same boundary through the training loop: an update every epoch, from epoch 1 to the
+    last epoch (3), on digits; the run's final masks are at s_f."""
+    from prune_cli.data import build_dataset
+
+    quick = ["model=mlp", "method=gmp", "train.epochs=3", "progress=false"]
+    quick += ["method.start_epoch=1", "method.end_epoch=3", "method.sparsity=0.9"]
+    cfg = run_config(quick)
+    steps = build_dataset(cfg.dataset, torch.device("cpu")).num_batches(
+        "train", cfg.train.batch_size
+    )
+    summary = Experiment(run_config([*quick, f"method.frequency={steps}"]), tmp_path).run()
+    (level,) = summary["levels"]
+    assert level["sparsity"] == pytest.approx(0.9, abs=1e-4)  # was 0.7875
+
+
+def test_gmp_from_step_zero_prunes_to_the_initial_sparsity_before_training():
+    cfg = GmpConfig(sparsity=0.8, initial_sparsity=0.2, start_epoch=0, end_epoch=2, frequency=5)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 4))
+    method = METHODS.get("gmp")(cfg)
+    masks = Masks.ones(method.prunable(model))
+    (callback,) = method.callbacks(0, masks, ctx(0))
+    callback.on_level_start(model, steps_per_epoch=10, epochs=2)
+    n = masks.numel()
+    assert n - masks.kept() == round(0.2 * n)  # t = 0: s_i
+    callback.on_level_start(model, steps_per_epoch=10, epochs=2)  # a resume: no change
+    assert n - masks.kept() == round(0.2 * n)
+    masks, pruned_at = _gmp(cfg, steps_per_epoch=10, epochs=2)
+    assert pruned_at == [4, 9, 14, 19]  # after 5, 10, 15 and 20 (the last) completed steps
+    assert n - masks.kept() == round(0.8 * n)
 
 
 @pytest.mark.slow

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import run_cli, run_config
 from scipy import stats
 
+from prune_cli.experiment import Experiment
 from prune_cli.paths import RunPaths
 from prune_cli.report_cli import main as report_main
 from prune_cli.reporting.collect import collect
@@ -129,6 +130,23 @@ def test_report_writes_tables_plots_and_index(sweep, tmp_path):
     assert (out / "alpha.csv").exists()
 
 
+def test_real_runs_of_a_sparsity_sweep_are_two_rows(tmp_path):
+    """End to end on runs prune-run wrote: their full config.yaml groups by sparsity only."""
+    quick = ["model=mlp", "train.epochs=1", "method.levels=1", "progress=false"]
+    for sparsity in (0.5, 0.9):
+        run = run_config([*quick, f"method.sparsity={sparsity}", f"output_root={tmp_path}"])
+        summary = Experiment(run, tmp_path / "sweep" / f"s{sparsity}").run()
+        assert summary["status"] == "completed"
+    c = collect([tmp_path / "sweep"])
+    assert c.varying == {"method.sparsity": ["magnitude"]}
+    table = accuracy_table(c.levels, list(c.varying)).set_index(["label", "level"])
+    for sparsity, target in ((0.5, 2), (0.9, 10)):
+        row = table.loc[(f"magnitude sparsity={sparsity}", 1)]
+        assert row.n == 1 and row.target == pytest.approx(target)
+        assert row.remaining_mean == pytest.approx(1 - sparsity, abs=0.01)
+        assert row.test_std != row.test_std  # one run: no spread is made up (NaN)
+
+
 def test_report_refuses_empty_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         report_main([str(tmp_path)])
@@ -167,7 +185,7 @@ def test_alpha_intervals_are_bonferroni_t_intervals():
 
 def test_paired_t_tests_by_hand():
     data = alpha_data()
-    consecutive = consecutive_ratio_tests(data).set_index(["label", "t_from"])
+    consecutive = consecutive_ratio_tests(data).set_index(["series", "t_from"])
     a = data[(data.label == "magnitude") & (data.target == 2)].sort_values("seed").alpha.to_numpy()
     b = data[(data.label == "magnitude") & (data.target == 4)].sort_values("seed").alpha.to_numpy()
     d = b - a

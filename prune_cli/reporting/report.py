@@ -1,12 +1,16 @@
 """``prune-report``'s output: tables (CSV + Markdown), PNG plots and an ``index.md``.
 
-One "study" is a (dataset, model) pair; within it, methods are compared by label. Means and
-standard deviations are over seeds (completed runs only); failed and running runs are listed.
+One "study" is a (dataset, model) pair; within it, a row is a ``label``: the runs whose configs
+differ only in seed (see :mod:`prune_cli.reporting.collect`). Means and standard deviations are
+over those runs (completed runs only; ``n`` counts them, ``seeds`` lists their seeds); failed,
+running and unreadable runs are listed with the reason. Rows are never averaged across pruning
+targets or any other setting; the settings that vary are named in the tables and ``index.md``.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +27,7 @@ from prune_cli.reporting.stats import (
     method_pair_tests,
 )
 
+#: the row key; ``target`` follows from ``label`` (it is in the key to be shown beside it)
 KEYS = ["dataset", "model", "label", "target", "level"]
 TEST_NOTES = {
     "alpha_consecutive_tests": "One-sided paired t-tests over seeds, "
@@ -39,13 +44,38 @@ def _fmt(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def accuracy_table(levels: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of each (dataset, model, label, target, level)."""
+def _seed_key(seed: object) -> tuple[int, float, str]:
+    """Numbers in order, then anything else (a summary without a seed) by its text."""
+    if isinstance(seed, int | float) and not isinstance(seed, bool) and seed == seed:
+        return 0, float(seed), ""
+    return 1, 0.0, str(seed)
+
+
+def _seeds(seeds: pd.Series) -> str:
+    def text(seed: object) -> str:  # a seed column with a gap is float: 1.0 is seed 1
+        return str(int(seed)) if isinstance(seed, float) and seed.is_integer() else str(seed)
+
+    return ",".join(text(s) for s in sorted(seeds, key=_seed_key))
+
+
+def _duplicates(seeds: pd.Series) -> str:
+    counts = seeds.value_counts()
+    return _seeds(pd.Series(counts[counts > 1].index))
+
+
+def accuracy_table(levels: pd.DataFrame, varying: list[str] | None = None) -> pd.DataFrame:
+    """Mean and std over the runs of each (dataset, model, label, target, level).
+
+    ``varying``: the dotted settings that vary across the report (columns of ``levels``); each
+    becomes a column of the table, its value in the row (constant within a row by construction).
+    """
     frame = levels.copy()
-    frame["target"] = frame["target"].fillna("-")
+    frame["target"] = frame["target"].astype(object).where(frame["target"].notna(), "-")
     grouped = frame.groupby(KEYS, dropna=False)
     table = grouped.agg(
-        n=("seed", "nunique"),
+        n=("run", "nunique"),
+        seeds=("seed", _seeds),
+        duplicate_seeds=("seed", _duplicates),
         remaining_mean=("remaining", "mean"),
         val_mean=("val_accuracy", "mean"),
         val_std=("val_accuracy", "std"),
@@ -54,12 +84,18 @@ def accuracy_table(levels: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
     if "pqi" in frame:
         table["pqi_mean"] = grouped["pqi"].mean().to_numpy()
+    for key in varying or []:
+        if key in frame:
+            table[key] = grouped[key].first().to_numpy()
     return table
 
 
 def markdown(table: pd.DataFrame) -> str:
     """A Markdown table with accuracies as 'mean ± std' in percent."""
-    shown = table.copy()
+    # the varying settings' own columns (dotted names) are for the CSV: the label shows them
+    shown = table.drop(columns=[c for c in table.columns if "." in c])
+    if "duplicate_seeds" in shown and not shown["duplicate_seeds"].astype(bool).any():
+        shown = shown.drop(columns="duplicate_seeds")
     for split in ("val", "test"):
         if f"{split}_mean" in shown:
             shown[f"{split} acc %"] = [
@@ -72,11 +108,39 @@ def markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, floatfmt=".4g")
 
 
-def _save_table(table: pd.DataFrame, out: Path, name: str) -> str:
+def _save_table(table: pd.DataFrame, out: Path, name: str, note: str = "") -> str:
     table.to_csv(out / f"{name}.csv", index=False)
     text = markdown(table)
-    save_text(text + "\n", out / f"{name}.md")
+    save_text((f"{note}\n\n" if note else "") + text + "\n", out / f"{name}.md")
     return text
+
+
+def varying_note(varying: dict[str, list[str]]) -> str:
+    """Which settings vary across the report, and so are part of the row labels."""
+    if not varying:
+        return (
+            "Settings that vary across these runs: none besides dataset, model and method "
+            "(a row is the runs whose configs differ only in seed)."
+        )
+    keys = ", ".join(f"`{k}` ({', '.join(f)})" for k, f in varying.items())
+    return (
+        f"Settings that vary across these runs (in the labels of): {keys}. "
+        "A row is the runs whose configs differ only in seed; `target` is the pruning ratio t."
+    )
+
+
+def duplicate_note(table: pd.DataFrame) -> str:
+    """Rows that hold a seed twice (the same run reported from two directories, say)."""
+    dup = table[table["duplicate_seeds"].astype(bool)]
+    columns = ["dataset", "model", "label", "duplicate_seeds"]
+    rows = sorted(set(dup[columns].itertuples(index=False, name=None)))
+    if not rows:
+        return ""
+    listed = "; ".join(f"{d} / {m} / {lab}: seed {s}" for d, m, lab, s in rows)
+    return (
+        "Duplicate seeds (the same config and seed in more than one run directory; n counts "
+        f"each run): {listed}."
+    )
 
 
 def _figure(path: Path, draw, title: str, xlabel: str, ylabel: str, ncols: int = 1) -> None:
@@ -95,7 +159,8 @@ def _figure(path: Path, draw, title: str, xlabel: str, ylabel: str, ncols: int =
 
 
 def _slug(*parts: object) -> str:
-    return "_".join(str(p).replace(" ", "").replace("=", "-").replace("/", "-") for p in parts)
+    """A file-name part: labels may hold any config value (lists, paths, quotes)."""
+    return "_".join(re.sub(r"[^A-Za-z0-9._-]+", "-", str(p).replace(" ", "")) for p in parts)
 
 
 def study_plots(c: Collection, dataset: str, model: str, out: Path) -> list[str]:
@@ -103,7 +168,7 @@ def study_plots(c: Collection, dataset: str, model: str, out: Path) -> list[str]
     names: list[str] = []
     levels = c.levels[(c.levels.dataset == dataset) & (c.levels.model == model)]
     mean = (
-        levels.groupby(["label", "target", "level"], dropna=False)
+        levels.groupby(["series", "label", "target", "level"], dropna=False)
         .agg(
             remaining=("remaining", "mean"),
             test=("test_accuracy", "mean"),
@@ -115,17 +180,28 @@ def study_plots(c: Collection, dataset: str, model: str, out: Path) -> list[str]
     # accuracy against remaining weights
     name = f"accuracy_remaining_{_slug(dataset, model)}.png"
 
+    def lines(frame: pd.DataFrame):
+        """One line per series when its rows are one-shot (a curve over targets), else one
+        line per row (an iterative run's levels: two schedules in one line would zigzag)."""
+        for series, g in frame.groupby("series"):
+            if g.groupby("label")["level"].max().max() <= 1:
+                yield series, g
+            else:
+                yield from g.groupby("label")
+
     def draw_accuracy(ax, _):
-        for label, g in mean.groupby("label"):
-            g = g.sort_values("remaining", ascending=False)
+        for name, g in lines(mean):
+            # the dense level 0 of a one-shot series' rows: one point, not a vertical line
+            g = g.groupby("remaining")[["test", "test_std"]].mean()
+            g = g.sort_index(ascending=False)
             ax.errorbar(
-                100 * g["remaining"],
+                100 * g.index.to_numpy(),
                 100 * g["test"],
                 yerr=100 * g["test_std"].fillna(0),
                 marker="o",
                 ms=3,
                 capsize=2,
-                label=label,
+                label=name,
             )
         ax.set_xscale("log")
         ax.invert_xaxis()
@@ -213,11 +289,12 @@ def study_plots(c: Collection, dataset: str, model: str, out: Path) -> list[str]
     ]
     if not recall.empty:
         recall = recall.join(levels.set_index(["run", "level"]).remaining, on=["run", "level"])
-        labels = sorted(recall.label.unique())
+        # one panel per series (a method's rows over targets share the remaining-weights axis)
+        labels = sorted(recall.series.unique())
         name = f"recall_{_slug(dataset, model)}.png"
 
         def draw_recall(ax, i):
-            g = recall[recall.label == labels[i]]
+            g = recall[recall.series == labels[i]]
             for cname, cg in g.groupby("class_name"):
                 cg = cg.groupby("remaining").recall.mean().sort_index(ascending=False)
                 ax.plot(100 * cg.index, 100 * cg.to_numpy(), marker=".", label=str(cname))
@@ -243,7 +320,7 @@ def alpha_frame(c: Collection) -> pd.DataFrame:
         return pd.DataFrame()
     final = lv[lv["level"] == lv.groupby("run")["level"].transform("max")]
     final = final[(final["level"] > 0) & final.alpha.notna()]
-    frame = final[["dataset", "model", "label", "target", "seed", "alpha"]].copy()
+    frame = final[["dataset", "model", "series", "label", "target", "seed", "alpha"]].copy()
     frame["target"] = frame["target"].fillna(-1)
     return frame
 
@@ -255,14 +332,18 @@ def write_report(c: Collection, out: Path) -> Path:
     lines += [f"Runs: {len(c.runs)} ({', '.join(f'{v} {k}' for k, v in counts.items())}).", ""]
     not_done = c.runs[c.runs.status != "completed"]
     if not not_done.empty:
-        lines += ["## Runs left out (not completed)", ""]
+        lines += ["## Runs left out (not completed, or unreadable: see reason)", ""]
         lines += [markdown_plain(not_done[["run", "status", "reason"]]), ""]
     if not c.levels.empty:
-        table = accuracy_table(c.levels)
+        table = accuracy_table(c.levels, list(c.varying))
+        notes = [varying_note(c.varying), duplicate_note(table)]
+        note = "\n\n".join(n for n in notes if n)
         lines += [
             "## Accuracy (mean ± std over seeds, %)",
             "",
-            _save_table(table, out, "accuracy"),
+            note,
+            "",
+            _save_table(table, out, "accuracy", note),
             "",
         ]
         for (dataset, model), _ in c.levels.groupby(["dataset", "model"]):

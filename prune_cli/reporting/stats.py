@@ -7,6 +7,12 @@
 
 Pairs are runs of the same dataset, model and seed (the same dense model when ``dense_from``
 was used).
+
+``alphas`` has columns dataset, model, series, label, target, seed, alpha (one row per run):
+``label`` is a report row (runs whose configs differ only in seed), ``series`` the same without
+the pruning target (a method's curve over ratios t), ``target`` the ratio t. Without a
+``series`` column the label is the series. A seed that a row holds twice (the same run
+reported from two directories) is averaged before pairing, so that a pair is one per seed.
 """
 
 from __future__ import annotations
@@ -31,16 +37,23 @@ def t_interval(values: np.ndarray, confidence: float) -> tuple[float, float, flo
     return mean, mean - half, mean + half
 
 
-def alpha_intervals(alphas: pd.DataFrame, level: float = 0.99) -> pd.DataFrame:
-    """Per (dataset, model, label, target): n, mean alpha and its Bonferroni-corrected interval.
+def _with_series(alphas: pd.DataFrame) -> pd.DataFrame:
+    if "series" in alphas:
+        return alphas
+    return alphas.assign(series=alphas["label"])
 
-    ``alphas`` has columns dataset, model, label, target, seed, alpha.
+
+def alpha_intervals(alphas: pd.DataFrame, level: float = 0.99) -> pd.DataFrame:
+    """Per (dataset, model, label): n, mean alpha and its Bonferroni-corrected interval.
+
+    The correction is over the m targets of the row's series (its method's ratios).
     """
     rows = []
-    for (dataset, model, label), group in alphas.groupby(["dataset", "model", "label"]):
+    alphas = _with_series(alphas)
+    for (dataset, model, _), group in alphas.groupby(["dataset", "model", "series"]):
         m = group["target"].nunique()
         confidence = 1 - (1 - level) / m
-        for target, sub in group.groupby("target"):
+        for (label, target), sub in group.groupby(["label", "target"]):
             mean, low, high = t_interval(sub["alpha"].dropna().to_numpy(), confidence)
             rows.append(
                 {
@@ -58,6 +71,11 @@ def alpha_intervals(alphas: pd.DataFrame, level: float = 0.99) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _by_seed(group: pd.DataFrame) -> pd.Series:
+    """alpha per seed (a duplicated seed averaged: a seed index must be unique to pair on)."""
+    return group.groupby("seed")["alpha"].mean()
+
+
 def _paired(a: pd.Series, b: pd.Series, alternative: str) -> tuple[int, float, float]:
     joined = pd.concat([a, b], axis=1, join="inner").dropna()
     if len(joined) < 2:
@@ -69,18 +87,24 @@ def _paired(a: pd.Series, b: pd.Series, alternative: str) -> tuple[int, float, f
 
 
 def consecutive_ratio_tests(alphas: pd.DataFrame) -> pd.DataFrame:
-    """One-sided paired t-tests, alpha(t_next) > alpha(t), per method and consecutive ratios."""
+    """One-sided paired t-tests, alpha(t_next) > alpha(t), per series and consecutive ratios."""
     rows = []
-    for (dataset, model, label), group in alphas.groupby(["dataset", "model", "label"]):
-        series = {t: g.set_index("seed")["alpha"] for t, g in group.groupby("target")}
-        targets = sorted(series)
-        for t0, t1 in itertools.pairwise(targets):
-            n, statistic, p = _paired(series[t0], series[t1], "greater")
+    alphas = _with_series(alphas)
+    for (dataset, model, series), group in alphas.groupby(["dataset", "model", "series"]):
+        # one point per report row, in target order (two rows at one target: both, by label)
+        points = sorted(
+            (((t, label), _by_seed(g)) for (t, label), g in group.groupby(["target", "label"])),
+            key=lambda point: point[0],
+        )
+        for ((t0, label0), a), ((t1, label1), b) in itertools.pairwise(points):
+            n, statistic, p = _paired(a, b, "greater")
             rows.append(
                 {
                     "dataset": dataset,
                     "model": model,
-                    "label": label,
+                    "series": series,
+                    "label_from": label0,
+                    "label_to": label1,
                     "t_from": t0,
                     "t_to": t1,
                     "n": n,
@@ -92,10 +116,16 @@ def consecutive_ratio_tests(alphas: pd.DataFrame) -> pd.DataFrame:
 
 
 def method_pair_tests(alphas: pd.DataFrame) -> pd.DataFrame:
-    """Two-sided paired t-tests between every two methods at each ratio."""
+    """Two-sided paired t-tests between every two series (methods) at each ratio.
+
+    A series is named by its report row's label where it has two rows at one ratio.
+    """
     rows = []
+    alphas = _with_series(alphas)
     for (dataset, model, target), group in alphas.groupby(["dataset", "model", "target"]):
-        series = {lab: g.set_index("seed")["alpha"] for lab, g in group.groupby("label")}
+        one_row_each = group.groupby("series")["label"].nunique().max() == 1
+        names = group["series"] if one_row_each else group["label"]
+        series = {name: _by_seed(g) for name, g in group.groupby(names)}
         labels = sorted(series)
         for i, a in enumerate(labels):
             for b in labels[i + 1 :]:

@@ -6,7 +6,11 @@ optimizer steps from step t0 the masks are recomputed by magnitude to the cubic 
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3,   t = t0, t0 + dt, ..., t0 + n dt
 
 which starts at ``initial_sparsity`` s_i and reaches ``sparsity`` s_f at ``end_epoch``; training
-goes on with the final masks to the last epoch. Masks only shrink (already-pruned weights rank
+goes on with the final masks to the last epoch. t counts *completed* optimizer steps: the update
+for t runs right after step t (the training loop's 0-based step t - 1), so with ``end_epoch ==
+train.epochs`` the last update falls on the last training step and s_f is reached (counting from
+0 put it one step past the end, and a run stopped short of s_f). With t0 = 0 the first update
+(to s_i, before any step) runs when the level starts. Masks only shrink (already-pruned weights rank
 first), and the checkpoint that ends the run is chosen among epochs with the final masks.
 """
 
@@ -51,11 +55,12 @@ class GmpConfig(MethodConfig):
             raise ConfigError(f"method.scope must be one of {', '.join(SCOPES)}")
 
 
-def cubic_sparsity(step: int, t0: int, dt: int, n: int, s_i: float, s_f: float) -> float | None:
-    """The target at ``step`` if it is a pruning step (t0 + j dt, 0 <= j <= n), else None."""
-    if step < t0 or (step - t0) % dt or (step - t0) // dt > n:
+def cubic_sparsity(done: int, t0: int, dt: int, n: int, s_i: float, s_f: float) -> float | None:
+    """The target after ``done`` completed steps if that is a pruning step (t0 + j dt,
+    0 <= j <= n), else None."""
+    if done < t0 or (done - t0) % dt or (done - t0) // dt > n:
         return None
-    progress = (step - t0) / (n * dt) if n > 0 else 1.0
+    progress = (done - t0) / (n * dt) if n > 0 else 1.0
     return s_f + (s_i - s_f) * (1.0 - progress) ** 3
 
 
@@ -75,15 +80,23 @@ class GradualMagnitude(Callback):
             raise ConfigError(
                 f"method.end_epoch={self.cfg.end_epoch} is past the last epoch ({epochs})"
             )
+        if self.t0 == 0 and self.target(0):
+            # the update after 0 steps: before training. On a resume this runs again, a no-op:
+            # masks only shrink, and these masks are already at least this sparse.
+            self._prune(model, self.target(0))
 
-    def target(self, step: int) -> float | None:
+    def target(self, done: int) -> float | None:
+        """The target after ``done`` completed optimizer steps, or None: no update then."""
         c = self.cfg
-        return cubic_sparsity(step, self.t0, self.dt, self.n, c.initial_sparsity, c.sparsity)
+        return cubic_sparsity(done, self.t0, self.dt, self.n, c.initial_sparsity, c.sparsity)
 
     def on_step_end(self, step: int, model: nn.Module) -> None:
-        target = self.target(step)
-        if target is None:
-            return
+        # ``step`` is the 0-based index of the step just taken: step + 1 steps are complete
+        target = self.target(step + 1)
+        if target is not None:
+            self._prune(model, target)
+
+    def _prune(self, model: nn.Module, target: float) -> None:
         params = self.method.prunable(model)
         scores = {k: p.detach().abs() for k, p in params.items()}
         self.masks.update(
