@@ -174,19 +174,84 @@ def precheck(overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR) ->
         check_location(Path(str(run_dir)))
 
 
+#: Hydra's own flags: with any of them Hydra answers by itself (help, config dumps, completion)
+#: or composes from another config tree, so the pre-check, which composes prune-run's, stands back
+HYDRA_FLAGS = (
+    "--hydra-help",
+    "--version",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+)
+
+
+#: Hydra's modes, of which one command takes one
+EXCLUSIVE_MODES = {
+    "--multirun": ("-m", "--multirun"),
+    "--cfg": ("-c", "--cfg"),
+    "--info": ("-i", "--info"),
+    "--shell-completion": ("-sc", "--shell-completion"),
+}
+
+
+def help_text(conf_dir: Path = CONF_DIR) -> str:
+    """``prune-run --help``: the app, its groups and options (not the internal ``schema/``)."""
+    lines = [
+        "prune-run: train, prune and fine-tune networks; compare pruning methods fairly.",
+        "",
+        "Usage: prune-run [-m] [GROUP=OPTION ...] [KEY=VALUE ...]",
+        "  prune-run                              the demonstration (LeNet-5 on bundled digits)",
+        "  prune-run method=sap model=resnet56 dataset=cifar10 train=cifar",
+        "  prune-run -m method=magnitude,random seed=0,1,2   a sweep (re-run: skips finished jobs)",
+        "",
+        "Config groups (GROUP=OPTION):",
+    ]
+    for group in CHOICE_GROUPS:
+        lines.append(f"  {group:<11} {', '.join(group_options(group, conf_dir))}")
+    lines += [
+        "",
+        "Settings: seed, device (auto|cpu|cuda), overwrite, progress, checkpoint_every, pqi_grid,",
+        "dense_from=RUN_DIR, output_root, and every key of the groups (method.sparsity=0.9,",
+        "train.epochs=30, ...): `prune-run --cfg job` prints the composed config.",
+        "Hydra's flags: -m/--multirun, --cfg, --info, --config-dir/-cd, --config-name/-cn,",
+        "--shell-completion/-sc install=bash, --hydra-help. Documentation: README.md.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     register_configs()
     register_resolvers()
-    flags = [a for a in sys.argv[1:] if a.startswith("-")]
-    overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+    args = sys.argv[1:]
+    flags = [a.split("=", 1)[0] for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
     multirun = any(f in ("-m", "--multirun") for f in flags)
-    if not any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for f in flags):
+    if any(f in ("-h", "--help") for f in flags):
+        print(help_text())
+        return
+    modes = {m for f in flags for m in EXCLUSIVE_MODES if f in EXCLUSIVE_MODES[m]}
+    if len(modes) > 1:
+        fail(UserError(f"use only one of {', '.join(sorted(modes))} (Hydra runs one mode)"))
+    if not any(f in HYDRA_FLAGS for f in flags):
         try:
             precheck(overrides, multirun=multirun)
         except UserError as exc:
             fail(exc)
-        if multirun and (sweep_dir := sweep_dir_override(overrides)) is not None:
-            sys.argv.append(sweep_dir)
+    if multirun and (sweep_dir := sweep_dir_override(overrides)) is not None:
+        sys.argv.append(sweep_dir)
     try:
         _run()
     except KeyboardInterrupt:

@@ -396,10 +396,14 @@ def test_ctrl_c_is_one_line_and_marks_the_run_interrupted(tmp_path):
         stdout=subprocess.DEVNULL,
         text=True,
         env=env,
+        # a shell that runs the tests in the background ignores SIGINT, and children inherit
+        # that: restore the default so that Python installs its KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not RunPaths(run).checkpoint.exists() and time.time() < deadline:
         time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130

@@ -158,3 +158,15 @@ def test_compiled_training_sees_the_masked_weights(monkeypatch):
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(trainer.model(x), y)
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_warmup_longer_than_half_the_training_is_capped():
+    """train.epochs=2 with 2 warm-up epochs must still decay, not end at the peak rate."""
+    from prune_cli.training.optim import lr_factor, warmup_epochs
+
+    cfg = TrainConfig(epochs=2, warmup_epochs=2.0, schedule="cosine")
+    assert warmup_epochs(cfg, 2) == 1.0
+    factor = lr_factor(cfg, 10, 2)
+    assert factor(9) == 1.0  # the peak at the end of the capped warm-up
+    assert factor(19) < 0.05  # then cosine decay to (almost) zero by the last step
+    assert warmup_epochs(TrainConfig(epochs=15, warmup_epochs=2.0), 15) == 2.0

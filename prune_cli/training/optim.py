@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 
@@ -9,6 +10,8 @@ import torch
 from torch import nn
 
 from prune_cli.training.config import TrainConfig
+
+log = logging.getLogger("prune_cli.training")
 
 
 def build_optimizer(
@@ -40,6 +43,23 @@ def _build(params: list, cfg: TrainConfig, lr: float, extra: dict) -> torch.opti
     return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, **extra)
 
 
+def warmup_epochs(cfg: TrainConfig, epochs: int) -> float:
+    """The warm-up, capped at half of the training.
+
+    A warm-up as long as the training (``train.epochs=2`` with the default 2 warm-up epochs) would
+    end the run at its peak learning rate without ever decaying: chance-level accuracy, silently.
+    """
+    if epochs > 0 and cfg.warmup_epochs > epochs / 2:
+        log.warning(
+            "train.warmup_epochs=%s is more than half of %d epochs: warming up for %s",
+            cfg.warmup_epochs,
+            epochs,
+            epochs / 2,
+        )
+        return epochs / 2
+    return cfg.warmup_epochs
+
+
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
     """Multiplier of the base LR at optimizer step ``step`` (0-based), for ``LambdaLR``.
 
@@ -48,7 +68,7 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> Callable[[
     ``lr_values[i]`` from milestone i on (as a factor of ``cfg.lr``).
     """
     total = max(1, steps_per_epoch * epochs)
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    warmup = round(warmup_epochs(cfg, epochs) * steps_per_epoch)
     milestones = sorted(round(m * steps_per_epoch) for m in cfg.milestones)
 
     def factor(step: int) -> float:
