@@ -63,7 +63,7 @@ clean: ## remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
 
 # ---- reproduction of the seed papers -------------------------------------------------------
-# Each grid is a sweep preset in conf/sweep/ (`prune-run -m sweep=NAME`); each target runs it
+# Each grid is a sweep preset in prune_cli/conf/sweep/ (`prune-run -m sweep=NAME`); each target runs it
 # and writes its report. `-smoke` targets: scaled-down grids on Fashion-MNIST (from
 # `apt-get install dataset-fashion-mnist`) on the CPU. The others run the papers' grids: GPU jobs
 # that need the datasets under data/ (dataset.download=true fetches CIFAR where there is a

@@ -32,8 +32,8 @@ from prune_cli.pruning.method import METHODS, MethodConfig
 from prune_cli.pruning.methods import __name__ as _methods  # noqa: F401  (registers methods)
 from prune_cli.training.config import TrainConfig
 
-#: the config tree: ``conf/`` beside the package (the repository), or $PRUNE_RUN_CONF
-CONF_DIR = Path(os.environ.get("PRUNE_RUN_CONF", Path(__file__).resolve().parent.parent / "conf"))
+#: the config tree, shipped inside the package (so a wheel install has it), or $PRUNE_RUN_CONF
+CONF_DIR = Path(os.environ.get("PRUNE_RUN_CONF", Path(__file__).resolve().parent / "conf"))
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
