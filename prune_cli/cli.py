@@ -38,6 +38,7 @@ from prune_cli.errors import RunFailed, UserError
 FAILED_JOBS: list[int] = []
 #: the sweep directory's lock, held by the launching process for the whole sweep
 _SWEEP_LOCK = contextlib.ExitStack()
+_SWEEP_LOCKED = False
 _MAIN_PID = os.getpid()
 CHOICE_GROUPS = ("model", "dataset", "method", "train", "experiment", "sweep")
 
@@ -76,13 +77,15 @@ def _lock_sweep(sweep_dir: Path) -> None:
     """One sweep at a time in a sweep directory (its jobs, run elsewhere, lock their own)."""
     from prune_cli.store import check_location, directory_lock
 
-    if os.getpid() != _MAIN_PID or _SWEEP_LOCK._exit_callbacks:  # already held, or a worker
+    global _SWEEP_LOCKED
+    if os.getpid() != _MAIN_PID or _SWEEP_LOCKED:  # a launcher's worker, or already held
         return
     try:
         check_location(sweep_dir)
         _SWEEP_LOCK.enter_context(directory_lock(sweep_dir, "sweep"))
     except UserError as exc:
         fail(exc)
+    _SWEEP_LOCKED = True
 
 
 def threads_per_job(cores: int, parallel_jobs: int) -> int:

@@ -55,11 +55,8 @@ def save_torch(obj: Any, path: Path) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> None:
-    """Delete ``.*.tmp`` files that a killed writer left in ``directory`` (one level deep)."""
-    for tmp in [
-        *Path(directory).glob(f".*{TMP_SUFFIX}"),
-        *Path(directory).glob(f"*/.*{TMP_SUFFIX}"),
-    ]:
+    """Delete the ``.*.tmp`` files that a killed writer left anywhere under ``directory``."""
+    for tmp in Path(directory).rglob(f".*{TMP_SUFFIX}"):
         tmp.unlink(missing_ok=True)
 
 

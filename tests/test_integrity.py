@@ -268,7 +268,7 @@ def test_a_kill_after_completion_leaves_nothing_stale(tmp_path, done_run):
     paths = RunPaths(run)
     torch.save({"cursor": {}}, paths.checkpoint)  # killed before the checkpoint was removed
     (run / ".summary.json.abc.tmp").write_text("{")  # and in the middle of a write
-    (run / "levels" / ".model.pt.x.tmp").write_bytes(b"")
+    (run / "levels" / "level_1" / ".model.pt.x.tmp").write_bytes(b"")
     summary = Experiment(run_config(QUICK), run).run()
     assert summary["status"] == "completed"
     assert not paths.checkpoint.exists()
