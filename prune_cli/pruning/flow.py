@@ -79,8 +79,7 @@ def class_balanced_batch(ctx: PruneContext, per_class: int) -> list[Batch]:
     the training data allows."""
     xs, ys, counts = [], [], [0] * ctx.num_classes
     for x, y in ctx.batches(10**9):
-        for i in range(len(y)):
-            c = int(y[i])
+        for i, c in enumerate(y.tolist()):  # one transfer per batch, not one sync per example
             if counts[c] < per_class:
                 counts[c] += 1
                 xs.append(x[i])
