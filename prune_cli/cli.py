@@ -27,6 +27,7 @@ from prune_cli.config import (
     CONF_DIR,
     NON_RESULT_KEYS,
     check_target_overrides,
+    config_hash,
     group_options,
     register_configs,
     register_resolvers,
@@ -107,7 +108,7 @@ def _share_cores(hydra_cfg: DictConfig) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> None:
     from prune_cli.experiment import run_experiment
-    from prune_cli.reporting.console import show_config
+    from prune_cli.reporting.console import show_overrides
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -117,7 +118,7 @@ def _run(cfg: DictConfig) -> None:
         check_target_overrides(list(hydra_cfg.overrides.task))
         run_cfg = to_run_config(cfg)
         if run_cfg.progress:
-            show_config(cfg)
+            show_overrides(config_hash(run_cfg), list(hydra_cfg.overrides.task))
         run_experiment(run_cfg, Path(hydra_cfg.runtime.output_dir), _hydra_files(cfg))
     except (UserError, RunFailed) as exc:
         if hydra_cfg.mode != RunMode.MULTIRUN:

@@ -102,7 +102,7 @@ class Experiment:
                         f"[bold]{self.store.root}[/] is complete; showing its results "
                         "(overwrite=true runs it again)"
                     )
-                    show_results(existing)
+                    show_results(existing, self.store.root)
                     return existing
             self._start()
             try:
@@ -124,7 +124,7 @@ class Experiment:
                 "completed", method_info=info, files=self.store.level_files(s.cursor.level)
             )
             self.store.discard_checkpoint()  # the level models remain
-        show_results(summary)
+        show_results(summary, self.store.root)
         return summary
 
     @property
@@ -293,7 +293,7 @@ class Experiment:
                 cb.load_state_dict(state)
             best_state = ck["best_state"]
         enforce = (lambda: s.masks.apply_(s.params)) if s.method.enforce_masks else None
-        bars = ProgressBars(progress, level, s.cursor.epoch)
+        bars = ProgressBars(progress, level, s.cursor.epoch, s.method.num_levels())
         trainer = Trainer(s.model, s.data, cfg, optimizer, scheduler, enforce, [*callbacks, bars])
         for cb in trainer.callbacks:
             cb.on_level_start(s.model, steps, cfg.epochs)

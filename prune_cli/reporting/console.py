@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.syntax import Syntax
 from rich.table import Table
 from torch import nn
 
 from prune_cli.callbacks import Callback
 
 console = Console(stderr=True)
-
-
-def show_config(cfg: DictConfig) -> None:
-    console.print(Syntax(OmegaConf.to_yaml(cfg), "yaml", theme="ansi_dark"))
 
 
 def results_table(summary: dict[str, Any]) -> Table:
@@ -46,23 +40,36 @@ def results_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def show_results(summary: dict[str, Any]) -> None:
-    console.print(results_table(summary))
+def show_results(summary: dict[str, Any], where: Any = None) -> None:
+    table = results_table(summary)
+    if where is not None:
+        table.caption = str(where)
+    console.print(table)
+
+
+def show_overrides(config_hash: str, overrides: list[str]) -> None:
+    """One line at the start of a run: its hash and overrides (the full config: config.yaml)."""
+    console.print(f"prune-run {config_hash}: {' '.join(overrides) or '(defaults)'}")
 
 
 class ProgressBars(Callback):
     """Rich progress for the epochs and batches of one level (hidden when not on a terminal)."""
 
-    def __init__(self, progress: Progress, level: int, start_epoch: int) -> None:
+    def __init__(
+        self, progress: Progress, level: int, start_epoch: int, num_levels: int | None = None
+    ) -> None:
         self.progress = progress
         self.level = level
+        self.num_levels = num_levels
         self.start_epoch = start_epoch
         self.epoch_task: Any = None
         self.batch_task: Any = None
 
     def on_level_start(self, model: nn.Module, steps_per_epoch: int, epochs: int) -> None:
         self.epoch_task = self.progress.add_task(
-            f"level {self.level} epochs", total=epochs, completed=self.start_epoch
+            f"level {self.level}{'' if self.num_levels is None else f'/{self.num_levels}'} epochs",
+            total=epochs,
+            completed=self.start_epoch,
         )
         self.batch_task = self.progress.add_task("batches", total=steps_per_epoch)
 
