@@ -176,10 +176,15 @@ class RunStore:
             return
         theirs = owner[1]
         differ = differing_keys(theirs, self.config) if isinstance(theirs, dict) else []
-        detail = f" ({', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''} differ)"
+        if differ:
+            detail = f" ({', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''} differ)"
+        elif isinstance(theirs, dict):
+            detail = " (the same settings, hashed by another prune-run version)"
+        else:
+            detail = ""
         raise UserError(
-            f"{self.root} holds a run of another config{detail if differ else ''}; choose "
-            "another hydra.run.dir or pass overwrite=true to replace it"
+            f"{self.root} holds a run of another config{detail}; choose another "
+            "hydra.run.dir or pass overwrite=true to replace it"
         )
 
     def has_results(self) -> bool:
