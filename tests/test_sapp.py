@@ -177,14 +177,14 @@ class Probe:
         self.model = self.method.prepare(small_net(), None)
         self.params = self.method.prunable(self.model)
         self.masks = Masks.ones(self.params)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         (self.callback,) = self.method.callbacks(0, self.masks, None)
         self.callback.on_optimizer(self.optimizer)
         self.callback.on_level_start(self.model, steps, 1)
 
     def step(self, step: int) -> None:
         self.optimizer.zero_grad()
-        self.model(torch.randn(2, 3, 6, 6)).square().sum().backward()
+        self.model(torch.randn(2, 3, 6, 6)).square().mean().backward()
         self.optimizer.step()
         self.masks.apply_(self.params)
         self.callback.on_step_end(step, self.model)
@@ -255,3 +255,56 @@ def test_callback_cache_is_rebuilt_from_the_masks_on_resume():
     again = BlockPhases(probe.method, probe.masks, probe.callback.steps_of, frozenset())
     again.on_level_start(probe.model, 40, 1)
     assert all(torch.equal(again.kept[k], v) for k, v in probe.callback.kept.items())
+
+
+# --- ACDC and block magnitude --------------------------------------------------------------------
+def test_acdc_compresses_at_once_and_resets_momentum_only_when_decompressing():
+    from prune_cli.pruning.methods.acdc import Acdc, AcdcConfig
+
+    method = Acdc(AcdcConfig(sparsity=0.8, phases=[1, 2, 3]))  # epochs: dense, C, D, C
+    model = small_net()
+    params = method.prunable(model)
+    masks = Masks.ones(params)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    (callback,) = method.callbacks(0, masks, None)
+    callback.on_optimizer(optimizer)
+    callback.on_level_start(model, 5, 4)
+    sparsity, resets = [], []
+    for step in range(20):
+        optimizer.zero_grad()
+        model(torch.randn(2, 3, 6, 6)).square().mean().backward()
+        optimizer.step()
+        masks.apply_(params)
+        callback.on_step_end(step, model)
+        sparsity.append(masks.sparsity())
+        resets.append(callback.resets)
+    assert sparsity[3] == 0 and sparsity[4] == pytest.approx(0.8, abs=1e-3)  # at epoch 1
+    assert sparsity[9] == 0  # decompressed at epoch 2: every weight back, at zero
+    weights = torch.cat([p.detach().reshape(-1) for p in params.values()])
+    assert sparsity[14] == pytest.approx(0.8, abs=1e-3) and sparsity[19] == sparsity[14]
+    assert float((weights == 0).float().mean()) == pytest.approx(0.8, abs=1e-3)
+    assert resets[8] == 0 and resets[9] == 1 and resets[-1] == 1  # when decompressing only
+
+
+def test_acdc_phases_must_end_before_the_last_epoch():
+    from prune_cli.pruning.methods.acdc import Acdc, AcdcConfig
+
+    method = Acdc(AcdcConfig(phases=[1, 2, 4]))
+    (callback,) = method.callbacks(0, Masks.ones(method.prunable(small_net())), None)
+    with pytest.raises(ConfigError, match="compressed phase"):
+        callback.on_level_start(small_net(), 5, 4)
+
+
+def test_block_magnitude_prunes_the_weakest_blocks_per_layer():
+    from prune_cli.pruning.methods.acdc import BlockMagnitude, BlockMagnitudeConfig
+
+    method = BlockMagnitude(BlockMagnitudeConfig(sparsity=0.5, block_size=2, min_blocks=50))
+    model = small_net()
+    with torch.no_grad():  # the linear layer's blocks: weaker the lower their first row
+        w = matrix_view(model[3].weight.data)  # a view: 96 x 10
+        w.copy_(torch.arange(96.0)[:, None].expand(96, 10) + 1)
+    params = method.prunable(model)
+    masks = method.prune(model, Masks.ones(params), None)
+    kept = matrix_view(masks["3.weight"])
+    assert not kept[:48].any() and kept[48:].all()  # the 24 low block rows of 48
+    assert masks["0.weight"].all()  # 42 blocks < 50: dense

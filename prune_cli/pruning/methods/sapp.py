@@ -62,20 +62,15 @@ _ORIGINAL = "parametrizations.weight.original"
 
 
 @dataclass
-class BlockPhaseConfig(MethodConfig):
-    """Settings SA++ and ACDC share: target, blocks, phase boundaries."""
+class BlockConfig(MethodConfig):
+    """Settings of the block methods (SA++, ACDC, block magnitude): target and blocks."""
 
-    #: target sparsity s of every eligible layer, in [0, 1)
+    #: target sparsity s of every eligible layer (or of all of them, global scope), in [0, 1)
     sparsity: float = 0.9
     #: B: blocks are B x B in the (kh*kw*Cin) x Cout matrix; 1 = single weights
     block_size: int = 16
     #: layers with fewer blocks stay dense
     min_blocks: int = 0
-    #: boundaries of the phases (dense, sparse, dense, ..., sparse); an odd number, increasing,
-    #: strictly inside (0, 1) for SA++ (fractions of training) or (0, epochs) for ACDC (epochs)
-    phases: list[float] = field(default_factory=lambda: list(PAPER_PHASES))
-    #: share of each sparse segment spent sparsifying (the rest trains with the mask frozen)
-    sparsify_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
@@ -84,6 +79,20 @@ class BlockPhaseConfig(MethodConfig):
             raise ConfigError(f"method.block_size must be >= 1, got {self.block_size}")
         if self.min_blocks < 0:
             raise ConfigError(f"method.min_blocks must be >= 0, got {self.min_blocks}")
+
+
+@dataclass
+class BlockPhaseConfig(BlockConfig):
+    """Settings SA++ and ACDC share besides the blocks: the phase boundaries."""
+
+    #: boundaries of the phases (dense, sparse, dense, ..., sparse); an odd number, increasing,
+    #: strictly inside (0, 1) for SA++ (fractions of training) or (0, epochs) for ACDC (epochs)
+    phases: list[float] = field(default_factory=lambda: list(PAPER_PHASES))
+    #: share of each sparse segment spent sparsifying (the rest trains with the mask frozen)
+    sparsify_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.sparsify_fraction <= 1.0:
             raise ConfigError("method.sparsify_fraction must be in [0, 1]")
         p = list(self.phases)
@@ -303,9 +312,9 @@ class BlockPhases(Callback):
 
 
 class BlockPhaseMethod(PruningMethod):
-    """What SA++ and ACDC share: eligible layers, targets, block scores, the phase callback."""
+    """What the block methods share: eligible layers, targets, block scores, the report."""
 
-    cfg: BlockPhaseConfig
+    cfg: BlockConfig
     #: "layer": the same sparsity in every eligible layer; "global": one ranking
     scope: str = "layer"
 
