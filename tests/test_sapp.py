@@ -308,3 +308,43 @@ def test_block_magnitude_prunes_the_weakest_blocks_per_layer():
     kept = matrix_view(masks["3.weight"])
     assert not kept[:48].any() and kept[48:].all()  # the 24 low block rows of 48
     assert masks["0.weight"].all()  # 42 blocks < 50: dense
+
+
+# --- the demo, shortened ------------------------------------------------------------------------
+SHORT_DEMO = {
+    # the YAML's phase fractions; a dense third, then sparse / dense, final 30% sparse
+    "sapp": ["method=sapp"],
+    # the same proportions in epochs
+    "acdc": ["method=acdc", "method.phases=[1.8,2.4,3,3.6,4.2]"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SHORT_DEMO))
+def test_the_shortened_demo_gives_a_sparse_accurate_lenet5(tmp_path, name):
+    from conftest import run_config
+
+    from prune_cli.experiment import Experiment
+
+    overrides = [
+        *SHORT_DEMO[name],
+        "progress=false",
+        "train.epochs=6",
+        "train.warmup_epochs=0",
+        "train.lr=0.2",
+    ]
+    summary = Experiment(run_config(overrides), tmp_path).run()
+    level = summary["levels"][-1]
+    # sapp: the classifier and the first convolution stay dense (< 100 blocks of 4 x 4)
+    low = {"sapp": 0.84, "acdc": 0.899}[name]
+    assert low <= level["sparsity"] <= 0.9
+    # 6 epochs are few for LeNet-5 on digits (dense: about 0.9 here, 0.96 after the demo's 15);
+    # SA++'s uniform 4x4 blocks cost more than ACDC's global single weights in so short a run
+    # (the full demo: SA++ 0.93, ACDC 0.95 against 0.96 dense)
+    floor = {"sapp": 0.6, "acdc": 0.8}[name]
+    assert level["test_accuracy"] >= floor, level["test_accuracy"]
+    if name == "sapp":
+        info = summary["method_info"]
+        assert info["layers_skipped"] == ["classifier.4.weight", "features.0.weight"]
+        assert info["fold_max_output_difference"] < 1e-4
+        assert (tmp_path / info["folded_model"]).exists()
