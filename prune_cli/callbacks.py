@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -17,6 +18,9 @@ class Callback:
     ``step`` is the index of the optimizer step within the level (0-based, counted across epochs),
     so a resumed run continues a schedule exactly where it stopped.
     """
+
+    def on_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Once, when the Trainer is built: the level's optimizer (to reset its state, say)."""
 
     def on_level_start(self, model: nn.Module, steps_per_epoch: int, epochs: int) -> None:
         """Before the first epoch of a level (also when a level is resumed)."""

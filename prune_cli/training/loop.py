@@ -85,6 +85,8 @@ class Trainer:
         self.scheduler = scheduler
         self.enforce_masks = enforce_masks  # zeroes pruned weights after each step
         self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            cb.on_optimizer(optimizer)
         self.device = next(model.parameters()).device
         self.cuda = self.device.type == "cuda"
         self.memory_format = memory_format(self.device, cfg)
