@@ -147,7 +147,7 @@ def test_bare_prune_run_is_the_demonstration(tmp_path):
     [
         (["model=resnet57"], "valid models:"),
         (["dataset=imagenette"], "valid datasets:"),
-        (["method=sapp"], "valid methods:"),
+        (["method=nosuch"], "valid methods:"),
         (["method.sparsity=1.5"], "method.sparsity must be in [0, 1)"),
         (["train.epochs=-1"], "train.epochs must be >= 0"),
         (["pqi_grid=[[2.0,1.0]]"], "0 < p < q"),

@@ -80,7 +80,7 @@ def test_typos_and_wrong_types_fail_at_composition(override):
 
 def test_unknown_group_option_lists_the_valid_names():
     with pytest.raises(UserError, match=r"unknown method 'sapp'; valid methods: .*magnitude"):
-        check_choices(["method=sapp"])
+        check_choices(["method=sappp"])
     with pytest.raises(UserError, match="unknown model"):
         check_choices(["model=resnet20,resnet21"])
     check_choices(["model=resnet20,resnet56", "hydra.run.dir=x", "method.levels=2"])

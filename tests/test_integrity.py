@@ -111,7 +111,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     torch.save({"w": torch.zeros(2)}, plain / "init.pt")
     return {
         "unknown model": (["model=resnet57"], "valid models:"),
-        "unknown method": (["method=sapp"], "valid methods:"),
+        "unknown method": (["method=nosuch"], "valid methods:"),
         "sparsity 1.5": (["method.sparsity=1.5"], "method.sparsity must be in [0, 1)"),
         "lr nan": (["train.lr=nan"], "train.lr"),
         "lr inf": (["train.lr=inf"], "train.lr"),
