@@ -79,7 +79,7 @@ def test_typos_and_wrong_types_fail_at_composition(override):
 
 
 def test_unknown_group_option_lists_the_valid_names():
-    with pytest.raises(UserError, match=r"unknown method 'sapp'; valid methods: .*magnitude"):
+    with pytest.raises(UserError, match=r"unknown method 'sappp'; valid methods: .*magnitude"):
         check_choices(["method=sappp"])
     with pytest.raises(UserError, match="unknown model"):
         check_choices(["model=resnet20,resnet21"])
