@@ -306,3 +306,4 @@ def test_bare_method_limit_runs_and_writes_its_analysis(tmp_path):
         spectrum = list(csv.DictReader(fh))
     assert len(spectrum) == 20
     assert sum(float(r["weight"]) for r in spectrum) == pytest.approx(1.0)
+    assert (tmp_path / "limit.png").stat().st_size > 0

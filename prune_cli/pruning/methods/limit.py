@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -250,6 +251,7 @@ class PruningLimit(PruningMethod):
             ["probe", "ritz_value", "weight"],
             ctx.artifact_path("spectrum.csv"),
         )
+        plot_limit(table, predicted, limits, ctx.artifact_path("limit.png"))
         log.info(
             "pruning limit: predicted %.4f, actual %.4f (strict) / %.4f (tolerance %.4g)",
             predicted,
@@ -280,5 +282,35 @@ class PruningLimit(PruningMethod):
             "weights_norm": norm.at_count(norm.count),
             "l1": cfg.l1,
             "l1_scope": cfg.l1_scope,
-            "files": ["limit.csv", "spectrum.csv"],
+            "files": ["limit.csv", "spectrum.csv", "limit.png"],
         }
+
+
+def plot_limit(
+    table: list[tuple[float, int, float, float, float, float]],
+    predicted: float,
+    limits: dict[str, float],
+    path: Path,
+) -> None:
+    """Pruned accuracy and g(R(rho)) against rho, with the predicted and actual limits marked:
+    the predicted limit is where the g curve crosses the diagonal rho."""
+    import matplotlib  # imported here: only this analysis draws, and it is slow to import
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rho = [r[0] for r in table]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(rho, [r[3] for r in table], label="pruned accuracy (no fine-tuning)")
+    ax.plot(rho, [r[5] for r in table], label="g(R(rho))")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":", label="rho")
+    ax.axvline(predicted, color="C2", linestyle="--", label=f"predicted {predicted:.3f}")
+    ax.axvline(limits["strict"], color="C3", linestyle="-.", label=f"actual {limits['strict']:.3f}")
+    ax.set_xlabel("pruning ratio rho (fraction of prunable weights removed)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
