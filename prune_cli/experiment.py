@@ -221,6 +221,10 @@ class Experiment:
                 return init
             return self.store.load_level(int(name.removeprefix("level_")), s.device)["model"]
 
+        def evaluate_split(model: nn.Module, split: str) -> tuple[float, float]:
+            result = evaluate(model, s.data, split, self.cfg.train)
+            return result.loss, result.accuracy
+
         return PruneContext(
             level=level,
             seed=self.cfg.seed,
@@ -232,6 +236,7 @@ class Experiment:
             load_state=load_state,
             artifact_path=self.store.artifact,
             model_name=self.cfg.model.name,
+            evaluate=evaluate_split,
         )
 
     # --- the levels ---------------------------------------------------------------------------

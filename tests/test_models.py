@@ -53,6 +53,8 @@ KNOWN = {
     ("lenet5_caffe", "mnist"): 431_080,  # DNS's LeNet-5
     ("lenet300_100", "mnist"): 266_610,
     ("mlp", "mnist"): 784 * 128 + 128 + 128 * 256 + 256 + 256 * 10 + 10,
+    # Zhang et al. 2024's FC5 on CIFAR-10: 3072-1000-600-300-100-10 with biases
+    ("fc5", "cifar"): 3_073_000 + 600_600 + 180_300 + 30_100 + 1_010,
 }
 
 

@@ -87,3 +87,9 @@ def lenet5_caffe(spec: DataSpec) -> nn.Module:
 @MODELS.register("lenet300_100")
 def lenet300_100(spec: DataSpec) -> nn.Module:
     return MLP(spec, (300, 100))
+
+
+@MODELS.register("fc5")
+def fc5(spec: DataSpec) -> nn.Module:
+    """FC5 of Zhang et al. 2024 (the authors' ``FC``): input-1000-600-300-100-classes, ReLU."""
+    return MLP(spec, (1000, 600, 300, 100))

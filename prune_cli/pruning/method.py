@@ -63,6 +63,9 @@ class PruneContext:
     for scores that need gradients. ``load_state(name)`` returns a saved state dict: ``"init"``
     (the weights at initialisation) or ``"level_<k>"`` (the model selected at the end of level k).
     ``artifact_path(name)`` is where the method may write a file of its own in the run directory.
+    ``evaluate(model, split)`` returns the (mean loss, accuracy) of ``model`` on a split
+    (``"val"`` or ``"test"``) as the run evaluates it, for analyses of pruned copies without
+    fine-tuning (the pruning-limit sweep); None where no data is at hand (unit tests).
     """
 
     level: int
@@ -78,6 +81,8 @@ class PruneContext:
     #: the registered model's name, recorded beside artifacts that rebuild it (never used to
     #: import the model here)
     model_name: str | None = None
+    #: (loss, accuracy) of a model on a split, evaluated like the run's own evaluations
+    evaluate: Callable[[nn.Module, str], tuple[float, float]] | None = None
 
 
 class PruningMethod:

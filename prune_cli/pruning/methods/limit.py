@@ -1,0 +1,316 @@
+"""The fundamental limit of the pruning ratio: Zhang et al., "How Sparse Can We Prune a Deep
+Network: A Fundamental Limit Viewpoint" (NeurIPS 2024, arXiv 2306.05857; METHODS.md section 5).
+
+``method=limit`` trains densely (level 0 only) with LOMP's objective, loss + l1 * ||w||_1, and
+then, in ``finalize``, analyses the trained model without changing it:
+
+- the actual limit: global one-shot magnitude pruning at rho = i / grid (i = 0..grid - 1), each
+  pruned copy evaluated without fine-tuning on ``split``; the largest rho whose accuracy is >= the
+  dense one (``strict``), within ``tolerance`` of it, and the authors' "last rho before the first
+  drop". The authors measured on the test set; here the default is the validation split, so that
+  the test set stays unused for anything that is selected or compared (``split: test`` for theirs);
+- the prediction (``pruning/spectrum.py``): eps = standard deviation of per-batch training losses
+  (eval mode, full batches only), the Hessian spectrum of the loss with respect to the prunable
+  weights by stochastic Lanczos quadrature on ``hessian_samples`` training samples, and the rho*
+  solving rho = g(R(rho)).
+
+Files in the run directory: ``limit.csv`` (rho, pruned count, loss, accuracy, R, g(R)) and
+``spectrum.csv`` (probe, Ritz value, weight); ``summary.json`` gets both limits, eps, the trace
+estimate and the Lanczos settings under ``method_info``.
+
+Choices left open by the paper, as settings: ``l1_scope`` (``all``: every weight and bias,
+BatchNorm's included, as the authors' ``get_regularization_loss_my``; ``prunable``: the conv and
+linear weights only); ``zero_mass`` (how the near-zero eigenvalues are counted). The L1 term is
+applied as its subgradient l1 * sign(w) added to the gradients after the backward pass (sign(0)
+= 0, as autograd of |w| gives), so the training loop and its logged loss stay those of the data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prune_cli.callbacks import Callback
+from prune_cli.errors import ConfigError
+from prune_cli.io import save_csv
+from prune_cli.pruning.flow import preserved, scoring_batches
+from prune_cli.pruning.mask import Masks
+from prune_cli.pruning.method import METHODS, Batch, MethodConfig, PruneContext, PruningMethod
+from prune_cli.pruning.spectrum import (
+    ZERO_MASS_MODES,
+    PrunedNorm,
+    Spectrum,
+    actual_limits,
+    hessian_vector_product,
+    limit_fraction,
+    magnitude_sweep,
+    predicted_limit,
+    slq,
+    zero_mass,
+)
+from prune_cli.seeds import derive_seed
+
+log = logging.getLogger("prune_cli.experiment")
+
+L1_SCOPES = ("all", "prunable")
+
+
+@dataclass
+class LimitConfig(MethodConfig):
+    name: str = "limit"
+    #: lambda of the L1 term (the authors: 5e-5 FC5 and ResNet-18, 1e-4 VGG-16, 2e-5 ResNet-50)
+    l1: float = 5e-5
+    #: ``all``: every parameter (the authors' weights and biases); ``prunable``: conv/linear weights
+    l1_scope: str = "all"
+    #: accuracy (a fraction) the tolerant limit may lose (the authors: 0.1 points = 0.001)
+    tolerance: float = 0.001
+    #: sweep rho = i / grid
+    grid: int = 1000
+    #: split the pruned copies are evaluated on (the authors used the test set)
+    split: str = "val"
+    #: training samples of the fixed subset on which the Hessian is taken
+    hessian_samples: int = 1000
+    #: samples per forward pass of a Hessian-vector product (null = train.batch_size): larger
+    #: is faster, smaller needs less memory; the product does not depend on it
+    hessian_batch: int | None = None
+    #: Lanczos steps per probe (capped at the number of prunable weights)
+    lanczos_iter: int = 100
+    #: Rademacher probes (the authors: one, ``lanczos_num: 1``)
+    probes: int = 1
+    #: ``threshold``: Ritz values with |theta| <= zero_tol * max |theta| count as 0; ``none``
+    zero_mass: str = "threshold"
+    zero_tol: float = 1e-4
+    #: training batches whose loss spread is eps; null = one epoch
+    eps_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.l1 < 0 or self.tolerance < 0 or self.zero_tol < 0:
+            raise ConfigError("method.l1, method.tolerance and method.zero_tol must be >= 0")
+        if self.l1_scope not in L1_SCOPES:
+            raise ConfigError(
+                f"method.l1_scope must be one of {', '.join(L1_SCOPES)}, got {self.l1_scope!r}"
+            )
+        if self.zero_mass not in ZERO_MASS_MODES:
+            raise ConfigError(
+                f"method.zero_mass must be one of {', '.join(ZERO_MASS_MODES)}, "
+                f"got {self.zero_mass!r}"
+            )
+        if self.split not in ("val", "test"):
+            raise ConfigError(f"method.split must be val or test, got {self.split!r}")
+        for key in ("grid", "hessian_samples", "lanczos_iter", "probes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"method.{key} must be >= 1, got {getattr(self, key)}")
+        if self.hessian_batch is not None and self.hessian_batch < 1:
+            raise ConfigError(
+                f"method.hessian_batch must be >= 1 or null, got {self.hessian_batch}"
+            )
+        if self.eps_batches is not None and self.eps_batches < 2:
+            raise ConfigError(f"method.eps_batches must be >= 2 or null, got {self.eps_batches}")
+
+
+class L1Penalty(Callback):
+    """Adds l1 * sign(w) to the gradients: the subgradient of l1 * ||w||_1 over the parameters
+    ``select(model)`` returns (found when the level starts: after ``prepare`` and ``.to``)."""
+
+    def __init__(
+        self, select: Callable[[nn.Module], Mapping[str, nn.Parameter]], l1: float
+    ) -> None:
+        self.select = select
+        self.l1 = l1
+        self.params: list[nn.Parameter] | None = None
+
+    def on_level_start(self, model: nn.Module, steps_per_epoch: int, epochs: int) -> None:
+        self.params = list(self.select(model).values())
+
+    @torch.no_grad()
+    def on_after_backward(self, step: int, model: nn.Module) -> None:
+        if self.params is None:
+            self.params = list(self.select(model).values())
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.add_(torch.sign(p), alpha=self.l1)
+
+
+def loss_spread(model: nn.Module, batches: list[Batch], ctx: PruneContext) -> float:
+    """eps: the standard deviation (unbiased) of per-batch mean training losses."""
+    with preserved(model), torch.no_grad():
+        losses = [float(ctx.loss_fn(model(x), y)) for x, y in batches]
+    return float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0
+
+
+@METHODS.register("limit")
+class PruningLimit(PruningMethod):
+    Config = LimitConfig
+    cfg: LimitConfig
+
+    def num_levels(self) -> int:
+        return 0  # train only; the analysis is in finalize
+
+    def _check(self, ctx: PruneContext) -> None:
+        # the L1 term must be the only regulariser: the limit is derived for LOMP's objective
+        if ctx.weight_decay != 0:
+            raise ConfigError(
+                f"method=limit trains with the L1 term only: set train.weight_decay=0 "
+                f"(got {ctx.weight_decay})"
+            )
+
+    def l1_params(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        if self.cfg.l1_scope == "prunable":
+            return self.prunable(model)
+        return {k: p for k, p in model.named_parameters() if p.requires_grad}
+
+    def prepare(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        self._check(ctx)
+        return model
+
+    def callbacks(self, level: int, masks: Masks, ctx: PruneContext) -> list[Callback]:
+        # weight decay is checked in prepare, which every run (and every resumed one) calls
+        if self.cfg.l1 == 0:
+            return []
+        return [L1Penalty(self.l1_params, self.cfg.l1)]
+
+    def spectrum(self, model: nn.Module, ctx: PruneContext) -> tuple[Spectrum, int]:
+        """The SLQ spectrum of the Hessian w.r.t. the prunable weights, and the samples used."""
+        params = self.prunable(model)
+        batches = scoring_batches(ctx, self.cfg.hessian_samples)
+        # a fixed subset of exactly hessian_samples examples
+        x = torch.cat([b[0] for b in batches])[: self.cfg.hessian_samples]
+        y = torch.cat([b[1] for b in batches])[: self.cfg.hessian_samples]
+        size = self.cfg.hessian_batch or max(len(b[1]) for b in batches)
+        subset = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+        dim = sum(p.numel() for p in params.values())
+        with preserved(model):
+            hvp = hessian_vector_product(model, params, subset, ctx.loss_fn)
+            spectrum = slq(
+                hvp,
+                dim,
+                self.cfg.lanczos_iter,
+                self.cfg.probes,
+                derive_seed(ctx.seed, "limit-probes"),
+                next(iter(params.values())).device,
+            )
+        return spectrum, len(y)
+
+    def finalize(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> dict[str, Any]:
+        cfg = self.cfg
+        evaluate = ctx.evaluate
+        if evaluate is None:
+            raise ConfigError("method=limit needs a way to evaluate models (ctx.evaluate)")
+        params = self.prunable(model)
+        # eps from full batches only: a short last batch has a larger loss spread of its own
+        batches = list(ctx.batches(cfg.eps_batches or 10**9))
+        full = [b for b in batches if len(b[1]) == len(batches[0][1])]
+        eps = loss_spread(model, full, ctx)
+        spectrum, samples = self.spectrum(model, ctx)
+        nodes = zero_mass(spectrum.nodes, cfg.zero_mass, cfg.zero_tol)
+        magnitudes = torch.cat(
+            [(p.detach() * masks[k]).abs().reshape(-1) for k, p in params.items()]
+        )
+        norm = PrunedNorm(magnitudes)
+        predicted = predicted_limit(norm, eps, nodes, spectrum.weights)
+
+        rows = magnitude_sweep(params, masks, cfg.grid, lambda: evaluate(model, cfg.split))
+        dense_loss, dense_accuracy = rows[0][2], rows[0][3]
+        if dense_loss == 0 and dense_accuracy == 0:
+            raise ConfigError(
+                f"method.split={cfg.split} holds no samples here; use a split with data"
+            )
+        limits = actual_limits([r[0] for r in rows], [r[3] for r in rows], cfg.tolerance)
+        table = []
+        for rho, k, loss, accuracy in rows:
+            radius = norm.at_count(k)
+            table.append(
+                (
+                    rho,
+                    k,
+                    loss,
+                    accuracy,
+                    radius,
+                    limit_fraction(radius, eps, nodes, spectrum.weights),
+                )
+            )
+        save_csv(
+            table,
+            ["rho", "pruned", "loss", "accuracy", "R", "g_R"],
+            ctx.artifact_path("limit.csv"),
+        )
+        save_csv(
+            zip(
+                spectrum.probe.tolist(),
+                spectrum.nodes.tolist(),
+                spectrum.weights.tolist(),
+                strict=True,
+            ),
+            ["probe", "ritz_value", "weight"],
+            ctx.artifact_path("spectrum.csv"),
+        )
+        plot_limit(table, predicted, limits, ctx.artifact_path("limit.png"))
+        log.info(
+            "pruning limit: predicted %.4f, actual %.4f (strict) / %.4f (tolerance %.4g)",
+            predicted,
+            limits["strict"],
+            limits["tolerance"],
+            cfg.tolerance,
+        )
+        zero = nodes == 0
+        return {
+            "predicted_limit": predicted,
+            "actual_limit": limits["strict"],
+            "actual_limit_tolerance": limits["tolerance"],
+            "actual_limit_first_drop": limits["first_drop"],
+            "tolerance": cfg.tolerance,
+            "split": cfg.split,
+            "dense_accuracy": dense_accuracy,
+            "dense_loss": dense_loss,
+            "eps": eps,
+            "eps_batches": len(full),
+            "hessian_trace": spectrum.trace,
+            "hessian_samples": samples,
+            "lanczos_iter": cfg.lanczos_iter,
+            "lanczos_steps": spectrum.steps,
+            "probes": cfg.probes,
+            "zero_mass": cfg.zero_mass,
+            "zero_mass_fraction": float(spectrum.weights[zero].sum()),
+            "prunable_weights": spectrum.dim,
+            "weights_norm": norm.at_count(norm.count),
+            "l1": cfg.l1,
+            "l1_scope": cfg.l1_scope,
+            "files": ["limit.csv", "spectrum.csv", "limit.png"],
+        }
+
+
+def plot_limit(
+    table: list[tuple[float, int, float, float, float, float]],
+    predicted: float,
+    limits: dict[str, float],
+    path: Path,
+) -> None:
+    """Pruned accuracy and g(R(rho)) against rho, with the predicted and actual limits marked:
+    the predicted limit is where the g curve crosses the diagonal rho."""
+    import matplotlib  # imported here: only this analysis draws, and it is slow to import
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rho = [r[0] for r in table]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(rho, [r[3] for r in table], label="pruned accuracy (no fine-tuning)")
+    ax.plot(rho, [r[5] for r in table], label="g(R(rho))")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":", label="rho")
+    ax.axvline(predicted, color="C2", linestyle="--", label=f"predicted {predicted:.3f}")
+    ax.axvline(limits["strict"], color="C3", linestyle="-.", label=f"actual {limits['strict']:.3f}")
+    ax.set_xlabel("pruning ratio rho (fraction of prunable weights removed)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,309 @@
+"""method=limit (Zhang et al., NeurIPS 2024, arXiv 2306.05857): the L1 term, the actual-limit
+sweep, stochastic Lanczos quadrature and the limit equation, against hand or exact values."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_config
+from torch import nn
+from torch.func import functional_call
+
+from prune_cli.errors import ConfigError
+from prune_cli.pruning.mask import prunable_parameters
+from prune_cli.pruning.method import PruneContext
+from prune_cli.pruning.methods.limit import L1Penalty, LimitConfig, PruningLimit
+from prune_cli.pruning.spectrum import (
+    PrunedNorm,
+    actual_limits,
+    hessian_vector_product,
+    lanczos,
+    limit_fraction,
+    magnitude_sweep,
+    predicted_limit,
+    ritz,
+    slq,
+    zero_mass,
+)
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+
+
+def tiny_data(n: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, generator=gen, dtype=torch.float64), torch.randint(
+        0, 3, (n,), generator=gen
+    )
+
+
+def full_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The exact Hessian of the mean cross-entropy w.r.t. the prunable (weight) matrices."""
+    params = prunable_parameters(model, [])
+    names, shapes = list(params), [p.shape for p in params.values()]
+    sizes = [p.numel() for p in params.values()]
+    fixed = {k: v.detach() for k, v in model.named_parameters() if k not in params}
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        pieces = {n: c.view(s) for n, c, s in zip(names, flat.split(sizes), shapes, strict=True)}
+        return F.cross_entropy(functional_call(model, {**fixed, **pieces}, (x,)), y)
+
+    flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+def context(weight_decay: float = 0.0, **kw) -> PruneContext:
+    return PruneContext(
+        level=0,
+        seed=0,
+        device=torch.device("cpu"),
+        batches=lambda n: iter([]),
+        loss_fn=F.cross_entropy,
+        weight_decay=weight_decay,
+        num_classes=3,
+        load_state=lambda name: {},
+        **kw,
+    )
+
+
+# --- LOMP: the L1 term --------------------------------------------------------------------------
+@pytest.mark.parametrize("scope", ["all", "prunable"])
+def test_l1_callback_gradient_equals_autograd_of_the_l1_term(scope):
+    lam = 0.03
+    model, (x, y) = tiny_net(), tiny_data()
+    method = PruningLimit(LimitConfig(l1=lam, l1_scope=scope))
+    chosen = method.l1_params(model)
+    assert len(chosen) == (4 if scope == "all" else 2)  # 2 weights + 2 biases, or the weights
+
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    penalty = method.callbacks(0, None, context())[0]
+    assert isinstance(penalty, L1Penalty)
+    penalty.on_level_start(model, 1, 1)
+    penalty.on_after_backward(0, model)
+    ours = {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    model.zero_grad()
+    l1 = sum(p.abs().sum() for p in chosen.values())
+    (F.cross_entropy(model(x), y) + lam * l1).backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(ours[k], p.grad, rtol=0, atol=1e-12)
+    # the penalty really acted: the biases' gradients differ exactly when they are in scope
+    data_only = torch.autograd.grad(F.cross_entropy(model(x), y), model[0].bias)[0]
+    assert torch.equal(ours["0.bias"], data_only) == (scope == "prunable")
+
+
+def test_weight_decay_is_refused():
+    method = PruningLimit(LimitConfig())
+    with pytest.raises(ConfigError, match=r"train\.weight_decay=0"):
+        method.prepare(tiny_net(), context(weight_decay=5e-4))
+    method.prepare(tiny_net(), context(weight_decay=0.0))
+
+
+def test_method_limit_selects_a_schedule_without_weight_decay_unless_told_otherwise():
+    assert run_config(["method=limit"]).train.weight_decay == 0.0
+    assert run_config(["method=limit", "train=cifar"]).train.weight_decay == 1e-4
+    assert run_config(["method=magnitude"]).train.weight_decay == 5e-4
+
+
+# --- the actual limit ----------------------------------------------------------------------------
+def test_actual_limits_on_a_hand_made_sweep():
+    rhos = [0.0, 0.1, 0.2, 0.3, 0.4]
+    accuracies = [0.90, 0.90, 0.84, 0.95, 0.80]
+    # strict: last >= 0.90 is 0.3; tolerance 0.05: last >= 0.85 is 0.3; first below 0.85: 0.2
+    assert actual_limits(rhos, accuracies, 0.05) == {
+        "strict": 0.3,
+        "tolerance": 0.3,
+        "first_drop": 0.1,
+    }
+    assert actual_limits(rhos, accuracies, 0.07)["first_drop"] == 0.3
+    assert actual_limits(rhos, [0.9, 0.89, 0.88, 0.5, 0.5], 0.02)["strict"] == 0.0
+
+
+def test_sweep_matches_a_brute_force_scan():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 7), nn.ReLU(), nn.Linear(7, 4))
+    x, y = torch.randn(50, 6), torch.randint(0, 4, (50,))
+    params = prunable_parameters(model, [])
+    total = sum(p.numel() for p in params.values())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grid = 40
+
+    def evaluate(m: nn.Module) -> tuple[float, float]:
+        with torch.no_grad():
+            logits = m(x)
+        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+    rows = magnitude_sweep(params, None, grid, lambda: evaluate(model))
+    for k, v in model.state_dict().items():  # the weights are restored
+        assert torch.equal(v, before[k])
+
+    brute = []
+    for i in range(grid):
+        copy = nn.Sequential(nn.Linear(6, 7), nn.ReLU(), nn.Linear(7, 4))
+        copy.load_state_dict(before)
+        weights = [copy[0].weight, copy[2].weight]
+        flat = torch.cat([w.detach().reshape(-1) for w in weights]).abs()
+        count = math.ceil(i / grid * total - 1e-9)
+        threshold = flat.sort().values[count - 1] if count else -1.0
+        with torch.no_grad():
+            for w in weights:
+                w.mul_(w.abs() > threshold)
+        assert sum(int((w == 0).sum()) for w in weights) == count
+        brute.append((i / grid, count, *evaluate(copy)))
+    assert [r[:2] for r in rows] == [r[:2] for r in brute]
+    np.testing.assert_allclose([r[2:] for r in rows], [r[2:] for r in brute], rtol=1e-6)
+    # and the limits read off both agree with the definition, computed directly
+    accuracies = [r[3] for r in brute]
+    strict = max(r[0] for r in brute if r[3] >= accuracies[0])
+    assert actual_limits([r[0] for r in rows], [r[3] for r in rows], 0.0)["strict"] == strict
+
+
+# --- the Hessian spectrum ---------------------------------------------------------------------
+def test_hessian_vector_products_are_the_columns_of_the_hessian_whatever_the_batching():
+    model, (x, y) = tiny_net(), tiny_data()
+    hessian = full_hessian(model, x, y)
+    params = prunable_parameters(model, [])
+    batches = [(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])]  # unequal sizes
+    hvp = hessian_vector_product(model, params, batches, F.cross_entropy)
+    v = torch.randn(hessian.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(hvp(v), hessian @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_lanczos_quadrature_is_exact_for_low_moments_and_finds_the_eigenvalues():
+    model, (x, y) = tiny_net(), tiny_data()
+    hessian = full_hessian(model, x, y)
+    dim = hessian.shape[0]  # 24 prunable weights
+    eigenvalues = torch.linalg.eigvalsh(hessian).numpy()
+    v = (torch.randint(0, 2, (dim,), generator=torch.Generator().manual_seed(5)) * 2 - 1).double()
+    q = v / v.norm()
+
+    # m steps: an m-point Gauss quadrature, exact for polynomials of degree < 2m
+    theta, tau = ritz(*lanczos(lambda u: hessian @ u, v, 6))
+    assert len(theta) == 6 and tau.sum() == pytest.approx(1.0, abs=1e-12)
+    for power in range(12):
+        exact = float(q @ torch.linalg.matrix_power(hessian, power) @ q)
+        scale = float(np.abs(eigenvalues).max()) ** power
+        assert np.sum(tau * theta**power) == pytest.approx(exact, abs=1e-9 * scale)
+
+    # as many steps as the dimension: the Ritz values are the eigenvalues that v sees
+    theta, tau = ritz(*lanczos(lambda u: hessian @ u, v, 100))  # capped at the dimension
+    top = float(np.abs(eigenvalues).max())
+    for t in theta:
+        assert np.min(np.abs(eigenvalues - t)) < 1e-8 * top
+    assert theta.max() == pytest.approx(eigenvalues.max(), rel=1e-8)
+
+
+def test_slq_moments_and_predicted_limit_agree_with_the_full_eigendecomposition():
+    model, (x, y) = tiny_net(), tiny_data()
+    hessian = full_hessian(model, x, y)
+    dim = hessian.shape[0]
+    eigenvalues = torch.linalg.eigvalsh(hessian).numpy()
+    probes = 200
+    spectrum = slq(lambda u: hessian @ u, dim, 8, probes, seed=0, device=torch.device("cpu"))
+    assert spectrum.weights.sum() == pytest.approx(1.0, abs=1e-12)
+    assert spectrum.steps == [8] * probes
+    # tr(H^j) / P by Hutchinson: Var(v^T A v) = 2 sum_{i != j} A_ij^2 for Rademacher v, so the
+    # stated tolerance is 4 standard errors of the mean over the probes
+    for power in (1, 2):
+        a = torch.linalg.matrix_power(hessian, power)
+        exact = float(torch.trace(a)) / dim
+        off = float((a**2).sum() - (torch.diagonal(a) ** 2).sum())
+        tolerance = 4 * math.sqrt(2 * off / probes) / dim
+        assert spectrum.moment(power) == pytest.approx(exact, abs=tolerance)
+    assert spectrum.trace == pytest.approx(float(torch.trace(hessian)), rel=0.1)
+
+    # the limit predicted from the SLQ spectrum and from the exact one, same eps and weights;
+    # stated tolerance 0.01 (found 0.004). With a much smaller eps (1e-3) the 8-node quadrature
+    # no longer resolves the 4 exactly flat directions (the softmax's shift invariance) from the
+    # small eigenvalues beside them, and the two differ by 0.06: the prediction needs the small
+    # end of the spectrum, which is where SLQ is coarsest.
+    magnitudes = torch.cat(
+        [p.detach().reshape(-1) for p in prunable_parameters(model, []).values()]
+    )
+    norm, eps = PrunedNorm(magnitudes), 0.01
+    exact = predicted_limit(norm, eps, eigenvalues, np.full(dim, 1 / dim))
+    estimate = predicted_limit(norm, eps, spectrum.nodes, spectrum.weights)
+    assert 0.05 < exact < 0.95  # not a trivial case
+    assert estimate == pytest.approx(exact, abs=0.01)
+
+
+# --- the limit equation -----------------------------------------------------------------------
+def test_pruned_norm_is_continuous_in_rho():
+    norm = PrunedNorm(torch.tensor([3.0, -1.0, 2.0]))  # sorted squares 1, 4, 9
+    assert norm(0.0) == 0.0
+    assert norm(1 / 3) == pytest.approx(1.0)
+    assert norm(0.5) == pytest.approx(math.sqrt(1 + 0.5 * 4))
+    assert norm(1.0) == pytest.approx(math.sqrt(14))
+    assert norm.at_count(2) == pytest.approx(math.sqrt(5))
+
+
+def test_limit_equation_against_a_hand_solution():
+    # half the mass flat (theta = 0), half at theta = 1; eps = 1/2, R(rho) = 4 rho / 3:
+    # rho = 1/2 + (1/2) / (1 + (16/9) rho^2)  has the root rho = 3/4 (0.25 = 0.5 / (1 + 1))
+    nodes, weights = np.array([0.0, 1.0]), np.array([0.5, 0.5])
+    radius = lambda rho: 4 * rho / 3  # noqa: E731
+    assert limit_fraction(radius(0.75), 0.5, nodes, weights) == pytest.approx(0.75)
+    assert predicted_limit(radius, 0.5, nodes, weights) == pytest.approx(0.75, abs=1e-9)
+    # a near-zero Ritz value counts as flat under the threshold rule
+    noisy = np.array([1e-9, 1.0])
+    assert np.array_equal(zero_mass(noisy, "threshold", 1e-4), nodes)
+    assert np.array_equal(zero_mass(noisy, "none", 1e-4), noisy)
+    # no curvature at all: every weight may go; eps = 0 with curvature: none may
+    assert predicted_limit(radius, 0.5, np.zeros(2), weights) == pytest.approx(1.0, abs=1e-9)
+    assert predicted_limit(radius, 0.0, np.array([1.0]), np.ones(1)) == pytest.approx(0, abs=1e-9)
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="l1_scope"):
+        LimitConfig(l1_scope="biases")
+    with pytest.raises(ConfigError, match="zero_mass"):
+        LimitConfig(zero_mass="guess")
+    with pytest.raises(ConfigError, match="lanczos_iter"):
+        LimitConfig(lanczos_iter=0)
+
+
+# --- the run -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bare_method_limit_runs_and_writes_its_analysis(tmp_path):
+    from prune_cli.experiment import Experiment
+
+    cfg = run_config(
+        [
+            "method=limit",
+            "progress=false",
+            "train.epochs=3",
+            "method.grid=50",
+            "method.lanczos_iter=20",
+            "method.probes=1",
+            "method.hessian_samples=64",
+        ]
+    )
+    summary = Experiment(cfg, tmp_path).run()
+    info = summary["method_info"]
+    assert 0 < info["predicted_limit"] < 1
+    assert 0 <= info["actual_limit"] <= info["actual_limit_tolerance"] < 1
+    assert info["eps"] > 0 and info["hessian_samples"] == 64
+    assert info["lanczos_steps"] == [20]
+    stored = json.loads((tmp_path / "summary.json").read_text())["method_info"]
+    assert stored["predicted_limit"] == info["predicted_limit"]
+    with open(tmp_path / "limit.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 50 and float(rows[0]["rho"]) == 0 and float(rows[0]["R"]) == 0
+    assert float(rows[0]["accuracy"]) == info["dense_accuracy"]
+    assert float(rows[0]["g_R"]) == pytest.approx(1.0)
+    radii = [float(r["R"]) for r in rows]
+    assert radii == sorted(radii)
+    with open(tmp_path / "spectrum.csv") as fh:
+        spectrum = list(csv.DictReader(fh))
+    assert len(spectrum) == 20
+    assert sum(float(r["weight"]) for r in spectrum) == pytest.approx(1.0)
+    assert (tmp_path / "limit.png").stat().st_size > 0
