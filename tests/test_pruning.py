@@ -140,11 +140,25 @@ def test_rewind_points():
         RewindPoint.parse("three")
 
 
+#: settings that let a method act on the tiny network of the registry-wide test (block methods
+#: skip layers of fewer than ``min_blocks`` blocks; ACDC's default phases are ImageNet epochs)
+TINY = {
+    "sapp": {"block_size": 2, "min_blocks": 1},
+    "block_magnitude": {"block_size": 2, "min_blocks": 1},
+    "acdc": {"phases": [2.0, 4.0, 6.0, 8.0, 10.0]},
+}
+#: methods whose dense phases give pruned weights back by design (their masks shrink within a
+#: sparse phase and end at the target; tests/test_sapp.py checks that)
+REGROW = {"sapp", "acdc"}
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_only_shrinks_masks_and_leaves_ignored_layers(name):
     cls = METHODS.get(name)
-    method = cls(cls.Config(ignore=["6.weight"]))
+    method = cls(cls.Config(ignore=["6.weight"], **TINY.get(name, {})))
     net = small_net()
+    if name == "sapp":  # its callbacks act on the attention it adds to the model
+        net = method.prepare(net, PruneContext(0, 0, torch.device("cpu"), iter, None, 0.0, 3, dict))
     params = method.prunable(net)
     assert "6.weight" not in params and "0.weight" in params
     last_weight = net[6].weight.detach().clone()
@@ -164,13 +178,14 @@ def test_every_method_only_shrinks_masks_and_leaves_ignored_layers(name):
     masks = Masks.ones(params)
     callbacks = method.callbacks(0, masks, context)
     for cb in callbacks:  # methods that prune during training (GMP)
+        cb.on_optimizer(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9))  # as the Trainer
         cb.on_level_start(net, steps_per_epoch=10, epochs=12)
         for step in range(120):  # as the training loop calls them: steps, then epoch ends
             previous = Masks(dict(masks))
             cb.on_step_end(step, net)
             if (step + 1) % 10 == 0:
                 cb.on_epoch_end(step // 10, net)
-            assert masks.is_subset_of(previous)
+            assert name in REGROW or masks.is_subset_of(previous)
     for level in range(1, min(method.num_levels(), 3) + 1):
         context.level = level
         previous = Masks(dict(masks))
