@@ -104,7 +104,9 @@ def update_readme(summaries: dict[str, dict]) -> None:
         f"the dense model: {pct(dense)}), measured by `python scripts/bare_methods.py --readme`, "
         "which wrote it. `grda` and `dns` train with their own presets (`train=grda_demo`, "
         "`train=dns_demo`), which their YAML selects. Random pruning collapses at 90%: that is "
-        "its finding."
+        "its finding. `limit` trains densely and measures: its predicted and actual limits are in "
+        "`summary.json`. `sapp` and `block_magnitude` keep layers of fewer than `min_blocks` "
+        "blocks dense, so their real sparsity is below the nominal 90%."
     )
     if end + 1 < len(lines) and lines[end + 1].startswith(NOTE):
         lines[end + 1] = note
