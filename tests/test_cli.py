@@ -179,6 +179,9 @@ RESUME_CASES = {
     # level 0 (the level end always checkpoints) and repeats level 1's first epoch
     "every-2-epochs": (["method.levels=2", "method.rewind=1ep", "checkpoint_every=2"], 5),
     "dns": (["method=dns", "method.c_rate=0.5"], 4),
+    # SequentialAttention++ on 3 epochs: phases at 30-70% of the steps, so the crash in the
+    # second epoch lands in the middle of the sparsify/sparse cycles (optimizer resets included)
+    "sapp": (["method=sapp", "method.min_blocks=1", "method.sparsity=0.5"], 2),
     # filter pruning rounds after epochs 1 and 2; the crash comes in epoch 3, after a resume the
     # pruned channels' biases must stay at zero
     "filter": (
