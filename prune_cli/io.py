@@ -60,8 +60,13 @@ def remove_stale_temporaries(directory: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_torch(path: Path, map_location: str | torch.device = "cpu", what: str = "file") -> Any:
-    """Load a torch file safely; a missing, corrupt or unsafe file is a one-line ``UserError``."""
+def load_torch(
+    path: Path, map_location: str | torch.device = "cpu", what: str = "file", mmap: bool = False
+) -> Any:
+    """Load a torch file safely; a missing, corrupt or unsafe file is a one-line ``UserError``.
+
+    ``mmap=True`` maps the tensors' storage instead of reading it: for a look at a file's small
+    entries (a checkpoint's config hash) without reading its weights."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
@@ -69,7 +74,7 @@ def load_torch(path: Path, map_location: str | torch.device = "cpu", what: str =
             "afresh"
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         # weights_only refuses any pickle that would import or call code: treat it as corrupt
         raise UserError(

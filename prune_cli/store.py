@@ -164,7 +164,8 @@ class RunStore:
         if summary is not None:
             return str(summary.get("config_hash")), stored_config
         if self.paths.checkpoint.exists():
-            ck = load_torch(self.paths.checkpoint, what="checkpoint")
+            # mapped, not read: the resume reads the weights once, in load_checkpoint
+            ck = load_torch(self.paths.checkpoint, what="checkpoint", mmap=True)
             return str(ck.get("config_hash")), ck.get("config")
         if isinstance(stored_config, dict):
             return config_hash(stored_config), stored_config

@@ -348,3 +348,20 @@ def test_the_shortened_demo_gives_a_sparse_accurate_lenet5(tmp_path, name):
         assert info["layers_skipped"] == ["classifier.4.weight", "features.0.weight"]
         assert info["fold_max_output_difference"] < 1e-4
         assert (tmp_path / info["folded_model"]).exists()
+
+
+def test_block_methods_share_one_scope_setting_and_the_phase_hooks_are_required():
+    from prune_cli.errors import ConfigError
+    from prune_cli.pruning.methods.acdc import AcdcConfig, BlockMagnitudeConfig
+    from prune_cli.pruning.methods.sapp import BlockPhaseConfig, BlockPhaseMethod, SappConfig
+
+    assert (SappConfig().scope, AcdcConfig().scope, BlockMagnitudeConfig().scope) == (
+        "layer",
+        "global",
+        "layer",
+    )
+    for config in (SappConfig, AcdcConfig, BlockMagnitudeConfig):
+        with pytest.raises(ConfigError, match=r"method\.scope"):
+            config(scope="neuron")
+    with pytest.raises(TypeError, match="abstract"):
+        BlockPhaseMethod(BlockPhaseConfig())  # target and block_scores must be given

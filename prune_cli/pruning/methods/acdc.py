@@ -31,6 +31,7 @@ from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, PruneContext
 from prune_cli.pruning.methods.sapp import (
     BlockConfig,
+    BlockMethod,
     BlockPhaseConfig,
     BlockPhaseMethod,
     BlockPhases,
@@ -39,7 +40,6 @@ from prune_cli.pruning.methods.sapp import (
 #: the authors' ImageNet ResNet-50 schedule (100 epochs): dense to epoch 10, then compressed and
 #: decompressed for 5 epochs each up to epoch 75, decompressed 75-85, compressed 85-100
 AUTHORS_IMAGENET_PHASES = [10.0, *(15.0 + 5.0 * i for i in range(13)), 85.0]
-SCOPES = ("global", "layer")
 
 
 @dataclass
@@ -54,13 +54,8 @@ class AcdcConfig(BlockPhaseConfig):
     #: one magnitude ranking over all layers (the authors), or the same sparsity per layer
     scope: str = "global"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.scope not in SCOPES:
-            raise ConfigError(f"method.scope must be one of {', '.join(SCOPES)}")
 
-
-def block_norms(model: nn.Module, method: BlockPhaseMethod, layouts: Mapping[str, BlockLayout]):
+def block_norms(model: nn.Module, method: BlockMethod, layouts: Mapping[str, BlockLayout]):
     params = method.prunable(model)
     return {k: layout.norms(params[k]) for k, layout in layouts.items()}
 
@@ -69,10 +64,6 @@ def block_norms(model: nn.Module, method: BlockPhaseMethod, layouts: Mapping[str
 class Acdc(BlockPhaseMethod):
     Config = AcdcConfig
     cfg: AcdcConfig
-
-    def __init__(self, cfg: AcdcConfig) -> None:
-        super().__init__(cfg)
-        self.scope = cfg.scope
 
     def target(self, tau: float) -> float:
         del tau  # no gradual schedule: a compressed phase is at the target from its start
@@ -105,17 +96,10 @@ class Acdc(BlockPhaseMethod):
 class BlockMagnitudeConfig(BlockConfig):
     name: str = "block_magnitude"
     min_blocks: int = 100
-    #: per layer (uniform, like SA++) or one ranking over all layers
-    scope: str = "layer"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.scope not in SCOPES:
-            raise ConfigError(f"method.scope must be one of {', '.join(SCOPES)}")
 
 
 @METHODS.register("block_magnitude")
-class BlockMagnitude(BlockPhaseMethod):
+class BlockMagnitude(BlockMethod):
     Config = BlockMagnitudeConfig
     cfg: BlockMagnitudeConfig
 

@@ -39,6 +39,7 @@ import bisect
 import fnmatch
 import itertools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,9 @@ PAPER_PHASES = [0.10, *(round(0.15 + 0.05 * i, 2) for i in range(13)), 0.85]
 _ORIGINAL = "parametrizations.weight.original"
 
 
+BLOCK_SCOPES = ("layer", "global")
+
+
 @dataclass
 class BlockConfig(MethodConfig):
     """Settings of the block methods (SA++, ACDC, block magnitude): target and blocks."""
@@ -71,8 +75,15 @@ class BlockConfig(MethodConfig):
     block_size: int = 16
     #: layers with fewer blocks stay dense
     min_blocks: int = 0
+    #: ``layer``: the same sparsity in every eligible layer (SA++'s uniform sparsity);
+    #: ``global``: one ranking of the blocks of all eligible layers (ACDC's authors)
+    scope: str = "layer"
 
     def __post_init__(self) -> None:
+        if self.scope not in BLOCK_SCOPES:
+            raise ConfigError(
+                f"method.scope must be one of {', '.join(BLOCK_SCOPES)}, got {self.scope!r}"
+            )
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"method.sparsity must be in [0, 1), got {self.sparsity}")
         if self.block_size < 1:
@@ -282,7 +293,7 @@ class BlockPhases(Callback):
         if not self._may_drop(target):
             return
         scores = self.method.block_scores(model, self.layouts)
-        new = blocks_to_prune(scores, self.sizes, self.kept, target, self.method.scope)
+        new = blocks_to_prune(scores, self.sizes, self.kept, target, self.method.cfg.scope)
         changed = {k: v.cpu() for k, v in new.items() if not torch.equal(v.cpu(), self.kept[k])}
         if changed:
             self._set(model, changed)
@@ -295,7 +306,7 @@ class BlockPhases(Callback):
             for k, v in self.layouts.items()
         }
         smallest = {k: int(s.min()) for k, s in self.sizes.items()}
-        if self.method.scope == "global":
+        if self.method.cfg.scope == "global":
             return sum(gaps.values()) >= min(smallest.values(), default=1) - 1e-6
         return any(gaps[k] >= smallest[k] - 1e-6 for k in gaps)
 
@@ -311,12 +322,10 @@ class BlockPhases(Callback):
         self.masks.apply_(params)
 
 
-class BlockPhaseMethod(PruningMethod):
-    """What the block methods share: eligible layers, targets, block scores, the report."""
+class BlockMethod(PruningMethod):
+    """What the block methods share: eligible layers, block-mask changes, the report."""
 
     cfg: BlockConfig
-    #: "layer": the same sparsity in every eligible layer; "global": one ranking
-    scope: str = "layer"
 
     def eligible(self, model: nn.Module) -> list[str]:
         b = self.cfg.block_size
@@ -325,14 +334,6 @@ class BlockPhaseMethod(PruningMethod):
             for k, p in self.prunable(model).items()
             if layout_of(p, b).n_blocks >= self.cfg.min_blocks
         ]
-
-    def target(self, tau: float) -> float:
-        raise NotImplementedError
-
-    def block_scores(
-        self, model: nn.Module, layouts: Mapping[str, BlockLayout]
-    ) -> dict[str, Tensor]:
-        raise NotImplementedError
 
     def on_block_masks(self, model: nn.Module, name: str, blocks: Tensor) -> None:
         """A layer's block mask changed (SA++ keeps a copy in its parametrisation)."""
@@ -365,11 +366,25 @@ class BlockPhaseMethod(PruningMethod):
         }
 
 
+class BlockPhaseMethod(BlockMethod, ABC):
+    """A block method driven by :class:`BlockPhases`: a target along each sparse segment and
+    the block scores that decide which blocks go (SA++: attention; ACDC: L2 norm)."""
+
+    @abstractmethod
+    def target(self, tau: float) -> float:
+        """Sparsity at position ``tau`` in [0, 1] of a sparsify segment."""
+
+    @abstractmethod
+    def block_scores(
+        self, model: nn.Module, layouts: Mapping[str, BlockLayout]
+    ) -> dict[str, Tensor]:
+        """One score per block of each eligible layer; the lowest go first."""
+
+
 @METHODS.register("sapp")
 class SequentialAttentionPP(BlockPhaseMethod):
     Config = SappConfig
     cfg: SappConfig
-    scope = "layer"  # the paper: uniform per-layer sparsity
 
     def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
         # the raw weight of a parametrised layer, under the plain network's name
