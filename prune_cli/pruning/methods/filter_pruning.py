@@ -168,15 +168,32 @@ class FilterPruning(PruningMethod):
     def prune_fraction(
         self, model: nn.Module, masks: Masks, ctx: PruneContext, fraction: float
     ) -> dict[str, Tensor]:
-        """Prune ``fraction`` of the remaining filters (global ranking, per-unit floor)."""
+        """Prune ``fraction`` of the remaining filters (within the scope, per-unit floor)."""
         groups = self.units(model, ctx)
         device_keep = self.keep_from(masks, groups)
+        keep = self.choose(groups, device_keep, self.channel_scores(model, groups, ctx), fraction)
+        groups.zero_channels(keep)
+        new: dict[str, Tensor] = {}
+        for u in groups.units:
+            for w in u.weights:
+                if w in masks:
+                    rows = keep[u.root].to(masks[w].device).view(-1, *([1] * (masks[w].dim() - 1)))
+                    new[w] = (new.get(w, masks[w]) & rows).expand_as(masks[w]).clone()
+        return new
+
+    def choose(
+        self,
+        groups: FilterGroups,
+        device_keep: dict[str, Tensor],
+        channel_scores: Mapping[str, Tensor],
+        fraction: float,
+    ) -> dict[str, Tensor]:
+        """The kept channels of each unit after pruning ``fraction`` of the kept ones by score
+        (lowest first; ties by unit, then channel), on the devices of ``device_keep``."""
         # the ranking is a Python loop over channels: read scores and masks to the host once,
         # not one element (and one device sync) at a time
         keep = {r: k.cpu() for r, k in device_keep.items()}
-        scores = {
-            r: s.detach().cpu().tolist() for r, s in self.channel_scores(model, groups, ctx).items()
-        }
+        scores = {r: s.detach().cpu().tolist() for r, s in channel_scores.items()}
         kept = {r: k.tolist() for r, k in keep.items()}
         candidates = sorted(
             (scores[u.root][ch], i, ch)
@@ -204,15 +221,7 @@ class FilterPruning(PruningMethod):
                 keep[root][ch] = False
                 remaining[root] -= 1
                 total -= 1
-        keep = {r: k.to(device_keep[r].device) for r, k in keep.items()}
-        groups.zero_channels(keep)
-        new: dict[str, Tensor] = {}
-        for u in groups.units:
-            for w in u.weights:
-                if w in masks:
-                    rows = keep[u.root].to(masks[w].device).view(-1, *([1] * (masks[w].dim() - 1)))
-                    new[w] = (new.get(w, masks[w]) & rows).expand_as(masks[w]).clone()
-        return new
+        return {r: k.to(device_keep[r].device) for r, k in keep.items()}
 
     # --- hooks --------------------------------------------------------------------------------
     def callbacks(self, level: int, masks: Masks, ctx: PruneContext) -> list[Callback]:
