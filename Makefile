@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench gpu-check clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns
+.PHONY: help install demo test test-fast lint format bench gpu-check clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns reproduce-crossword-smoke reproduce-crossword
 
 help: ## list the targets with what they do and how long they take
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -127,3 +127,27 @@ reproduce-dns-smoke: $(STAMP) ## DNS on Fashion-MNIST Caffe LeNet-5 with the pap
 reproduce-dns: $(STAMP) ## DNS on MNIST Caffe LeNet-5, the paper's setting, 3 seeds (needs MNIST under data/; CPU hours)
 	$(SWEEP) sweep=dns_mnist_lenet5 hydra.sweep.dir=$(RESULTS)/dns_mnist_lenet5
 	$(REPORT) $(RESULTS)/dns_mnist_lenet5 -o $(RESULTS)/dns_mnist_lenet5/report
+
+CROSSWORD_SEEDS ?= 0 1 2
+reproduce-crossword-smoke: $(STAMP) ## Crossword metric search vs L1, FPGM, magnitude, random filter pruning on Fashion-MNIST LeNet-5, 2 rates, 3 seeds (CPU ~30 min)
+	for s in $(CROSSWORD_SEEDS); do \
+	  $(RUN) model=lenet5 dataset=fashion_mnist method=magnitude method.levels=0 \
+	    train.epochs=10 train.batch_size=128 seed=$$s progress=false \
+	    hydra.run.dir=$(RESULTS)/crossword_fmnist_lenet5/dense-s$$s || exit 1; \
+	  $(SWEEP) sweep=crossword_fmnist_lenet5_smoke seed=$$s \
+	    dense_from=$(RESULTS)/crossword_fmnist_lenet5/dense-s$$s \
+	    hydra.sweep.dir=$(RESULTS)/crossword_fmnist_lenet5/sweep-s$$s || exit 1; \
+	done
+	$(REPORT) $(RESULTS)/crossword_fmnist_lenet5 -o $(RESULTS)/crossword_fmnist_lenet5/report
+
+reproduce-crossword: $(STAMP) ## Crossword search vs L1, FPGM, magnitude, random on ResNet-56 CIFAR-10 at 50%/70% of the filters, 3 seeds; FPGM's own setting (GPU, days)
+	for s in $(CROSSWORD_SEEDS); do \
+	  $(RUN) experiment=crossword_resnet56_cifar10 method=magnitude method.levels=0 seed=$$s \
+	    progress=false hydra.run.dir=$(RESULTS)/crossword_cifar10/dense-s$$s || exit 1; \
+	  $(SWEEP) sweep=crossword_cifar10 seed=$$s \
+	    dense_from=$(RESULTS)/crossword_cifar10/dense-s$$s \
+	    hydra.sweep.dir=$(RESULTS)/crossword_cifar10/sweep-s$$s || exit 1; \
+	  $(RUN) experiment=fpgm_resnet56_cifar10 seed=$$s progress=false \
+	    hydra.run.dir=$(RESULTS)/crossword_cifar10/fpgm-s$$s || exit 1; \
+	done
+	$(REPORT) $(RESULTS)/crossword_cifar10 -o $(RESULTS)/crossword_cifar10/report

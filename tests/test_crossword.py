@@ -217,14 +217,18 @@ def context(tmp_path: Path | None = None, evaluate=None) -> PruneContext:
     )
 
 
-def test_a_given_expression_prunes_as_the_filter_method_with_that_measure():
+@pytest.mark.parametrize("expression", ["l1", "fpgm", "random", "log(magnitude)"])
+def test_a_given_expression_prunes_as_the_filter_method_with_that_measure(expression):
+    """The baselines go through the same path: expression=l1 is L1-norm filter pruning."""
     net = conv_net()
     ctx = context()
-    crossword = METHODS.get("crossword")(CrosswordConfig(expression="l1", samples=12, budget=6))
-    l1 = METHODS.get("filter")(FilterConfig(measure="l1", when="trained"))
+    cfg = CrosswordConfig(expression=expression, samples=12, budget=8)
+    crossword = METHODS.get("crossword")(cfg)
+    measure = expression.removeprefix("log(").removesuffix(")")
+    baseline = METHODS.get("filter")(FilterConfig(measure=measure, when="trained"))
     a = crossword.prune(net, Masks.ones(crossword.prunable(net)), ctx)
-    b = l1.prune(conv_net_like(net), Masks.ones(l1.prunable(net)), ctx)
-    assert crossword.found["expression"] == "l1"
+    b = baseline.prune(conv_net_like(net), Masks.ones(baseline.prunable(net)), ctx)
+    assert crossword.found["expression"] == expression
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -114,9 +114,9 @@ class CrosswordConfig(FilterConfig):
             raise ConfigError("method.duplicate must be in (0, 1], 0 < method.t_end <= t_start")
         if not 0 <= self.crossover_rate <= 1 or self.accuracy_sample < 0 or self.mad_k <= 0:
             raise ConfigError("crossover_rate in [0, 1], accuracy_sample >= 0, mad_k > 0")
-        if self.expression is not None:
+        if self.expression is not None:  # its leaves may be any per-filter measure
             try:
-                parse(self.expression, self.blocks)
+                parse(self.expression, [n for n in IMPORTANCE if IMPORTANCE.get(n).per_filter])
             except ValueError as exc:
                 raise ConfigError(f"method.expression: {exc}") from None
 
@@ -179,8 +179,12 @@ class CrosswordPruning(FilterPruning):
     ) -> dict[str, Any]:
         c = self.cfg
         groups = self.units(model, ctx)
-        blocks = self.block_values(model, groups, ctx, list(c.blocks))
-        if not blocks.names:
+        given = None if c.expression is None else parse(c.expression, list(IMPORTANCE))
+        extra = [] if given is None else [x.op for _, x in given.nodes() if not x.args]
+        names = list(dict.fromkeys([*c.blocks, *extra]))
+        blocks = self.block_values(model, groups, ctx, names)
+        searched = [n for n in blocks.names if n in c.blocks]
+        if not searched:
             raise ConfigError(f"none of method.blocks can be computed: {', '.join(c.blocks)}")
         references = self.block_values(model, groups, ctx, ["l1", "fpgm"]).values
         n_layers = len(blocks.sizes)
@@ -194,19 +198,23 @@ class CrosswordPruning(FilterPruning):
         )
         pool = Pool(blocks.values, blocks.layer, n_layers, objective, c.budget, c.duplicate)
         rng = random.Random(derive_seed(ctx.seed, "crossword-search"))
-        for name in blocks.names:  # the criteria the metric is built from compete with it
+        for name in searched:  # the criteria the metric is built from compete with it
             pool.try_(Expr(name))
-        if c.expression is not None:
-            chosen = pool.try_(parse(c.expression, blocks.names))
+        if given is not None:
+            if set(extra) - set(blocks.names):
+                raise ConfigError(f"method.expression {c.expression!r} cannot be computed here")
+            chosen = pool.try_(given)
+            if chosen.status.startswith("near-duplicate"):  # logged as one, judged as itself
+                chosen.values = evaluate(given, blocks.values, blocks.layer, n_layers)
+                chosen.objective = objective(chosen.values)
             if not chosen.kept and chosen.status.startswith("invalid"):
                 raise ConfigError(f"method.expression {c.expression!r} is {chosen.status}")
         else:
             if c.search == "anneal":
-                anneal(pool, rng, blocks.names, c.max_depth, c.t_start, c.t_end)
+                anneal(pool, rng, searched, c.max_depth, c.t_start, c.t_end)
             else:
-                evolve(pool, rng, blocks.names, c.max_depth, c.population, c.crossover_rate)
+                evolve(pool, rng, searched, c.max_depth, c.population, c.crossover_rate)
             chosen = pool.best()
-        # the expression pruned by: a near-duplicate given as ``expression`` prunes as itself
         expression = chosen.expr
         accuracy = self.accuracy_sample(model, masks, ctx, fraction, groups, blocks, pool, chosen)
         rows = []
