@@ -55,6 +55,8 @@ def show_overrides(config_hash: str, overrides: list[str]) -> None:
 class ProgressBars(Callback):
     """Rich progress for the epochs and batches of one level (hidden when not on a terminal)."""
 
+    step_hooks_on_host = True  # advancing a bar is no device work: a graphed step may precede it
+
     def __init__(
         self, progress: Progress, level: int, start_epoch: int, num_levels: int | None = None
     ) -> None:
