@@ -212,7 +212,7 @@ def study_plots(
     names += _index_plots(c.pqi, "pqi", "PQ index", dataset, model, remaining, out)
     names += _index_plots(c.gini, "gini", "Gini index", dataset, model, remaining, out)
     names += _layer_plots(c, dataset, model, out)
-    recall = _recall_heatmap(c, dataset, model, out)
+    recall = recall_heatmap(c, dataset, model, out)
     if recall:
         names.append(recall)
     return names
@@ -352,7 +352,7 @@ def recall_change(c: Collection, dataset: str, model: str) -> pd.DataFrame:
     return table
 
 
-def _recall_heatmap(c: Collection, dataset: str, model: str, out: FigureDir) -> str | None:
+def recall_heatmap(c: Collection, dataset: str, model: str, out: FigureDir) -> str | None:
     table = recall_change(c, dataset, model)
     if table.empty:
         return None
