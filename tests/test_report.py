@@ -321,3 +321,13 @@ def test_recall_heatmap_stays_readable_for_100_classes_and_12_methods(tmp_path):
     name = figures.recall_heatmap(c, "digits", "mlp", figures.FigureDir(tmp_path, ("png",)))
     width, height = struct.unpack(">II", (tmp_path / name).read_bytes()[16:24])
     assert 600 <= width <= 2400 and 300 <= height <= 1500  # one panel, not 12 side by side
+
+
+def test_a_run_with_only_its_dense_level_is_read(tmp_path):
+    """Its recall_distortion.csv is a header without rows (no pruned level to compare)."""
+    make_run(tmp_path / "run", "grda", 0, [(0.4, 0.9, 0.9, None)])
+    RunPaths(tmp_path / "run").recall_distortion.write_text(
+        "level,class,recall_dense,recall,balance_dense,balance,intensification\n"
+    )
+    c = collect([tmp_path])
+    assert list(c.runs.status) == ["completed"] and list(c.levels.sparsity) == [0.4]

@@ -218,7 +218,9 @@ def _read_csv(root: Path, name: str) -> pd.DataFrame:
     missing = [c for c in CSV_COLUMNS[name] if c not in frame.columns]
     if missing:
         raise Unreadable(f"{name} is corrupt: no column {', '.join(missing)}")
-    if not pd.api.types.is_numeric_dtype(frame["level"]):
+    # a header without rows (recall_distortion.csv of a run with only a dense level 0) reads
+    # as text columns: nothing there to be non-numeric
+    if not frame.empty and not pd.api.types.is_numeric_dtype(frame["level"]):
         raise Unreadable(f"{name} is corrupt: non-numeric level values")
     frame.insert(0, "run", str(root))
     return frame

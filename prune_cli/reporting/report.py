@@ -171,6 +171,8 @@ def markdown(table: pd.DataFrame) -> str:
         shown["collapsed"] = [
             f"{c}/{n}" if c else "" for c, n in zip(collapsed, table["n"], strict=True)
         ]
+    if "macs_thin_mean" in table:
+        shown["thin network MACs"] = table["macs_thin_mean"].map(_macs)
     if "latency_thin_ms_mean" in table:
         shown["latency ms (dense -> thin)"] = [
             "" if t != t else f"{d:.3g} -> {t:.3g}"
