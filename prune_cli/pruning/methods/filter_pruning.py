@@ -80,6 +80,11 @@ class FilterConfig(MethodConfig):
     samples_per_class: int = 10
     #: each unit keeps at least floor(min_keep * channels) + 1 filters
     min_keep: float = 0.05
+    #: each unit keeps a multiple of this many filters (or all of them), the nearest one to what
+    #: the ranking chose: GPU kernels are fastest on channel counts that are multiples of 8
+    #: (tensor-core tiles), and a thinner network of odd widths may run no faster than the
+    #: dense one (docs/BENCHMARKS.md). Null = 1, no rounding.
+    round_to: int | None = None
     #: batch of the latency measurement, and repetitions (median reported)
     latency_batch: int = 64
     latency_repeats: int = 20
@@ -100,6 +105,8 @@ class FilterConfig(MethodConfig):
             raise ConfigError("method temperatures must be > 0")
         if not 0.0 <= self.min_keep < 1.0:
             raise ConfigError(f"method.min_keep must be in [0, 1), got {self.min_keep}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"method.round_to must be >= 1 or null, got {self.round_to}")
 
 
 @METHODS.register("filter")
@@ -192,7 +199,7 @@ class FilterPruning(PruningMethod):
         (lowest first; ties by unit, then channel), on the devices of ``device_keep``."""
         # the ranking is a Python loop over channels: read scores and masks to the host once,
         # not one element (and one device sync) at a time
-        keep = {r: k.cpu() for r, k in device_keep.items()}
+        keep = {r: k.cpu().clone() for r, k in device_keep.items()}
         scores = {r: s.detach().cpu().tolist() for r, s in channel_scores.items()}
         kept = {r: k.tolist() for r, k in keep.items()}
         candidates = sorted(
@@ -221,6 +228,10 @@ class FilterPruning(PruningMethod):
                 keep[root][ch] = False
                 remaining[root] -= 1
                 total -= 1
+        if (self.cfg.round_to or 1) > 1:
+            for u in groups.units:
+                before = device_keep[u.root].cpu()  # untouched: ``keep`` holds copies
+                round_kept(keep[u.root], before, scores[u.root], self.cfg.round_to or 1)
         return {r: k.to(device_keep[r].device) for r, k in keep.items()}
 
     # --- hooks --------------------------------------------------------------------------------
@@ -276,6 +287,34 @@ class FilterPruning(PruningMethod):
             "final_model": "final_model.pt",
             "exported_model": exported,
         }
+
+
+def round_kept(keep: Tensor, before: Tensor, scores: list[float], multiple: int) -> None:
+    """Round the kept count of one unit to the nearest multiple of ``multiple`` (ties up; all
+    channels count as a multiple), in place, by dropping its lowest-scored kept channels or
+    restoring its highest-scored channels removed in this round (``before`` = kept before it).
+    A channel removed in an earlier round is never restored (masks only shrink): when too few
+    were removed now to round up, the count is rounded down instead, and a count below one
+    multiple that cannot be rounded up is left as the ranking chose it."""
+    channels, kept = keep.numel(), int(keep.sum())
+    if kept % multiple == 0 or kept == channels:
+        return
+    lower = multiple * (kept // multiple)
+    upper = min(channels, lower + multiple)
+    can_round_up = upper - kept <= int((before & ~keep).sum())
+    if can_round_up and (upper - kept <= kept - lower or lower == 0):
+        target = upper
+    elif lower > 0:
+        target = lower
+    else:  # below one multiple, and too few removed now to reach it: left as chosen
+        return
+    order = sorted(range(channels), key=lambda ch: scores[ch])  # ascending score
+    if target < kept:
+        for ch in [c for c in order if keep[c]][: kept - target]:
+            keep[ch] = False
+    elif target > kept:
+        for ch in [c for c in reversed(order) if before[c] and not keep[c]][: target - kept]:
+            keep[ch] = True
 
 
 def export(model: nn.Module, example: Tensor, path: Path) -> str:
