@@ -178,6 +178,12 @@ def test_near_duplicates_and_invalid_candidates_are_dropped():
     assert pool.try_(Expr("a")).kept
     assert pool.try_(parse("log(a)", BLOCKS)).status == "near-duplicate of #0"  # same ranking
     assert pool.try_(parse("sub(a, a)", BLOCKS)).status == "invalid: constant"
+    # 1 up to rounding and 0 where a value is 0: ties and noise would rank the filters
+    noisy = {k: t.clone() for k, t in values.items()}
+    noisy["b"][::2] = 0.0
+    ties = Pool(noisy, layer, 3, objective_for(layer), budget=10)
+    status = ties.try_(parse("mul(div(b, b), div(c, c))", BLOCKS)).status
+    assert status.startswith("invalid: 2 distinct values")
     assert pool.try_(parse("add(a, b)", BLOCKS)).kept
     again = pool.try_(Expr("a"))  # seen before: answered from the log, not counted
     assert again.index == 0 and len(pool.log) == 4 and len(pool.kept()) == 2

@@ -46,6 +46,17 @@ from torch import Tensor
 EPS = 1e-8
 UNARY = ("log", "sqrt", "abs", "z", "lnorm")
 BINARY = ("add", "sub", "mul", "div")
+#: a candidate needs at least this fraction of distinct values (to 6 significant digits of its
+#: largest magnitude) among the filters: fewer, and ties and rounding noise rank them
+MIN_DISTINCT = 0.5
+
+
+def distinct_values(v: Tensor) -> int:
+    """Distinct values of ``v`` at a resolution of 1e-6 of its largest magnitude."""
+    scale = float(v.abs().max()) or 1.0
+    return int(torch.unique(torch.round(v / scale * 1e6)).numel())
+
+
 STATISTICS = ("mad_mass", "kurtosis", "neg_cv")
 SPACES = ("rank", "value")
 
@@ -335,6 +346,11 @@ class Pool:
             candidate.status = "invalid: not finite"
         elif float(v.max() - v.min()) == 0.0:
             candidate.status = "invalid: constant"
+        elif (distinct := distinct_values(v)) < MIN_DISTINCT * v.numel():
+            # x / x is 1 up to rounding (0 where x is 0): rounding noise and ties would decide
+            # the ranking, and a spike of ties looks very centralised (a seed of the
+            # Fashion-MNIST smoke chose mul(div(fisher, fisher), div(magnitude, magnitude)))
+            candidate.status = f"invalid: {distinct} distinct values for {v.numel()} filters"
         else:
             r = ranks(v)
             r = r - r.mean()
