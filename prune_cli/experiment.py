@@ -167,7 +167,7 @@ class Experiment:
         if cfg.overwrite:
             self.store.clear()
         self.store.write_config(OmegaConf.to_yaml(OmegaConf.structured(cfg)), self.hydra_files)
-        model = build_model(cfg.model.name, data.spec)
+        model = build_model(cfg.model, data.spec)  # with its starting weights, if any
         self.state = RunState(
             device=device,
             data=data,
