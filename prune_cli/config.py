@@ -1,14 +1,15 @@
 """The run's typed config (the entry layer): a schema for each group, in Hydra's ConfigStore.
 
 This module sits beside the CLI, above the experiment: it gathers the settings dataclasses that
-``data``, ``training`` and ``pruning`` define and composes them into ``RunConfig``; it also owns
-the config hash, which names run directories and guards resumes.
+``models``, ``data``, ``training`` and ``pruning`` define and composes them into ``RunConfig``;
+it also owns the config hash, which names run directories and guards resumes.
 
-``dataset`` and ``train`` are single dataclasses; each model and each method has its own
-config dataclass (registered with the model or method), which its YAML extends through its
-defaults list (``- /schema/model@_here_: <name>``, ``- /schema/method@_here_: <name>``). So a misspelt key or a wrong type fails when Hydra
-composes the config, and impossible values fail in ``__post_init__`` when
-:func:`to_run_config` turns the composed config into objects, before anything runs.
+``dataset`` and ``train`` are single dataclasses; each model and each method has its own config
+dataclass (registered with it), which its YAML extends through its defaults list
+(``- /schema/model@_here_: <name>``, ``- /schema/method@_here_: <name>``). So a misspelt key or
+a wrong type fails when Hydra composes the config, and impossible values fail in
+``__post_init__`` when :func:`to_run_config` turns the composed config into objects, before
+anything runs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prune_cli.data import DatasetConfig
+from prune_cli.data import DatasetConfig, data_identity
 from prune_cli.errors import ConfigError, UserError
 from prune_cli.models import MODELS, ModelConfig, weights_id
 from prune_cli.pruning.method import METHODS, MethodConfig
@@ -243,7 +244,8 @@ def run_name(cfg: DictConfig) -> str:
 
 def register_resolvers() -> None:
     """``${prune_run_name:}``: used by the default ``hydra.run.dir`` and sweep subdirectories;
-    ``${prune_weights_id:NAME,WEIGHTS}``: the default of ``model.weights_id``."""
+    ``${prune_weights_id:NAME,WEIGHTS}`` and ``${prune_data_id:NAME,ROOT}``: the defaults of
+    ``model.weights_id`` and ``dataset.data_id``."""
     if not OmegaConf.has_resolver("prune_run_name"):
         OmegaConf.register_new_resolver(
             "prune_run_name", lambda *, _root_: run_name(_root_), use_cache=False
@@ -251,6 +253,9 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("prune_weights_id"):
         # model.weights_id: the weights file's SHA-256 (models/weights.py says why not the path)
         OmegaConf.register_new_resolver("prune_weights_id", weights_id, use_cache=False)
+    if not OmegaConf.has_resolver("prune_data_id"):
+        # dataset.data_id: what identifies a folder dataset's files (data/folder.py)
+        OmegaConf.register_new_resolver("prune_data_id", data_identity, use_cache=False)
 
 
 #: settings of a level-pruning target; giving two of them is ambiguous

@@ -246,7 +246,7 @@ def test_bad_weights_files_are_one_line_errors(tmp_path, make, match):
 def test_a_missing_weights_file_fails_at_composition(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         run_config([f"model.weights={tmp_path / 'absent.pt'}"])
-    with pytest.raises(ConfigError, match="no pretrained weights.*resnet50"):
+    with pytest.raises(ConfigError, match=r"no pretrained weights.*resnet50"):
         run_config(["model=lenet5", "model.weights=pretrained"])
 
 
@@ -256,7 +256,7 @@ def test_pretrained_weights_come_from_the_torch_cache(tmp_path, monkeypatch):
     cfg = run_config(["model=mobilenet_v2", "model.weights=pretrained"]).model
     path, _ = pretrained_file(MODELS.get("mobilenet_v2").pretrained)
     monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
-    with pytest.raises(WeightsError, match="could not be downloaded.*copy mobilenet_v2-"):
+    with pytest.raises(WeightsError, match=r"could not be downloaded.*copy mobilenet_v2-"):
         build_model(cfg, CIFAR)
     torch.manual_seed(5)
     imagenet = build_model("mobilenet_v2", DataSpec(3, 1000, 224)).state_dict()

@@ -29,6 +29,7 @@ REQUIRED = {"custom": {"target": f"{__name__}:small_net"}}
 def settings(name: str, **extra):
     return model_config({"name": name, **REQUIRED.get(name, {}), **extra})
 
+
 SPECS = {
     "digits": DataSpec(1, 10, 8),
     "fashion_mnist": DataSpec(1, 10, 28),

@@ -32,6 +32,7 @@ class MobileNetConfig(ModelConfig):
         super().__post_init__()
         positive(self, "width_mult")
 
+
 V1_BLOCKS: list[tuple[int, int]] = [
     (64, 1),
     (128, 2),

@@ -29,6 +29,7 @@ class VGGConfig(ModelConfig):
         super().__post_init__()
         positive(self, "width_mult", "classifier_width")
 
+
 CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
