@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, compose_config, run_cli, run_config
+from conftest import FAST, compose_config, run_config
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 from test_models import settings
@@ -17,7 +18,7 @@ from test_models import settings
 from prune_cli.config import config_hash
 from prune_cli.errors import ConfigError, UserError
 from prune_cli.experiment import Experiment
-from prune_cli.io import load_json, load_torch
+from prune_cli.io import load_torch
 from prune_cli.models import MODELS, ModelConfig, build_model, count_parameters, model_config
 from prune_cli.models.weights import WeightsError, pretrained_file
 from prune_cli.paths import RunPaths
@@ -123,19 +124,20 @@ def not_a_model(spec):
 
 @pytest.fixture
 def user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``my_nets/nets.py`` in a folder of its own, outside prune_cli, made importable."""
+    """``my_nets/nets.py`` in a folder of its own, outside prune_cli, which is the current
+    directory (as for a researcher who runs prune-run beside their code)."""
     package = tmp_path / "user" / "my_nets"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "nets.py").write_text(textwrap.dedent(NETS))
-    monkeypatch.syspath_prepend(str(package.parent))
+    monkeypatch.chdir(package.parent)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
     return package.parent
 
 
-def test_a_custom_model_runs_from_the_command_line(tmp_path, user_package):
+def test_a_custom_model_from_the_users_code_runs(tmp_path, user_package):
     """The builder gets the data spec and model.args; the run records and rebuilds it."""
-    run = tmp_path / "run"
-    done = run_cli(
+    cfg = run_config(
         [
             "model=custom",
             "model.target=my_nets.nets:build",
@@ -143,15 +145,15 @@ def test_a_custom_model_runs_from_the_command_line(tmp_path, user_package):
             "train.epochs=1",
             "method.levels=1",
             "progress=false",
-            f"hydra.run.dir={run}",
-        ],
-        cwd=user_package,  # the module is found from the current directory
+        ]
     )
-    assert done.returncode == 0, done.stderr
-    summary = load_json(RunPaths(run).summary)
+    summary = Experiment(cfg, tmp_path / "run").run()
     assert summary["status"] == "completed" and summary["model"] == "custom"
     assert summary["params_total"] == 64 * 12 + 12 + 12 * 10 + 10  # 8x8 digits, width 12
     assert summary["levels"][1]["sparsity"] == pytest.approx(0.9, abs=1e-3)  # one-shot to 90%
+    info = load_torch(RunPaths(tmp_path / "run").level_model(1))["model_info"]
+    rebuilt = build_model(model_config(info["settings"]), DIGITS)
+    assert count_parameters(rebuilt) == summary["params_total"]
 
 
 @pytest.mark.parametrize(
