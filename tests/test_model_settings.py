@@ -230,7 +230,7 @@ def _no_state_dict(path: Path) -> None:
     [
         (_garbage, "corrupt"),
         (_truncated, "corrupt"),
-        (_pickled_module, "without running code"),
+        (_pickled_module, r"\(torch.nn.modules.linear.Linear\) that loading would run as code"),
         (_other_model, "does not fit model lenet5.*missing.*unexpected"),
         (_other_shape, "another shape \\(first: classifier.2.weight, file \\[80, 120\\]"),
         (_no_state_dict, "holds no state dict"),

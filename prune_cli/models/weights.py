@@ -110,11 +110,17 @@ def read_state_dict(path: Path, what: str) -> dict[str, Tensor]:
     except FileNotFoundError:
         raise WeightsError(f"{what}: {path} does not exist") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "no detail"
+        lines = str(exc).strip().splitlines()
+        unsafe = next((ln for ln in lines if "Unsupported global" in ln), None)
+        if unsafe is not None:  # weights_only met a class or function it would have to call
+            found = unsafe.split("GLOBAL", 1)[-1].split()[0] if "GLOBAL" in unsafe else "an object"
+            raise WeightsError(
+                f"{what}: {path} holds pickled objects ({found}) that loading would run as code, "
+                "not only tensors; save the state dict: torch.save(model.state_dict(), PATH)"
+            ) from None
         raise WeightsError(
-            f"{what}: {path} is truncated, corrupt or not readable without running code "
-            f"({type(exc).__name__}: {detail}); save the weights with "
-            "torch.save(model.state_dict(), PATH)"
+            f"{what}: {path} is truncated, corrupt or not a torch file ({type(exc).__name__}); "
+            "save the weights with torch.save(model.state_dict(), PATH)"
         ) from None
     state = _state_dict(value)
     if state is None:
