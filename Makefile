@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-lowest lint format bench gpu-check clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns
+.PHONY: help install demo test test-fast test-lowest lint format bench gpu-check clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns reproduce-sapp-smoke reproduce-sapp reproduce-limit-smoke reproduce-limit reproduce-crossword-smoke reproduce-crossword
 
 help: ## list the targets with what they do and how long they take
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -139,3 +139,49 @@ reproduce-dns-smoke: $(STAMP) ## DNS on Fashion-MNIST Caffe LeNet-5 with the pap
 reproduce-dns: $(STAMP) ## DNS on MNIST Caffe LeNet-5, the paper's setting, 3 seeds (needs MNIST under data/; CPU hours)
 	$(SWEEP) sweep=dns_mnist_lenet5 hydra.sweep.dir=$(RESULTS)/dns_mnist_lenet5
 	$(REPORT) $(RESULTS)/dns_mnist_lenet5 -o $(RESULTS)/dns_mnist_lenet5/report
+
+reproduce-sapp-smoke: $(STAMP) ## SA++ vs ACDC vs block magnitude, Fashion-MNIST LeNet-5, 90% of 4x4 blocks, 3 seeds (CPU ~2 h; H100 ~3 min)
+	$(SWEEP) sweep=sapp_fmnist_lenet5_smoke hydra.sweep.dir=$(RESULTS)/sapp_fmnist_lenet5
+	$(REPORT) $(RESULTS)/sapp_fmnist_lenet5 -o $(RESULTS)/sapp_fmnist_lenet5/report
+
+reproduce-sapp: $(STAMP) ## SA++, ACDC (16x16 blocks) and block magnitude on ImageNet ResNet-50, SA++'s schedule, 3 seeds (needs ImageNet under data/; GPU, days)
+	$(SWEEP) experiment=sapp_resnet50_imagenet,acdc_resnet50_imagenet seed=0,1,2 \
+	  hydra.sweep.dir=$(RESULTS)/sapp_resnet50_imagenet
+	$(SWEEP) model=resnet50 dataset=imagenet train=imagenet method=block_magnitude \
+	  method.block_size=16 method.sparsity=0.9 seed=0,1,2 \
+	  hydra.sweep.dir=$(RESULTS)/sapp_resnet50_imagenet/block_magnitude
+	$(REPORT) $(RESULTS)/sapp_resnet50_imagenet -o $(RESULTS)/sapp_resnet50_imagenet/report
+
+reproduce-limit-smoke: $(STAMP) ## pruning limit, predicted vs actual: Fashion-MNIST LeNet-5, 4 L1 strengths x 3 seeds (CPU ~3 h; H100 ~4 min)
+	$(SWEEP) sweep=limit_fmnist_lenet5_smoke hydra.sweep.dir=$(RESULTS)/limit_fmnist_lenet5
+	$(REPORT) $(RESULTS)/limit_fmnist_lenet5 -o $(RESULTS)/limit_fmnist_lenet5/report
+
+reproduce-limit: $(STAMP) ## pruning limit on the paper's four settings (FC5, VGG-16, ResNet-18/50), 1 seed (needs CIFAR under data/; GPU, hours)
+	for e in limit_fc5_cifar10 limit_vgg16_cifar10 limit_resnet18_cifar100 limit_resnet50_cifar100; do \
+	  $(RUN) experiment=$$e progress=false hydra.run.dir=$(RESULTS)/limit_paper/$$e || exit 1; \
+	done
+	$(REPORT) $(RESULTS)/limit_paper -o $(RESULTS)/limit_paper/report
+
+CROSSWORD_SEEDS ?= 0 1 2
+reproduce-crossword-smoke: $(STAMP) ## Crossword metric search vs L1, FPGM, magnitude, random filter pruning on Fashion-MNIST LeNet-5, 2 rates, 3 seeds (CPU ~30 min)
+	for s in $(CROSSWORD_SEEDS); do \
+	  $(RUN) model=lenet5 dataset=fashion_mnist method=magnitude method.levels=0 \
+	    train.epochs=10 train.batch_size=128 seed=$$s progress=false \
+	    hydra.run.dir=$(RESULTS)/crossword_fmnist_lenet5/dense-s$$s || exit 1; \
+	  $(SWEEP) sweep=crossword_fmnist_lenet5_smoke seed=$$s \
+	    dense_from=$(RESULTS)/crossword_fmnist_lenet5/dense-s$$s \
+	    hydra.sweep.dir=$(RESULTS)/crossword_fmnist_lenet5/sweep-s$$s || exit 1; \
+	done
+	$(REPORT) $(RESULTS)/crossword_fmnist_lenet5 -o $(RESULTS)/crossword_fmnist_lenet5/report
+
+reproduce-crossword: $(STAMP) ## Crossword search vs L1, FPGM, magnitude, random on ResNet-56 CIFAR-10 at 50%/70% of the filters, 3 seeds; FPGM's own setting (GPU, days)
+	for s in $(CROSSWORD_SEEDS); do \
+	  $(RUN) experiment=crossword_resnet56_cifar10 method=magnitude method.levels=0 seed=$$s \
+	    progress=false hydra.run.dir=$(RESULTS)/crossword_cifar10/dense-s$$s || exit 1; \
+	  $(SWEEP) sweep=crossword_cifar10 seed=$$s \
+	    dense_from=$(RESULTS)/crossword_cifar10/dense-s$$s \
+	    hydra.sweep.dir=$(RESULTS)/crossword_cifar10/sweep-s$$s || exit 1; \
+	  $(RUN) experiment=fpgm_resnet56_cifar10 seed=$$s progress=false \
+	    hydra.run.dir=$(RESULTS)/crossword_cifar10/fpgm-s$$s || exit 1; \
+	done
+	$(REPORT) $(RESULTS)/crossword_cifar10 -o $(RESULTS)/crossword_cifar10/report

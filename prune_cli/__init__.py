@@ -8,4 +8,24 @@ The foundations (``registry``, ``errors``, ``io``, ``paths``, ``metrics``) impor
 from the package. Pruning code works on any ``nn.Module`` and never imports a model or a dataset.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from prune_cli.api import Run, Runs, load_run, load_runs
+
+#: the Python API (``prune_cli/api.py``), imported on first use: ``import prune_cli`` stays
+#: cheap for the command line, which never needs pandas through it
+_API = ("load_run", "load_runs", "Run", "Runs")
+__all__ = ["Run", "Runs", "__version__", "load_run", "load_runs"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from prune_cli import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'prune_cli' has no attribute {name!r}")

@@ -19,6 +19,10 @@ class Callback:
     so a resumed run continues a schedule exactly where it stopped.
     """
 
+    #: True when ``on_step_end`` only keeps host-side books (a progress bar): the step's device
+    #: work may then be replayed from a CUDA graph (``train.cuda_graphs``) with the hook after it
+    step_hooks_on_host: bool = False
+
     def on_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Once, when the Trainer is built: the level's optimizer (to reset its state, say)."""
 

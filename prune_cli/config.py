@@ -59,6 +59,7 @@ NON_RESULT_KEYS = (
     "train.compile",
     "train.compile_mode",
     "train.cudnn_benchmark",
+    "train.cuda_graphs",
     "checkpoint_every",
 )
 

@@ -364,6 +364,7 @@ class Experiment:
             val,
             test,
             self.cfg.pqi_grid,
+            input_shape=s.data.spec.input_shape,
             selected_epoch=s.cursor.best.get("epoch"),
             epochs=self.cfg.train.for_level(level).epochs,
         )

@@ -10,6 +10,9 @@ sheet fixes them: d = 0 gives 0; a vector of equal magnitudes gives 0; tiny nega
 clamped to 0. An unmasked vector that is all zeros (the formula is 0/0) also gives 0.
 
 Gini index of |w| (Hurley and Rickard, 2009), logged beside the PQI by the paper's reference code.
+
+Disconnected units (``unconnected_units``): what pruning can cut off without anyone noticing
+in the accuracy of the other classes (issue 9's collapse check).
 """
 
 from __future__ import annotations
@@ -67,6 +70,24 @@ def gini_index(weights: Tensor, mask: Tensor | None = None) -> float:
     c, _ = torch.sort(a)
     k = torch.arange(1, n + 1, dtype=torch.float64, device=c.device)
     return float(1.0 - 2.0 * torch.sum((c / total) * (n - k + 0.5) / n))
+
+
+def unconnected_units(weight: Tensor) -> tuple[int, int]:
+    """(outputs with no non-zero incoming weight, inputs with no non-zero outgoing weight) of one
+    conv or linear weight (out, in, *kernel).
+
+    An output unit (filter, neuron) whose row is all zeros computes a constant (its bias at
+    most): it carries no information forward. An input unit (channel, feature) whose column
+    is all zeros is not read by this layer. Depthwise and grouped convolutions count the
+    ``in / groups`` inputs of the weight tensor. Tensors of fewer than two dimensions have no
+    units: (0, 0).
+    """
+    if weight.dim() < 2:
+        return 0, 0
+    alive = weight.detach() != 0
+    rows = alive.reshape(alive.shape[0], -1).any(dim=1)  # (out,)
+    cols = alive.transpose(0, 1).reshape(alive.shape[1], -1).any(dim=1)  # (in,)
+    return int((~rows).sum()), int((~cols).sum())
 
 
 def confusion_matrix(preds: Tensor, targets: Tensor, num_classes: int) -> Tensor:

@@ -7,6 +7,7 @@ Layout of a run directory::
     metrics.csv            level,epoch,split,metric,value
     per_class_recall.csv   level,stage,class,class_name,support,recall
     pqi.csv                level,stage,scope,name,p,q,pqi
+    gini.csv               level,stage,scope,name,gini (runs before 2026-11-23 have none)
     sparsity.csv           level,name,numel,nonzero,sparsity
     recall_distortion.csv  level,class,recall_dense,recall,balance_dense,balance,intensification
     checkpoint.pt          the resumable training state (written atomically every epoch)
@@ -33,6 +34,7 @@ RESULT_FILES = (
     "metrics.csv",
     "per_class_recall.csv",
     "pqi.csv",
+    "gini.csv",
     "sparsity.csv",
     "recall_distortion.csv",
     "checkpoint.pt",
@@ -71,6 +73,10 @@ class RunPaths:
     @property
     def pqi(self) -> Path:
         return self.root / "pqi.csv"
+
+    @property
+    def gini(self) -> Path:
+        return self.root / "gini.csv"
 
     @property
     def sparsity(self) -> Path:

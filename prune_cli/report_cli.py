@@ -23,7 +23,20 @@ def main(argv: list[str] | None = None) -> None:
         default=Path("outputs/report"),
         help="report folder (default: outputs/report)",
     )
+    parser.add_argument(
+        "--formats",
+        default="png,pdf",
+        help="figure formats, comma-separated (default: png,pdf; PNG is always written)",
+    )
     args = parser.parse_args(argv)
+    formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
+    unknown = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if unknown:
+        print(
+            f"prune-report: error: unknown figure format {unknown[0]!r} (png, pdf, svg)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     missing = [str(d) for d in args.dirs if not d.exists()]
     if missing:
         print(f"prune-report: error: no such directory: {', '.join(missing)}", file=sys.stderr)
@@ -36,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    index = write_report(collection, args.out)
+    index = write_report(collection, args.out, formats)
     unreadable = int((collection.runs.status == "unreadable").sum())
     note = f" ({unreadable} unreadable: see the index)" if unreadable else ""
     print(f"{len(collection.completed)} completed of {len(collection.runs)} runs{note} -> {index}")

@@ -1,7 +1,8 @@
 """Inference latency of thinner networks (filters physically removed) against the dense ones.
 
 For each model: rank filters by magnitude, remove ``--sparsity`` of the prunable filters
-(global ranking, each unit keeps floor(5%) + 1, first conv and classifier kept) through
+(global ranking, each unit keeps floor(5%) + 1, first conv and classifier kept; ``--round-to``:
+each unit's kept count rounded to a multiple, ``method.round_to``) through
 prune-run's structured pruning, then time forward passes of the dense and the thinner network,
 alternating, and print parameters, MACs, the median latencies, their ratio, and the latency gain
 (dense / thin) as a share of the MACs reduction (dense MACs / thin MACs; 1.0 = the latency falls
@@ -38,9 +39,13 @@ def measure(
     rounds: int,
     graphs: bool = True,
     bf16: bool = True,
+    round_to: int | None = None,
+    size: int = 32,
+    classes: int = 10,
+    compiled: bool = False,
 ) -> dict:
     """Parameters, MACs and median latencies of the dense and the thinner ``name``."""
-    spec = DataSpec(3, 10, 32)
+    spec = DataSpec(3, classes, size)
     torch.manual_seed(0)
     model = build_model(name, spec).to(device).eval()
     x = torch.randn(batch, *spec.input_shape, device=device)
@@ -54,7 +59,9 @@ def measure(
         num_classes=10,
         load_state=lambda s: {},
     )
-    method = METHODS.get("filter")(FilterConfig(measure="magnitude", sparsity=sparsity))
+    method = METHODS.get("filter")(
+        FilterConfig(measure="magnitude", sparsity=sparsity, round_to=round_to)
+    )
     masks = Masks.ones(method.prunable(model))
     masks.update(method.prune_fraction(model, masks, ctx, sparsity))
     thin = method.groups.thin(method.keep_from(masks, method.groups), x[:1]).to(device)
@@ -62,11 +69,14 @@ def measure(
     macs_t, params_t = macs_and_params(thin, x[:1])
     dense, slim = [], []
     for _ in range(rounds):  # alternating, so that other load hits both alike
-        dense.append(latency_ms(model, x, repeats=5, graphs=graphs, bf16=bf16))
-        slim.append(latency_ms(thin, x, repeats=5, graphs=graphs, bf16=bf16))
+        dense.append(latency_ms(model, x, repeats=5, graphs=graphs, bf16=bf16, compiled=compiled))
+        slim.append(latency_ms(thin, x, repeats=5, graphs=graphs, bf16=bf16, compiled=compiled))
     d, t = statistics.median(dense), statistics.median(slim)
     return {
         "model": name,
+        "round_to": round_to or 1,
+        "size": size,
+        "batch": batch,
         "params_dense": params_d,
         "params_thin": params_t,
         "macs_dense": macs_d,
@@ -82,13 +92,15 @@ def measure(
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| model | params dense -> thin | MACs dense -> thin | dense ms | thin ms "
-        "| thin/dense latency | thin/dense MACs | latency gain / MACs reduction |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | input, batch | channels rounded to | params dense -> thin "
+        "| MACs dense -> thin | dense ms | thin ms | thin/dense latency | thin/dense MACs "
+        "| latency gain / MACs reduction |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['params_dense'] / 1e6:.2f} M -> {r['params_thin'] / 1e6:.2f} M "
+            f"| {r['model']} | {r['size']}x{r['size']}, {r['batch']} | {r['round_to']} "
+            f"| {r['params_dense'] / 1e6:.2f} M -> {r['params_thin'] / 1e6:.2f} M "
             f"| {r['macs_dense'] / 1e6:.1f} M -> {r['macs_thin'] / 1e6:.1f} M "
             f"| {r['dense_ms']:.3f} | {r['thin_ms']:.3f} | **{r['latency_ratio']:.2f}** "
             f"| {r['macs_ratio']:.2f} | **{r['gain_share']:.2f}** |"
@@ -100,10 +112,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet56", "vgg16", "mobilenet_v1"])
     ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--size", type=int, default=32, help="input height and width")
+    ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="CUDA: eager passes")
+    ap.add_argument(
+        "--compiled", action="store_true", help="CUDA: time compiled networks (BatchNorm folded)"
+    )
     ap.add_argument("--fp32", dest="bf16", action="store_false", help="CUDA: no bf16 autocast")
+    ap.add_argument(
+        "--round-to", type=int, nargs="+", default=[1, 8], help="kept-filter multiples to time"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -113,10 +133,23 @@ def main() -> None:
     )
     results = []
     for name in args.models:
-        results.append(
-            measure(name, device, args.sparsity, args.batch, args.rounds, args.graphs, args.bf16)
-        )
-        print(table(results[-1:]).splitlines()[-1])
+        for r in args.round_to:
+            results.append(
+                measure(
+                    name,
+                    device,
+                    args.sparsity,
+                    args.batch,
+                    args.rounds,
+                    args.graphs,
+                    args.bf16,
+                    r,
+                    args.size,
+                    args.classes,
+                    args.compiled,
+                )
+            )
+            print(table(results[-1:]).splitlines()[-1])
     print()
     print(table(results))
 

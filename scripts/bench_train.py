@@ -29,6 +29,7 @@ import argparse
 import copy
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -184,7 +185,9 @@ def reference_row(setup: Setup, workers: int, warmup_batches: int, epochs: int) 
     return row
 
 
-def train_config(setup: Setup, bf16: bool, compile_mode: str | None) -> TrainConfig:
+def train_config(
+    setup: Setup, bf16: bool, compile_mode: str | None, graphs: bool = False
+) -> TrainConfig:
     return TrainConfig(
         batch_size=setup.args.batch_size,
         lr=0.01,
@@ -192,6 +195,7 @@ def train_config(setup: Setup, bf16: bool, compile_mode: str | None) -> TrainCon
         bf16=bf16,
         compile=compile_mode is not None,
         compile_mode=compile_mode,
+        cuda_graphs=graphs,
     )
 
 
@@ -212,8 +216,9 @@ def trainer_row(
     enforce: bool = True,
     warmup: int = 1,
     epochs: int = 2,
+    graphs: bool = False,
 ) -> tuple[Row, Masks, dict]:
-    cfg = train_config(setup, bf16, compile_mode)
+    cfg = train_config(setup, bf16, compile_mode, graphs)
     model = setup.reset(memory_format(setup.device, cfg))
     params = prunable_parameters(model)
     masks = sparse_masks(params, sparsity)
@@ -231,6 +236,8 @@ def trainer_row(
     row = timed(setup, run, warmup, epochs)
     precision = "bf16" if bf16 and setup.device.type == "cuda" else "fp32"
     mode = "eager" if compile_mode is None else f"compiled ({compile_mode})"
+    if graphs:
+        mode += " kernels, whole step as a CUDA graph"
     enforced = "" if enforce else ", not enforced"
     row.name = f"prune-run, {mode}, {precision}, masks {sparsity:.0%}{enforced}"
     if compile_mode is None:
@@ -361,11 +368,37 @@ def run_all(args: argparse.Namespace, log: Callable[[str], None] = print) -> dic
         log(f"  {row.name}: {row.images_per_s:,.0f} images/s, {row.s_per_epoch:.2f} s")
         eager_name = row.name.replace(", not enforced", "")
         unenforced = row
+    if cuda and args.graphs:  # the whole step as one CUDA graph, eager kernels
+        graphed: dict[tuple[bool, float, bool], Row] = {}
+        variants = [(True, 0.0, True), (True, sparse, True), (True, sparse, False)]
+        if args.fp32:
+            variants.append((False, sparse, True))
+        for bf16, sparsity, enforce in variants:
+            try:
+                row, _, _ = trainer_row(
+                    setup, bf16, None, sparsity, enforce, args.warmup, args.epochs, graphs=True
+                )
+            except Exception as exc:  # report it, keep the other figures
+                traceback.print_exc()
+                log(f"  whole-step CUDA graph failed: {type(exc).__name__}: {exc}")
+                break
+            rows.append(row)
+            graphed[(bf16, sparsity, enforce)] = row
+            log(f"  {row.name}: {row.images_per_s:,.0f} images/s, {row.s_per_epoch:.2f} s")
+        if sparse > 0 and (True, sparse, False) in graphed:
+            on, off = graphed[(True, sparse, True)], graphed[(True, sparse, False)]
+            summary_graph = {"graph_mask_epoch_cost": on.s_per_epoch / off.s_per_epoch - 1}
+            if mask_ms is not None:
+                steps = setup.data.num_batches("train", args.batch_size)
+                step_ms = 1000 * on.s_per_epoch / steps
+                summary_graph["graph_mask_call_share"] = mask_ms / step_ms
     plain = plain_row(setup, True, args.warmup, args.epochs)
     rows.append(plain)
     log(f"  {plain.name}: {plain.images_per_s:,.0f} images/s, {plain.s_per_epoch:.2f} s")
 
     summary: dict = {"rows": rows, "refs": refs, "plain": plain}
+    if cuda and args.graphs and sparse > 0 and (True, sparse, False) in graphed:
+        summary.update(summary_graph)
     if unenforced is not None and eager_name in results:
         enforced = results[eager_name]
         summary["mask_epoch_cost"] = enforced.s_per_epoch / unenforced.s_per_epoch - 1
@@ -407,6 +440,17 @@ def report(summary: dict) -> str:
         f"precision, alternating epochs, median ratio: **{summary['overhead_vs_plain']:.3f}** "
         "(1.05 = 5% slower)"
     )
+    if "graph_mask_epoch_cost" in summary:
+        lines.append(
+            f"- masks at 90%, whole step as a CUDA graph: epoch time enforced / not enforced - 1 "
+            f"= **{summary['graph_mask_epoch_cost']:+.1%}**"
+            + (
+                f"; one fused mask multiply = {summary['graph_mask_call_share']:.1%} of a graphed "
+                "step"
+                if "graph_mask_call_share" in summary
+                else ""
+            )
+        )
     if "mask_epoch_cost" in summary:
         lines.append(
             f"- masks at 90%: epoch time enforced / not enforced - 1 = "
@@ -440,6 +484,12 @@ def parser() -> argparse.ArgumentParser:
         help="torch.compile modes to time besides eager (default, reduce-overhead, ...)",
     )
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.9])
+    ap.add_argument(
+        "--no-graphs",
+        dest="graphs",
+        action="store_false",
+        help="CUDA: no rows with the whole step as a CUDA graph (train.cuda_graphs)",
+    )
     ap.add_argument("--no-fp32", dest="fp32", action="store_false", help="CUDA: bf16 rows only")
     ap.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -42,6 +42,7 @@ ELSEWHERE = {
     "sapp": "tests/test_sapp.py",
     "acdc": "tests/test_sapp.py",
     "limit": "tests/test_limit.py",
+    "crossword": "tests/test_crossword.py",
 }
 
 #: (lowest final sparsity, highest final sparsity, largest loss of test accuracy against the

@@ -10,6 +10,7 @@ import torch
 from conftest import run_config
 from torch import nn
 
+from prune_cli.errors import ConfigError
 from prune_cli.experiment import Experiment
 from prune_cli.models import build_model, count_parameters
 from prune_cli.paths import RunPaths
@@ -181,6 +182,44 @@ def test_thinner_network_equals_the_masked_one(name):
         a, b = model(x), thin(x)
     assert torch.allclose(a, b, atol=1e-4 * max(1.0, float(a.abs().max())))
     assert count_parameters(thin) < count_parameters(model)
+
+
+def test_round_kept_rounds_to_the_nearest_multiple_without_regrowth():
+    from prune_cli.pruning.methods.filter_pruning import round_kept
+
+    scores = [float(s) for s in range(16)]  # channel ch scores ch
+    before = torch.ones(16, dtype=torch.bool)
+    keep = torch.arange(16) >= 5  # 11 kept: nearest multiple of 8 is 8, drop channels 5-7
+    round_kept(keep, before, scores, 8)
+    assert keep.tolist() == [False] * 8 + [True] * 8
+    keep = torch.arange(16) >= 3  # 13 kept: round up to 16, restoring channels 0-2
+    round_kept(keep, before, scores, 8)
+    assert bool(keep.all())
+    before = torch.arange(16) >= 2  # channels 0-1 went in an earlier round: never restored
+    keep = torch.arange(16) >= 3
+    round_kept(keep, before, scores, 8)
+    assert keep.sum() == 8 and not keep[:8].any()
+    keep = torch.arange(16) >= 13  # 3 kept, 1 restorable: below one multiple, left alone
+    before = torch.arange(16) >= 12
+    round_kept(keep, before, scores, 8)
+    assert int(keep.sum()) == 3
+
+
+@pytest.mark.parametrize("name", ["resnet56", "vgg11"])
+def test_filter_counts_rounded_to_multiples_of_8(name):
+    model = build_model(name, DataSpec(3, 10, 32))
+    ctx = context(data(1, 32, 3, 10, 4), 10)
+    method = METHODS.get("filter")(FilterConfig(sparsity=0.5, round_to=8))
+    masks = Masks.ones(method.prunable(model))
+    masks.update(method.prune_fraction(model, masks, ctx, 0.5))
+    keep = method.keep_from(masks, method.groups)
+    counts = [int(k.sum()) for k in keep.values()]
+    assert all(c % 8 == 0 for c in counts), counts
+    removed = sum(int((~k).sum()) for k in keep.values())
+    total = sum(k.numel() for k in keep.values())
+    assert 0.35 < removed / total < 0.65  # rounding moves the target, not by much
+    with pytest.raises(ConfigError, match="round_to"):
+        FilterConfig(round_to=0)
 
 
 def test_grda_step_is_the_soft_threshold_of_the_accumulator():

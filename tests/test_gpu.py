@@ -43,10 +43,18 @@ def test_training_step_on_cuda_keeps_masks_and_learns():
     assert evaluate(model, data, "test", cfg).accuracy > 0.5
 
 
-def test_a_run_on_cuda(tmp_path):
+@pytest.mark.parametrize("speed", [[], ["train.cuda_graphs=true", "train.compile=true"]])
+def test_a_run_on_cuda(tmp_path, speed):
     summary = Experiment(
         run_config(
-            ["model=resnet20", "train.epochs=3", "method.levels=2", "progress=false", "device=cuda"]
+            [
+                "model=resnet20",
+                "train.epochs=3",
+                "method.levels=2",
+                "progress=false",
+                "device=cuda",
+                *speed,
+            ]
         ),
         tmp_path,
     ).run()
@@ -119,3 +127,82 @@ def test_latency_on_cuda_is_graphed_and_leaves_the_model_alone():
     eager = latency_ms(model, x, repeats=5, graphs=False)
     assert graphed > 0 and eager > 0
     assert model.training and next(model.parameters()).is_contiguous()
+
+
+def graphed_pair(optimizer: str = "sgd", grad_clip: float | None = None):
+    """Two identical CUDA trainers on digits, eager and with the whole step as a CUDA graph."""
+    device = torch.device("cuda")
+    data = build_dataset(DatasetConfig(name="digits"), device)
+    out = []
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        model = build_model("lenet5", data.spec).to(device).to(memory_format=torch.channels_last)
+        cfg = TrainConfig(
+            epochs=2,
+            batch_size=64,
+            lr=0.05 if optimizer == "sgd" else 1e-3,
+            optimizer=optimizer,
+            bf16=False,
+            warmup_epochs=1,
+            grad_clip=grad_clip,
+            cudnn_benchmark=False,
+            cuda_graphs=graphs,
+        )
+        params = prunable_parameters(model)
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        masks = Masks(
+            {k: torch.rand(p.shape, device=device, generator=gen) > 0.5 for k, p in params.items()}
+        )
+        masks.apply_(params)
+        opt = build_optimizer(model.parameters(), cfg, cfg.lr)
+        sched = build_scheduler(opt, cfg, data.num_batches("train", 64), 2)
+        trainer = Trainer(model, data, cfg, opt, sched, lambda m=masks, p=params: m.apply_(p))
+        out.append((trainer, params, masks))
+    return out
+
+
+@pytest.mark.parametrize(("optimizer", "clip"), [("sgd", None), ("adam", 1.0)])
+def test_the_graphed_step_trains_as_the_eager_one(optimizer, clip):
+    """Same losses, learning rates and weights, masks kept, and the step really replayed."""
+    torch.backends.cudnn.deterministic = True
+    try:
+        (eager, _, _), (graphed, params, masks) = graphed_pair(optimizer, clip)
+        for epoch in range(2):
+            a = eager.train_epoch(epoch, torch.Generator().manual_seed(epoch))
+            b = graphed.train_epoch(epoch, torch.Generator().manual_seed(epoch))
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+            assert b["accuracy"] == pytest.approx(a["accuracy"], abs=0.01)
+            lr_a, lr_b = (
+                eager.optimizer.param_groups[0]["lr"],
+                graphed.optimizer.param_groups[0]["lr"],
+            )
+            assert isinstance(lr_b, float) and lr_b == pytest.approx(lr_a)
+        assert graphed._graph is not None and graphed._graph._graph is not None
+        for (k, p), q in zip(
+            params.items(), prunable_parameters(eager.model).values(), strict=True
+        ):
+            assert torch.count_nonzero(p[~masks[k]]) == 0
+            torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    finally:
+        torch.backends.cudnn.deterministic = False
+
+
+def test_a_callback_inside_the_step_keeps_it_eager(caplog):
+    from prune_cli.callbacks import Callback
+
+    class Clip(Callback):
+        def on_after_backward(self, step, model):
+            pass
+
+    (_, _, _), (graphed, _, _) = graphed_pair()
+    t = Trainer(
+        graphed.model,
+        graphed.data,
+        graphed.cfg,
+        graphed.optimizer,
+        graphed.scheduler,
+        None,
+        [Clip()],
+    )
+    assert t._graph is None and "Clip edits gradients" in caplog.text
+    t.train_epoch(0, torch.Generator().manual_seed(0))

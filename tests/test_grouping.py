@@ -179,7 +179,7 @@ def test_a_sparsity_sweep_report_is_right_end_to_end(tmp_path):
     methods, grid = SWEEPS["method x sparsity"]
     sweep(tmp_path / "sweep", methods, grid)
     out = tmp_path / "report"
-    report_main([str(tmp_path / "sweep"), "-o", str(out)])
+    report_main([str(tmp_path / "sweep"), "-o", str(out), "--formats", "png"])
     accuracy = pd.read_csv(out / "accuracy.csv")
     pruned = accuracy[accuracy.level == 1].set_index("label")
     assert sorted(pruned.index) == [
@@ -236,7 +236,7 @@ def test_duplicate_seeds_are_reported_not_a_crash(tmp_path):
             fake_run(tmp_path / copy_ / f"s{seed}", "magnitude", seed, {}, test)
     fake_run(tmp_path / "a" / "other", "magnitude", 0, {"method.sparsity": 0.5}, 0.6)
     out = tmp_path / "report"
-    report_main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(out)])
+    report_main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(out), "--formats", "png"])
     accuracy = pd.read_csv(out / "accuracy.csv", dtype={"seeds": str, "duplicate_seeds": str})
     row = accuracy[(accuracy.label == "magnitude sparsity=0.9") & (accuracy.level == 1)].iloc[0]
     assert row.n == 4 and row.seeds == "0,0,1,1" and row.duplicate_seeds == "0,1"
@@ -297,7 +297,7 @@ def test_malformed_runs_are_listed_unreadable_and_the_report_completes(tmp_path,
     for frame in (c.pqi, c.recall, c.sparsity):
         assert str(bad) not in set(frame.run)
     out = tmp_path / "report"
-    report_main([str(tmp_path / "sweep"), "-o", str(out)])
+    report_main([str(tmp_path / "sweep"), "-o", str(out), "--formats", "png"])
     index = (out / "index.md").read_text()
     assert "unreadable" in index and reason in index
     accuracy = pd.read_csv(out / "accuracy.csv")

@@ -16,13 +16,17 @@ from scipy import stats
 from prune_cli.experiment import Experiment
 from prune_cli.paths import RunPaths
 from prune_cli.report_cli import main as report_main
+from prune_cli.reporting import figures
 from prune_cli.reporting.collect import collect
 from prune_cli.reporting.report import accuracy_table
 from prune_cli.reporting.stats import alpha_intervals, consecutive_ratio_tests, method_pair_tests
 
 
-def make_run(root, method, seed, levels, status="completed", method_cfg=None, classes=3):
-    """A run directory as prune-run writes it; ``levels``: list of (sparsity, val, test, alpha)."""
+def make_run(
+    root, method, seed, levels, status="completed", method_cfg=None, classes=3, extra=None
+):
+    """A run directory as prune-run writes it; ``levels``: list of (sparsity, val, test, alpha);
+    ``extra``: {level: more entries of its summary} (and a gini.csv is written with them)."""
     paths = RunPaths(root)
     root.mkdir(parents=True)
     summary = {
@@ -45,6 +49,8 @@ def make_run(root, method, seed, levels, status="completed", method_cfg=None, cl
             for k, (s, v, t, a) in enumerate(levels)
         ],
     }
+    for k, entries in (extra or {}).items():
+        summary["levels"][k].update(entries)
     if status == "failed":
         summary["reason"] = "training loss became nan in epoch 3"
     paths.summary.write_text(json.dumps(summary))
@@ -72,6 +78,15 @@ def make_run(root, method, seed, levels, status="completed", method_cfg=None, cl
     pd.DataFrame(sparsity, columns=["level", "name", "numel", "nonzero", "sparsity"]).to_csv(
         paths.sparsity, index=False
     )
+    if extra:
+        gini = [
+            (k, "trained", scope, name, 0.3 + 0.1 * k)
+            for k in range(len(levels))
+            for scope, name in (("global", "all"), ("layer", "net.1.weight"))
+        ]
+        pd.DataFrame(gini, columns=["level", "stage", "scope", "name", "gini"]).to_csv(
+            paths.gini, index=False
+        )
 
 
 @pytest.fixture
@@ -232,3 +247,87 @@ def test_two_job_multirun_through_a_launcher(tmp_path, launcher):
         assert p.parent.name.endswith(summary["config_hash"])  # the job's own hash names it
     c = collect([sweep_dir])
     assert set(c.completed.method) == {"magnitude", "random"}
+
+
+def test_paper_ready_outputs_mark_few_runs_and_collapse(tmp_path):
+    """gradient at t = 2 (3 seeds) and t = 10 (2 seeds, one of which lost class c1)."""
+    root = tmp_path / "sweep"
+    tests = {2: [0.90, 0.92, 0.94], 10: [0.80, 0.60]}
+    for ratio, values in tests.items():
+        for seed, test in enumerate(values):
+            collapsed = ratio == 10 and seed == 1
+            extra = {
+                k: {
+                    "macs_dense": 1000,
+                    "macs_sparse": 1000 if k == 0 else 1000 // ratio,
+                    "pruned_test_accuracy": None if k == 0 else test - 0.3,
+                    "collapsed": collapsed and k == 1,
+                    "zero_recall_classes": ["c1"] if collapsed and k == 1 else [],
+                }
+                for k in (0, 1)
+            }
+            make_run(
+                root / f"gp-{ratio}-{seed}",
+                "gradient",
+                seed,
+                [(0.0, 0.95, 0.96, None), (1 - 1 / ratio, 0.9, test, 1.0 + test)],
+                method_cfg={"ratio": ratio},
+                extra=extra,
+            )
+    out = tmp_path / "report"
+    report_main([str(root), "-o", str(out)])
+    rows = pd.read_csv(out / "accuracy.csv").set_index(["label", "level"])
+    assert rows.loc[("gradient ratio=10", 1), "collapsed"] == 1
+    assert rows.loc[("gradient ratio=10", 1), "macs_sparse_mean"] == 100
+    assert rows.loc[("gradient ratio=2", 1), "pruned_mean"] == pytest.approx(0.62)
+    accuracy = (out / "accuracy.md").read_text()
+    # n = 2: std of 0.80, 0.60 is 0.1414; marked as from fewer than 3 runs and as collapsed
+    assert "70.00 ± 14.14†‡" in accuracy and "92.00 ± 2.00 " in accuracy
+    assert "| 1/2" in accuracy and "the mean mixes working and broken models" in accuracy
+    index = (out / "index.md").read_text()
+    assert "gradient ratio=10, seed 1, level 1: recall 0 for class c1" in index
+    # the pivot: one row per method, columns dense, t = 2, t = 10
+    md = (out / "pivot_digits_mlp_by_target.md").read_text()
+    assert "| method | dense | t = 2 | t = 10 |" in md
+    assert "| gradient | 96.00 ± 0.00 | 92.00 ± 2.00 | 70.00 ± 14.14†‡ |" in md
+    assert "| gradient | - | 62.00 ± 2.00 | 40.00 ± 14.14† |" in md  # pruned accuracy
+    assert "| gradient | 1K | 500 | 100 |" in md  # MACs
+    tex = (out / "pivot_digits_mlp_by_target.tex").read_text()
+    for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{lrrr}"):
+        assert command in tex
+    assert r"$70.00 \pm 14.14^{\dagger\ddagger}$" in tex and r"test accuracy \%" in tex
+    alpha = pd.read_csv(out / "alpha.csv", keep_default_na=False).set_index("target")
+    assert alpha.loc[10.0, "warning"] == "n < 3" and alpha.loc[2.0, "warning"] == ""
+    pngs = sorted(out.glob("*.png"))
+    names = {p.stem.split("_digits")[0] for p in pngs}
+    assert {"accuracy_macs", "gini_level", "gini_remaining", "recall"} <= names
+    for png in pngs:
+        assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_recall_heatmap_stays_readable_for_100_classes_and_12_methods(tmp_path):
+    for i in range(12):
+        make_run(
+            tmp_path / "runs" / f"m{i}",
+            f"method{i:02d}",
+            0,
+            [(0.0, 0.9, 0.9, None), (0.5, 0.9, 0.5 + 0.03 * i, 1.0)],
+            classes=100,
+        )
+    c = collect([tmp_path / "runs"])
+    change = figures.recall_change(c, "digits", "mlp")
+    assert change.shape == (12, 100)
+    assert change.loc[("method03", 1), "c7"] == pytest.approx(100 * (0.59 - 0.9))
+    name = figures.recall_heatmap(c, "digits", "mlp", figures.FigureDir(tmp_path, ("png",)))
+    width, height = struct.unpack(">II", (tmp_path / name).read_bytes()[16:24])
+    assert 600 <= width <= 2400 and 300 <= height <= 1500  # one panel, not 12 side by side
+
+
+def test_a_run_with_only_its_dense_level_is_read(tmp_path):
+    """Its recall_distortion.csv is a header without rows (no pruned level to compare)."""
+    make_run(tmp_path / "run", "grda", 0, [(0.4, 0.9, 0.9, None)])
+    RunPaths(tmp_path / "run").recall_distortion.write_text(
+        "level,class,recall_dense,recall,balance_dense,balance,intensification\n"
+    )
+    c = collect([tmp_path])
+    assert list(c.runs.status) == ["completed"] and list(c.levels.sparsity) == [0.4]

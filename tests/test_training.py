@@ -106,6 +106,47 @@ def test_compile_mode_must_be_known():
         TrainConfig(compile_mode="fast")
 
 
+def test_cuda_graphs_refuse_a_second_graph_layer():
+    assert TrainConfig(cuda_graphs=True, compile=True).cuda_graphs
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        TrainConfig(cuda_graphs=True, compile=True, compile_mode="reduce-overhead")
+
+
+def test_what_keeps_a_step_out_of_a_cuda_graph():
+    """Callbacks acting inside or after the step, or a foreign optimizer, block the capture;
+    progress bars (host-side books) do not; the graphed step is only used on CUDA."""
+    from prune_cli.callbacks import Callback
+    from prune_cli.reporting.console import ProgressBars, make_progress
+    from prune_cli.training.graph import graph_blocker
+
+    class EditsGrads(Callback):
+        def on_after_backward(self, step, model):
+            pass
+
+    class ChangesMasks(Callback):
+        def on_step_end(self, step, model):
+            pass
+
+    class EpochOnly(Callback):
+        def on_epoch_end(self, epoch, model):
+            pass
+
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    sgd, adam = torch.optim.SGD(p, lr=0.1), torch.optim.Adam(p)
+    bars = ProgressBars(make_progress(False), 0, 0)
+    assert graph_blocker([bars, EpochOnly()], sgd) is None
+    assert graph_blocker([], adam) is None
+    assert "EditsGrads" in graph_blocker([EditsGrads()], sgd)
+    assert "ChangesMasks" in graph_blocker([bars, ChangesMasks()], sgd)
+    assert "RMSprop" in graph_blocker([], torch.optim.RMSprop(p))
+    trainer, _, _ = make_trainer()
+    trainer_cfg = TrainConfig(cuda_graphs=True, batch_size=64)
+    on_cpu = Trainer(
+        trainer.model, trainer.data, trainer_cfg, trainer.optimizer, trainer.scheduler, None
+    )
+    assert on_cpu._graph is None  # CPU: eager steps, the setting is a no-op
+
+
 def test_evaluation_returns_a_normal_tensor_and_needs_no_gradients():
     trainer, _, _ = make_trainer()
     result = evaluate(trainer.model, trainer.data, "val", trainer.cfg)

@@ -21,11 +21,12 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from prune_cli.errors import ConfigError
+from prune_cli.pruning.derivatives import Sample
 from prune_cli.pruning.mask import Masks
+from prune_cli.pruning.measures import Measure, build, weight_scores
 from prune_cli.pruning.method import MethodConfig, PruneContext, PruningMethod
 from prune_cli.pruning.schedule import RewindPoint, level_target
 from prune_cli.pruning.scope import SCOPES, CountRule, fraction_of_total, select
-from prune_cli.pruning.scores import SCORES
 
 
 @dataclass
@@ -81,7 +82,7 @@ class IterativePruning(PruningMethod, ABC):
     """Score -> select within the scope -> count rule, at the start of each level >= 1."""
 
     Config = IterativeConfig
-    #: the registered score this method ranks by (see ``pruning/scores.py``)
+    #: the registered importance measure this method ranks by (``prune_cli.pruning.measures``)
     score: ClassVar[str] = "magnitude"
 
     cfg: IterativeConfig
@@ -89,10 +90,18 @@ class IterativePruning(PruningMethod, ABC):
     def num_levels(self) -> int:
         return self.cfg.levels
 
+    def measure(self, ctx: PruneContext) -> Measure:
+        """The measure, with the settings it has taken from the method's config."""
+        return build(self.score, self.cfg)
+
+    def sample(self) -> Sample:
+        """The training data of the measure's derivatives (for measures that need data)."""
+        return Sample(samples=2560)
+
     def scores(
         self, model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
     ) -> dict[str, Tensor]:
-        return SCORES.get(self.score)(model, params, ctx)
+        return weight_scores(self.measure(ctx), model, params, ctx, self.sample())
 
     @abstractmethod
     def count_rule(self, level: int) -> CountRule:

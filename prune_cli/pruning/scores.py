@@ -1,77 +1,48 @@
-"""Importance scores: higher = more important, the lowest are pruned first.
+"""Per-weight scores by name: the registered importance measures
+(``prune_cli.pruning.measures``) as functions ``(model, params, ctx) -> {name: scores}``, with
+their default settings and the gradient-flow sample. Higher = more important.
 
-A score maps the prunable parameters to one tensor of the same shape per parameter. Scores that
-need data get it from the ``PruneContext`` (an iterable of training batches), never from a
-dataset module. New scores register here with ``@SCORES.register(name)``.
+``SCORES.get(name)`` is what the level methods' ``score`` names; it holds no list of its own, so a
+new measure is scorable here as soon as it is registered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
 
-from prune_cli.pruning.flow import gradient, preserved
-from prune_cli.registry import Registry
-from prune_cli.seeds import derive_seed
+from prune_cli.pruning.measures import IMPORTANCE, Site, build, weight_scores
+from prune_cli.pruning.measures.gradient_flow import Undecayed
 
 if TYPE_CHECKING:
     from prune_cli.pruning.method import PruneContext
 
 ScoreFn = Callable[[nn.Module, Mapping[str, nn.Parameter], "PruneContext"], dict[str, Tensor]]
-SCORES: Registry[ScoreFn] = Registry("score")
 
 
-@SCORES.register("magnitude")
-def magnitude_score(
-    model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
-) -> dict[str, Tensor]:
-    """|theta|: the classic magnitude criterion (Han et al. 2015; the lottery ticket's)."""
-    return {k: p.detach().abs() for k, p in params.items()}
+class _Scores:
+    """The registry of measures seen as per-weight score functions."""
+
+    def get(self, name: str) -> ScoreFn:
+        return partial(weight_scores, build(name))
+
+    def names(self) -> list[str]:
+        return [n for n in IMPORTANCE.names() if IMPORTANCE.get(n).per_weight]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
 
 
-@SCORES.register("random")
-def random_score(
-    model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
-) -> dict[str, Tensor]:
-    """Uniform random scores, seeded by (run seed, level) so that a resumed run agrees."""
-    seed = derive_seed(ctx.seed, "random-score", ctx.level)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    return {k: torch.rand(p.shape, generator=gen).to(p.device) for k, p in params.items()}
-
-
-def mean_gradient(
-    model: nn.Module,
-    params: Mapping[str, nn.Parameter],
-    ctx: PruneContext,
-    num_batches: int,
-    mode: str = "eval",
-) -> dict[str, Tensor]:
-    """g: the gradient of the mean cross-entropy, averaged over ``num_batches`` training batches.
-
-    ``mode="eval"`` uses BatchNorm's running statistics (the model as it is evaluated);
-    ``mode="train"`` uses batch statistics. Mode and buffers are restored afterwards, so that
-    scoring never changes the model; ``.grad`` of the parameters is left untouched.
-    """
-    with preserved(model, train=mode == "train"):
-        return gradient(model, params, list(ctx.batches(num_batches)), 1.0, ctx)
-
-
-def gradient_score(
-    params: Mapping[str, nn.Parameter], grads: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
-    """|theta * g|: first-order loss change from removing the weight (GP in Good et al. 2022)."""
-    return {k: (p.detach() * grads[k]).abs() for k, p in params.items()}
+SCORES = _Scores()
 
 
 def undecayed_score(
-    params: Mapping[str, nn.Parameter], grads: Mapping[str, Tensor], eps: float
+    params: Mapping[str, Tensor], grads: Mapping[str, Tensor], eps: float
 ) -> dict[str, Tensor]:
-    """|-theta * g + eps * theta^2| (Undecayed Pruning, Good et al. 2022).
-
-    With weight decay eps, a stationary point of the decayed loss has g = -eps * theta, where
-    the score becomes 2 eps theta^2: magnitude pruning. Away from it, the gradient term corrects.
-    """
-    return {k: (-p.detach() * grads[k] + eps * p.detach() ** 2).abs() for k, p in params.items()}
+    """|-theta * g + eps * theta^2| of each tensor, given g (Undecayed Pruning)."""
+    return Undecayed(eps=eps).weights(
+        {k: Site(p.detach(), g=grads[k]) for k, p in params.items()}, None
+    )

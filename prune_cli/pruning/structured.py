@@ -21,6 +21,7 @@ imports a model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Mapping, Sequence
@@ -210,6 +211,7 @@ def latency_ms(
     bf16: bool = True,
     channels_last: bool = True,
     graphs: bool = True,
+    compiled: bool = False,
 ) -> float:
     """Median time of one forward pass of ``example`` (eval mode, no gradients), in ms.
 
@@ -220,10 +222,13 @@ def latency_ms(
     ``graphs`` the pass is captured once as a CUDA graph and replayed: the time is then the
     GPU's, not the Python and kernel-launch overhead of ~100-300 small kernels, which at small
     inputs exceeds the compute and would hide what removing filters saves (a deployed model
-    would be compiled or graphed too). Falls back to eager passes if capture fails.
+    would be compiled or graphed too). Falls back to eager passes if capture fails. CUDA with
+    ``compiled``: the copy is compiled first (``torch.compile`` with inductor's freezing, which
+    folds BatchNorm into the convolutions and fuses the element-wise work, as a deployment
+    would); the compile takes a minute or more per network.
     """
     if example.is_cuda:
-        return _cuda_latency_ms(model, example, repeats, bf16, channels_last, graphs)
+        return _cuda_latency_ms(model, example, repeats, bf16, channels_last, graphs, compiled)
     was_training = model.training
     model.eval()
     times = []
@@ -239,10 +244,19 @@ def latency_ms(
 
 
 def _cuda_latency_ms(
-    model: nn.Module, example: Tensor, repeats: int, bf16: bool, channels_last: bool, graphs: bool
+    model: nn.Module,
+    example: Tensor,
+    repeats: int,
+    bf16: bool,
+    channels_last: bool,
+    graphs: bool,
+    compiled: bool = False,
 ) -> float:
     fmt = torch.channels_last if channels_last and example.dim() == 4 else torch.contiguous_format
     net = copy.deepcopy(model).eval().to(memory_format=fmt)  # the caller's model is left as is
+    if compiled:
+        torch._dynamo.reset()  # each network compiles afresh, never against the cache limit
+        net = torch.compile(net)
     x = example.contiguous(memory_format=fmt)
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
@@ -252,8 +266,13 @@ def _cuda_latency_ms(
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
             return net(x)
 
+    freezing = contextlib.nullcontext()
+    if compiled:
+        import torch._inductor.config as inductor_config
+
+        freezing = inductor_config.patch(freezing=True)  # BatchNorm folded, weights constant
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), freezing:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm-up (and cuDNN's search) off the capture

@@ -48,10 +48,22 @@ IGNORED = ("seed", "dense_from", "hydra", *NON_RESULT_KEYS)
 #: method settings that set the pruning target: kept apart in ``series``, summed up in ``target``
 TARGET_KEYS = ("method.ratio", "method.sparsity", "method.rate")
 
-#: the columns each result CSV must have (more are allowed)
+#: a structured method's measurements of its thinner network (``method_info``), shown beside
+#: the run's final level: measured latency is kept as measured, never recomputed
+STRUCTURED_KEYS = {
+    "latency_dense_ms": "latency_dense_ms",
+    "latency_thin_ms": "latency_thin_ms",
+    "latency_ratio": "latency_ratio",
+    "macs_after": "macs_thin",
+    "params_after": "params_thin",
+}
+
+#: the columns each result CSV must have (more are allowed; a file that is absent, as
+#: ``gini.csv`` in runs written before it existed, is an empty table)
 CSV_COLUMNS = {
     "per_class_recall.csv": ("level", "stage", "class_name", "recall"),
     "pqi.csv": ("level", "stage", "scope", "name", "p", "q", "pqi"),
+    "gini.csv": ("level", "stage", "scope", "name", "gini"),
     "sparsity.csv": ("level", "name", "sparsity"),
     "recall_distortion.csv": ("level",),
 }
@@ -82,6 +94,7 @@ class Collection:
     recall: pd.DataFrame
     sparsity: pd.DataFrame
     distortion: pd.DataFrame
+    gini: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: each setting that varies across the completed runs -> where it varies (families)
     varying: dict[str, list[str]] = field(default_factory=dict)
 
@@ -205,7 +218,9 @@ def _read_csv(root: Path, name: str) -> pd.DataFrame:
     missing = [c for c in CSV_COLUMNS[name] if c not in frame.columns]
     if missing:
         raise Unreadable(f"{name} is corrupt: no column {', '.join(missing)}")
-    if not pd.api.types.is_numeric_dtype(frame["level"]):
+    # a header without rows (recall_distortion.csv of a run with only a dense level 0) reads
+    # as text columns: nothing there to be non-numeric
+    if not frame.empty and not pd.api.types.is_numeric_dtype(frame["level"]):
         raise Unreadable(f"{name} is corrupt: non-numeric level values")
     frame.insert(0, "run", str(root))
     return frame
@@ -231,6 +246,9 @@ def _read_run(root: Path) -> dict:
         "config": {},
         "levels": [],
         "csv": {},
+        "method_info": summary.get("method_info")
+        if isinstance(summary.get("method_info"), dict)
+        else {},
     }
     if run["status"] == "completed" and isinstance(summary.get("files"), dict):
         damage = _damaged(root, summary["files"])
@@ -342,7 +360,18 @@ def collect(paths: list[Path]) -> Collection:
     info = run_frame.set_index("run")[
         ["dataset", "model", "method", "label", "series", "target", "seed", *varying]
     ]
-    level_rows = [{"run": r["run"], **lv} for r in done for lv in r["levels"]]
+    level_rows = []
+    for r in done:
+        last = max(lv["level"] for lv in r["levels"])
+        structured = {
+            column: r["method_info"][key]
+            for key, column in STRUCTURED_KEYS.items()
+            if _number(r["method_info"].get(key))
+        }
+        for lv in r["levels"]:
+            level_rows.append(
+                {"run": r["run"], **lv, **(structured if lv["level"] == last else {})}
+            )
     levels = pd.DataFrame(level_rows)
     if not levels.empty:
         levels = levels.join(info, on="run")
@@ -358,6 +387,7 @@ def collect(paths: list[Path]) -> Collection:
         runs=run_frame,
         levels=levels,
         pqi=gather("pqi.csv"),
+        gini=gather("gini.csv"),
         recall=gather("per_class_recall.csv"),
         sparsity=gather("sparsity.csv"),
         distortion=gather("recall_distortion.csv"),

@@ -17,6 +17,7 @@ from prune_cli.reporting.distortion import DISTORTION_HEADER
 METRICS_HEADER = ("level", "epoch", "split", "metric", "value")
 RECALL_HEADER = ("level", "stage", "class", "class_name", "support", "recall")
 PQI_HEADER = ("level", "stage", "scope", "name", "p", "q", "pqi")
+GINI_HEADER = ("level", "stage", "scope", "name", "gini")
 SPARSITY_HEADER = ("level", "name", "numel", "nonzero", "sparsity")
 LEVEL_KEYS = ("level", "sparsity", "params_nonzero", "val_accuracy", "test_accuracy", "test_loss")
 
@@ -26,6 +27,7 @@ class RunRecords:
     metrics: list[tuple] = field(default_factory=list)
     recall: list[tuple] = field(default_factory=list)
     pqi: list[tuple] = field(default_factory=list)
+    gini: list[tuple] = field(default_factory=list)  # absent from checkpoints before gini.csv
     sparsity: list[tuple] = field(default_factory=list)
     distortion: list[tuple] = field(default_factory=list)
     levels: list[dict[str, Any]] = field(default_factory=list)
@@ -42,6 +44,7 @@ class RunRecords:
             "metrics": (self.metrics, METRICS_HEADER, paths.metrics),
             "recall": (self.recall, RECALL_HEADER, paths.per_class_recall),
             "pqi": (self.pqi, PQI_HEADER, paths.pqi),
+            "gini": (self.gini, GINI_HEADER, paths.gini),
             "sparsity": (self.sparsity, SPARSITY_HEADER, paths.sparsity),
             "distortion": (self.distortion, DISTORTION_HEADER, paths.recall_distortion),
         }

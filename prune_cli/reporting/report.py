@@ -1,26 +1,26 @@
-"""``prune-report``'s output: tables (CSV + Markdown), PNG plots and an ``index.md``.
+"""``prune-report``'s output: tables (CSV + Markdown), pivot tables (CSV, Markdown, LaTeX),
+figures (PNG + PDF, :mod:`prune_cli.reporting.figures`) and an ``index.md``.
 
 One "study" is a (dataset, model) pair; within it, a row is a ``label``: the runs whose configs
 differ only in seed (see :mod:`prune_cli.reporting.collect`). Means and standard deviations are
 over those runs (completed runs only; ``n`` counts them, ``seeds`` lists their seeds); failed,
 running and unreadable runs are listed with the reason. Rows are never averaged across pruning
 targets or any other setting; the settings that vary are named in the tables and ``index.md``.
+A spread computed from fewer than 3 runs is marked (``†``), and so is a row that holds a run
+that collapsed (``collapsed`` counts them; :mod:`prune_cli.reporting.measure` says what that is).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display is needed or wanted
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from prune_cli.io import save_text
 from prune_cli.reporting.collect import Collection
+from prune_cli.reporting.figures import FORMATS, slug, study_plots
+from prune_cli.reporting.pivot import COLLAPSED, FEW, write_pivots
 from prune_cli.reporting.stats import (
     alpha_intervals,
     consecutive_ratio_tests,
@@ -36,12 +36,15 @@ TEST_NOTES = {
 }
 
 
-def _fmt(mean: float, std: float) -> str:
+def _fmt(mean: float, std: float, n: int = 3, collapsed: int = 0) -> str:
+    """'mean ± std' in percent, marked when the spread is from fewer than 3 runs or a run of
+    the row collapsed."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
+    marks = COLLAPSED if collapsed else ""
     if std is None or math.isnan(std):
-        return f"{100 * mean:.2f}"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+        return f"{100 * mean:.2f}{marks}"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}{FEW if n < 3 else ''}{marks}"
 
 
 def _seed_key(seed: object) -> tuple[int, float, str]:
@@ -63,14 +66,38 @@ def _duplicates(seeds: pd.Series) -> str:
     return _seeds(pd.Series(counts[counts > 1].index))
 
 
+#: level columns a run may lack (written before they were recorded): NaN in its rows
+OPTIONAL = (
+    "val_accuracy",
+    "pruned_test_accuracy",
+    "params_nonzero",
+    "macs_dense",
+    "macs_sparse",
+    "pqi",
+    "gini",
+    "units_no_incoming",
+    "units_no_outgoing",
+)
+#: a structured method's measurements of its thinner network (final level only)
+STRUCTURED = ("macs_thin", "params_thin", "latency_dense_ms", "latency_thin_ms")
+
+
+def _collapsed(values: pd.Series) -> int:
+    return int(sum(v is True or v == 1.0 for v in values))
+
+
 def accuracy_table(levels: pd.DataFrame, varying: list[str] | None = None) -> pd.DataFrame:
     """Mean and std over the runs of each (dataset, model, label, target, level).
 
     ``varying``: the dotted settings that vary across the report (columns of ``levels``); each
     becomes a column of the table, its value in the row (constant within a row by construction).
+    ``collapsed`` counts the row's runs that collapsed at that level.
     """
     frame = levels.copy()
     frame["target"] = frame["target"].astype(object).where(frame["target"].notna(), "-")
+    for column in (*OPTIONAL, "collapsed"):
+        if column not in frame:
+            frame[column] = math.nan
     grouped = frame.groupby(KEYS, dropna=False)
     table = grouped.agg(
         n=("run", "nunique"),
@@ -81,30 +108,78 @@ def accuracy_table(levels: pd.DataFrame, varying: list[str] | None = None) -> pd
         val_std=("val_accuracy", "std"),
         test_mean=("test_accuracy", "mean"),
         test_std=("test_accuracy", "std"),
+        pruned_mean=("pruned_test_accuracy", "mean"),
+        pruned_std=("pruned_test_accuracy", "std"),
+        params_nonzero_mean=("params_nonzero", "mean"),
+        macs_dense=("macs_dense", "mean"),
+        macs_sparse_mean=("macs_sparse", "mean"),
+        pqi_mean=("pqi", "mean"),
+        pqi_std=("pqi", "std"),
+        gini_mean=("gini", "mean"),
+        units_no_incoming_mean=("units_no_incoming", "mean"),
+        units_no_outgoing_mean=("units_no_outgoing", "mean"),
+        collapsed=("collapsed", _collapsed),
     ).reset_index()
-    if "pqi" in frame:
-        table["pqi_mean"] = grouped["pqi"].mean().to_numpy()
+    for column in STRUCTURED:
+        if column in frame:
+            table[f"{column}_mean"] = grouped[column].mean().to_numpy()
     for key in varying or []:
         if key in frame:
             table[key] = grouped[key].first().to_numpy()
     return table
 
 
+def _macs(value: float) -> str:
+    if value != value:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:.0f}"
+
+
 def markdown(table: pd.DataFrame) -> str:
-    """A Markdown table with accuracies as 'mean ± std' in percent."""
+    """A Markdown table: accuracies as 'mean ± std' in percent, marked as :func:`_fmt` does;
+    MACs as 1.23M; columns that no run measured are left out."""
     # the varying settings' own columns (dotted names) are for the CSV: the label shows them
-    shown = table.drop(columns=[c for c in table.columns if "." in c])
-    if "duplicate_seeds" in shown and not shown["duplicate_seeds"].astype(bool).any():
-        shown = shown.drop(columns="duplicate_seeds")
-    for split in ("val", "test"):
-        if f"{split}_mean" in shown:
-            shown[f"{split} acc %"] = [
-                _fmt(m, s)
-                for m, s in zip(shown[f"{split}_mean"], shown[f"{split}_std"], strict=True)
+    shown = table[
+        [c for c in ("dataset", "model", "label", "target", "level", "n", "seeds") if c in table]
+    ].copy()
+    if "duplicate_seeds" in table and table["duplicate_seeds"].astype(bool).any():
+        shown["duplicate_seeds"] = table["duplicate_seeds"]
+    if "remaining_mean" in table:
+        shown["remaining %"] = (100 * table["remaining_mean"]).round(2)
+    collapsed = table["collapsed"] if "collapsed" in table else pd.Series(0, table.index)
+    for split, name in (("val", "val acc %"), ("test", "test acc %"), ("pruned", "pruned acc %")):
+        if f"{split}_mean" in table and table[f"{split}_mean"].notna().any():
+            shown[name] = [
+                _fmt(m, s, n, c if split == "test" else 0)
+                for m, s, n, c in zip(
+                    table[f"{split}_mean"],
+                    table[f"{split}_std"],
+                    table["n"],
+                    collapsed,
+                    strict=True,
+                )
             ]
-            shown = shown.drop(columns=[f"{split}_mean", f"{split}_std"])
-    if "remaining_mean" in shown:
-        shown["remaining %"] = (100 * shown.pop("remaining_mean")).round(2)
+    if "macs_sparse_mean" in table and table["macs_sparse_mean"].notna().any():
+        shown["MACs"] = table["macs_sparse_mean"].map(_macs)
+    for column, name in (("pqi_mean", "PQI"), ("gini_mean", "Gini")):
+        if column in table and table[column].notna().any():
+            shown[name] = table[column]
+    if collapsed.astype(bool).any():
+        shown["collapsed"] = [
+            f"{c}/{n}" if c else "" for c, n in zip(collapsed, table["n"], strict=True)
+        ]
+    if "macs_thin_mean" in table:
+        shown["thin network MACs"] = table["macs_thin_mean"].map(_macs)
+    if "latency_thin_ms_mean" in table:
+        shown["latency ms (dense -> thin)"] = [
+            "" if t != t else f"{d:.3g} -> {t:.3g}"
+            for d, t in zip(
+                table["latency_dense_ms_mean"], table["latency_thin_ms_mean"], strict=True
+            )
+        ]
     return shown.to_markdown(index=False, floatfmt=".4g")
 
 
@@ -129,6 +204,40 @@ def varying_note(varying: dict[str, list[str]]) -> str:
     )
 
 
+def marks_note(table: pd.DataFrame) -> str:
+    """What the marks in the accuracy cells mean, when any cell has one."""
+    notes = []
+    if ((table["n"] == 2) & table["test_std"].notna()).any():
+        notes.append(f"{FEW} the spread is the std of fewer than 3 runs: not a reliable interval")
+    if "collapsed" in table and table["collapsed"].astype(bool).any():
+        notes.append(
+            f"{COLLAPSED} the row holds a run that collapsed at that level (a class at test "
+            "recall 0, or a layer with no weight left; `collapsed` counts them): the mean mixes "
+            "working and broken models"
+        )
+    return "; ".join(notes) + ("." if notes else "")
+
+
+def collapse_note(levels: pd.DataFrame) -> str:
+    """Which runs collapsed, at which level, and what they lost."""
+    if "collapsed" not in levels:
+        return ""
+    bad = levels[levels["collapsed"].map(lambda v: v is True)]
+    if bad.empty:
+        return ""
+    items = []
+    for _, r in bad.sort_values(["label", "seed", "level"]).iterrows():
+        classes = r.get("zero_recall_classes")
+        if isinstance(classes, list) and classes:
+            lost = f"recall 0 for class {', '.join(map(str, classes))}"
+        else:
+            lost = "a layer with no weight left"
+        where = f"{r['dataset']} / {r['model']} / {r['label']}, seed {r['seed']}"
+        test = f"test accuracy {100 * r['test_accuracy']:.2f}%"
+        items.append(f"- {where}, level {r['level']}: {lost} ({test})")
+    return "Collapsed runs:\n\n" + "\n".join(items)
+
+
 def duplicate_note(table: pd.DataFrame) -> str:
     """Rows that hold a seed twice (the same run reported from two directories, say)."""
     dup = table[table["duplicate_seeds"].astype(bool)]
@@ -143,175 +252,12 @@ def duplicate_note(table: pd.DataFrame) -> str:
     )
 
 
-def _figure(path: Path, draw, title: str, xlabel: str, ylabel: str, ncols: int = 1) -> None:
-    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4.2), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        draw(ax, i)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+FEW_RUNS = "n < 3"
 
 
-def _slug(*parts: object) -> str:
-    """A file-name part: labels may hold any config value (lists, paths, quotes)."""
-    return "_".join(re.sub(r"[^A-Za-z0-9._-]+", "-", str(p).replace(" ", "")) for p in parts)
-
-
-def study_plots(c: Collection, dataset: str, model: str, out: Path) -> list[str]:
-    """The PNG files of one study; returns their names."""
-    names: list[str] = []
-    levels = c.levels[(c.levels.dataset == dataset) & (c.levels.model == model)]
-    mean = (
-        levels.groupby(["series", "label", "target", "level"], dropna=False)
-        .agg(
-            remaining=("remaining", "mean"),
-            test=("test_accuracy", "mean"),
-            test_std=("test_accuracy", "std"),
-        )
-        .reset_index()
-    )
-
-    # accuracy against remaining weights
-    name = f"accuracy_remaining_{_slug(dataset, model)}.png"
-
-    def lines(frame: pd.DataFrame):
-        """One line per series when its rows are one-shot (a curve over targets), else one
-        line per row (an iterative run's levels: two schedules in one line would zigzag)."""
-        for series, g in frame.groupby("series"):
-            if g.groupby("label")["level"].max().max() <= 1:
-                yield series, g
-            else:
-                yield from g.groupby("label")
-
-    def draw_accuracy(ax, _):
-        for name, g in lines(mean):
-            # the dense level 0 of a one-shot series' rows: one point, not a vertical line
-            g = g.groupby("remaining")[["test", "test_std"]].mean()
-            g = g.sort_index(ascending=False)
-            ax.errorbar(
-                100 * g.index.to_numpy(),
-                100 * g["test"],
-                yerr=100 * g["test_std"].fillna(0),
-                marker="o",
-                ms=3,
-                capsize=2,
-                label=name,
-            )
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-
-    _figure(
-        out / name,
-        draw_accuracy,
-        f"{dataset} / {model}: test accuracy",
-        "remaining weights % (log)",
-        "test accuracy %",
-    )
-    names.append(name)
-
-    pqi = c.pqi[(c.pqi.dataset == dataset) & (c.pqi.model == model)]
-    if not pqi.empty:
-        glob = pqi[(pqi.scope == "global") & (pqi.stage == "trained")]
-        pairs = sorted({(p, q) for p, q in zip(glob.p, glob.q, strict=True)})
-        agg = glob.groupby(["label", "p", "q", "level"]).pqi.mean().reset_index()
-        agg = agg.join(mean.groupby(["label", "level"]).remaining.mean(), on=["label", "level"])
-        for x, xlabel in (("level", "level"), ("remaining", "remaining weights % (log)")):
-            name = f"pqi_{x}_{_slug(dataset, model)}.png"
-
-            def draw_pqi(ax, i, x=x):
-                p, q = pairs[i]
-                for label, g in agg[(agg.p == p) & (agg.q == q)].groupby("label"):
-                    g = g.sort_values("level")
-                    ax.plot(
-                        g[x] * (100 if x == "remaining" else 1),
-                        g["pqi"],
-                        marker="o",
-                        ms=3,
-                        label=label,
-                    )
-                if x == "remaining":
-                    ax.set_xscale("log")
-                    ax.invert_xaxis()
-                ax.set_title(f"(p, q) = ({p}, {q})")
-
-            _figure(
-                out / name,
-                draw_pqi,
-                f"{dataset} / {model}: PQ index (global, trained)",
-                xlabel,
-                "PQI",
-                ncols=len(pairs),
-            )
-            names.append(name)
-        # per-layer PQI for each label, first (p, q)
-        p, q = pairs[0]
-        layer = pqi[(pqi.scope == "layer") & (pqi.stage == "trained") & (pqi.p == p) & (pqi.q == q)]
-        for label, g in layer.groupby("label"):
-            name = f"pqi_layers_{_slug(dataset, model, label)}.png"
-
-            def draw_layers(ax, _, g=g):
-                for lname, lg in g.groupby("name"):
-                    lg = lg.groupby("level").pqi.mean()
-                    ax.plot(lg.index, lg.to_numpy(), marker=".", label=lname)
-
-            _figure(out / name, draw_layers, f"{label}: per-layer PQI ({p}, {q})", "level", "PQI")
-            names.append(name)
-
-    sparsity = c.sparsity[(c.sparsity.dataset == dataset) & (c.sparsity.model == model)]
-    for label, g in sparsity.groupby("label"):
-        if g["level"].nunique() < 2:
-            continue
-        name = f"layer_remaining_{_slug(dataset, model, label)}.png"
-
-        def draw_remaining(ax, _, g=g):
-            for lname, lg in g.groupby("name"):
-                lg = lg.groupby("level").sparsity.mean()
-                ax.plot(lg.index, 100 * (1 - lg.to_numpy()), marker=".", label=lname)
-            ax.set_yscale("log")
-
-        _figure(
-            out / name,
-            draw_remaining,
-            f"{label}: remaining weights per layer",
-            "level",
-            "remaining %",
-        )
-        names.append(name)
-
-    recall = c.recall[
-        (c.recall.dataset == dataset) & (c.recall.model == model) & (c.recall.stage == "trained")
-    ]
-    if not recall.empty:
-        recall = recall.join(levels.set_index(["run", "level"]).remaining, on=["run", "level"])
-        # one panel per series (a method's rows over targets share the remaining-weights axis)
-        labels = sorted(recall.series.unique())
-        name = f"recall_{_slug(dataset, model)}.png"
-
-        def draw_recall(ax, i):
-            g = recall[recall.series == labels[i]]
-            for cname, cg in g.groupby("class_name"):
-                cg = cg.groupby("remaining").recall.mean().sort_index(ascending=False)
-                ax.plot(100 * cg.index, 100 * cg.to_numpy(), marker=".", label=str(cname))
-            ax.set_xscale("log")
-            ax.invert_xaxis()
-            ax.set_title(labels[i])
-
-        _figure(
-            out / name,
-            draw_recall,
-            f"{dataset} / {model}: per-class test recall",
-            "remaining weights % (log)",
-            "recall %",
-            ncols=len(labels),
-        )
-        names.append(name)
-    return names
+def _warn_few(frame: pd.DataFrame) -> pd.DataFrame:
+    """A ``warning`` column beside every interval or test computed from fewer than 3 runs."""
+    return frame.assign(warning=[FEW_RUNS if n < 3 else "" for n in frame["n"]])
 
 
 def alpha_frame(c: Collection) -> pd.DataFrame:
@@ -325,7 +271,8 @@ def alpha_frame(c: Collection) -> pd.DataFrame:
     return frame
 
 
-def write_report(c: Collection, out: Path) -> Path:
+def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -> Path:
+    """Write the report into ``out``; figures in ``formats`` (PNG always, for the index)."""
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# prune-run report", ""]
     counts = c.runs.status.value_counts().to_dict()
@@ -336,7 +283,7 @@ def write_report(c: Collection, out: Path) -> Path:
         lines += [markdown_plain(not_done[["run", "status", "reason"]]), ""]
     if not c.levels.empty:
         table = accuracy_table(c.levels, list(c.varying))
-        notes = [varying_note(c.varying), duplicate_note(table)]
+        notes = [varying_note(c.varying), marks_note(table), duplicate_note(table)]
         note = "\n\n".join(n for n in notes if n)
         lines += [
             "## Accuracy (mean ± std over seeds, %)",
@@ -346,16 +293,42 @@ def write_report(c: Collection, out: Path) -> Path:
             _save_table(table, out, "accuracy", note),
             "",
         ]
+        collapsed = collapse_note(c.levels)
+        if collapsed:
+            lines += [collapsed, ""]
+        pivots = write_pivots(c.levels, out, slug)
+        if pivots:
+            lines += [
+                "## Pivot tables",
+                "",
+                "Also as CSV and LaTeX (booktabs): the files named below each table.",
+                "",
+            ]
+            for title, text, stem in pivots:
+                lines += [
+                    f"### {title}",
+                    "",
+                    text,
+                    f"Files: `{stem}.csv`, `{stem}.md`, `{stem}.tex`.",
+                    "",
+                ]
         for (dataset, model), _ in c.levels.groupby(["dataset", "model"]):
-            lines += [f"## {dataset} / {model}", ""]
-            for name in study_plots(c, dataset, model, out):
+            lines += [
+                f"## {dataset} / {model}",
+                "",
+                "Every figure is also a PDF of the same name.",
+                "",
+            ]
+            for name in study_plots(c, dataset, model, out, formats):
                 lines += [f"![{name}]({name})", ""]
     alphas = alpha_frame(c)
     if not alphas.empty:
-        intervals = alpha_intervals(alphas)
+        intervals = _warn_few(alpha_intervals(alphas))
         intervals.to_csv(out / "alpha.csv", index=False)
         lines += [
             "## Recall distortion: alpha (99% CI, Bonferroni over ratios)",
+            "",
+            f"`warning`: {FEW_RUNS} (an interval or test from so few runs is not reliable).",
             "",
             markdown_plain(intervals),
             "",
@@ -365,6 +338,7 @@ def write_report(c: Collection, out: Path) -> Path:
             ("alpha_method_tests", method_pair_tests(alphas)),
         ):
             if not frame.empty:
+                frame = _warn_few(frame)
                 frame.to_csv(out / f"{name}.csv", index=False)
                 lines += [
                     f"### {name.replace('_', ' ')}",

@@ -62,6 +62,9 @@ class TrainConfig:
     compile: bool | None = None
     #: ``torch.compile`` mode (null = ``default``): ``reduce-overhead`` replays CUDA graphs
     compile_mode: str | None = None
+    #: on CUDA, capture the whole training step (forward, backward, optimizer, masks) as one
+    #: CUDA graph and replay it (null = false). Steps that callbacks act inside run eagerly.
+    cuda_graphs: bool | None = None
     #: on CUDA, let cuDNN time its algorithms and keep the fastest (null = true)
     cudnn_benchmark: bool | None = None
     #: overrides for levels >= 1 (for example a shorter fine-tuning schedule)
@@ -117,6 +120,11 @@ class TrainConfig:
             raise ConfigError(
                 f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, "
                 f"got {self.compile_mode!r}"
+            )
+        if self.cuda_graphs and self.compile and self.compile_mode == "reduce-overhead":
+            raise ConfigError(
+                "train.cuda_graphs captures the whole step already: use it with "
+                "train.compile_mode=default (or no compile), not reduce-overhead"
             )
         if self.retrain != RetrainConfig():
             self.for_level(1)  # validates the retraining settings as a whole

@@ -12,12 +12,14 @@ format (channels-last on CUDA), so no layout copy is made per step. On CUDA, cuD
 fastest kernels (``train.cudnn_benchmark``); ``train.compile`` compiles the forward pass and
 the loss with ``torch.compile`` (the backward pass follows through AOTAutograd). A compiled
 step reads the parameters as inputs at every call, so it sees the weights that ``enforce_masks``
-zeroed in place after the previous step.
+zeroed in place after the previous step. ``train.cuda_graphs`` captures the whole step, optimizer
+and masks included, as one CUDA graph (:mod:`prune_cli.training.graph`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ from prune_cli.errors import RunFailed
 from prune_cli.metrics import confusion_matrix
 from prune_cli.spec import ImageData
 from prune_cli.training.config import TrainConfig
+from prune_cli.training.graph import StepGraph, graph_blocker
+
+log = logging.getLogger("prune_cli.training")
 
 
 @dataclass
@@ -96,6 +101,24 @@ class Trainer:
         self._forward = compiled(cfg.compile_mode or "default") if cfg.compile else loss_and_correct
         #: CUDA graphs (``reduce-overhead``): each step is a new generation of graph replays
         self._mark_step = bool(cfg.compile) and cfg.compile_mode == "reduce-overhead"
+        self._graph: StepGraph | None = None
+        if cfg.cuda_graphs and self.cuda:
+            blocker = graph_blocker(self.callbacks, optimizer)
+            if blocker is None:
+                self._graph = StepGraph(model, optimizer, self._step_body)
+            else:
+                log.warning("train.cuda_graphs: %s, so the steps run eagerly", blocker)
+
+    def _step_body(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """A step's device work after ``zero_grad``: what :class:`StepGraph` captures."""
+        loss, right = self._forward(self.model, x, y, self._bf16, self.cfg.label_smoothing)
+        loss.backward()
+        if self.cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        if self.enforce_masks is not None:
+            self.enforce_masks()
+        return loss.detach(), right
 
     def train_epoch(self, epoch: int, generator: torch.Generator) -> dict[str, float]:
         """One pass over the training split; returns mean loss and accuracy."""
@@ -107,7 +130,17 @@ class Trainer:
         batches = self.data.batches(
             "train", self.cfg.batch_size, shuffle=True, augment=True, generator=generator
         )
+        graph = self._graph
+        if graph is not None:
+            graph.begin_epoch()
         for x, y in batches:
+            if graph is not None and graph.fits(x, y):
+                graph.step(as_input(x, self.memory_format), y)
+                self.scheduler.step()
+                for cb in self.callbacks:  # host-side bookkeeping only (graph_blocker)
+                    cb.on_step_end(step, self.model)
+                step += 1
+                continue
             if self._mark_step:
                 torch.compiler.cudagraph_mark_step_begin()
             x = as_input(x, self.memory_format)
@@ -129,6 +162,10 @@ class Trainer:
             correct += right
             seen += y.numel()
             step += 1
+        if graph is not None:
+            graph.end_epoch()
+            loss_sum, correct = loss_sum + graph.loss_sum, correct + graph.correct
+            seen += graph.seen
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, self.model)
         # the epoch's one host sync: both sums in one transfer
@@ -153,7 +190,10 @@ def loss_and_correct(
 ) -> tuple[Tensor, Tensor]:
     """Mean loss and the number of correct predictions of one batch: what ``train.compile``
     compiles (forward and loss; AOTAutograd compiles the backward pass with it)."""
-    with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+    # no cast cache: a CUDA graph capture may not hold cached casts (and one forward pass
+    # casts each weight once anyway)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    with autocast if bf16 else contextlib.nullcontext():
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     return loss, (logits.argmax(dim=1) == y).sum()

@@ -1,17 +1,23 @@
-"""Structured filter pruning with gradient-flow measures, early in training (Lubana and Dick,
-ICLR 2021; METHODS.md section 6).
+"""Structured filter pruning by a registered importance measure (``prune_cli.pruning.measures``):
+the gradient-flow measures of Lubana and Dick (ICLR 2021; METHODS.md section 6), the L1 norm of
+Li et al. (ICLR 2017) and the geometric median of FPGM (He et al., CVPR 2019), among others.
 
-Filters are ranked globally across layers by a measure of ``prune_cli.pruning.flow`` (summed over
-the coupled layers of a unit), the lowest pruned first; each unit keeps at least
-floor(``min_keep`` * channels) + 1 filters, and the first convolution and the classifier are
-never pruned (so in a CIFAR ResNet, whose residual streams are coupled to the first convolution
-through the shortcuts, the units are the inner convolution of each block). When:
+Filters are scored per unit (a measure's filter score summed over the coupled layers of the unit),
+the lowest pruned first. ``scope``: null / ``global`` ranks all units' filters together, each unit
+keeping at least floor(``min_keep`` * channels) + 1 filters (Lubana and Dick); ``layer`` prunes
+the same fraction of every unit's filters, int(fraction * filters) as the FPGM and L1 authors
+count. The first convolution and the classifier are never pruned (so in a CIFAR ResNet, whose
+residual streams are coupled to the first convolution through the shortcuts, the units are the
+inner convolution of each block). When:
 
-- ``early`` (the paper's schedule): after each of the first ``rounds`` (n) epochs, prune
+- ``early`` (Lubana and Dick's schedule): after each of the first ``rounds`` (n) epochs, prune
   p_k = p / (k p + n (1 - p)) of the remaining filters, k = 1..n, so that ``sparsity`` p of the
   prunable filters are gone after round n; then training goes on;
 - ``init``: prune p before the first step, then train;
-- ``trained``: train dense, prune p, fine-tune (a level 1).
+- ``trained``: train dense, prune p, fine-tune (a level 1);
+- ``soft`` (soft filter pruning, as FPGM trains): prune p before the first step and again after
+  every epoch, each time choosing afresh among all filters, so a filter pruned after one epoch
+  may come back after the next (it restarts from zero); the last epoch's choice is final.
 
 While training, pruned channels are kept at exactly zero (filters, biases, BatchNorm gamma and
 beta). At the end the channels are physically removed (torch-pruning): the run reports parameters,
@@ -43,8 +49,10 @@ from torch import Tensor, nn
 
 from prune_cli.callbacks import Callback
 from prune_cli.errors import ConfigError
-from prune_cli.pruning.flow import MEASURES, derivatives_for, early_round_fraction, filter_score
+from prune_cli.pruning.derivatives import Derivatives, Sample, compute
+from prune_cli.pruning.flow import early_round_fraction
 from prune_cli.pruning.mask import Masks
+from prune_cli.pruning.measures import Measure, UnitSites, build, check, sites
 from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod
 from prune_cli.pruning.structured import (
     FilterGroups,
@@ -53,7 +61,7 @@ from prune_cli.pruning.structured import (
     thin_checkpoint,
 )
 
-WHEN = ("early", "init", "trained")
+WHEN = ("early", "init", "trained", "soft")
 
 
 @dataclass
@@ -72,13 +80,21 @@ class FilterConfig(MethodConfig):
     samples_per_class: int = 10
     #: each unit keeps at least floor(min_keep * channels) + 1 filters
     min_keep: float = 0.05
+    #: each unit keeps a multiple of this many filters (or all of them), the nearest one to what
+    #: the ranking chose: GPU kernels are fastest on channel counts that are multiples of 8
+    #: (tensor-core tiles), and a thinner network of odd widths may run no faster than the
+    #: dense one (docs/BENCHMARKS.md). Null = 1, no rounding.
+    round_to: int | None = None
     #: batch of the latency measurement, and repetitions (median reported)
     latency_batch: int = 64
     latency_repeats: int = 20
+    #: null or ``global`` (one ranking, per-unit floor) or ``layer`` (the same fraction per unit)
+    scope: str | None = None
 
     def __post_init__(self) -> None:
-        if self.measure not in MEASURES:
-            raise ConfigError(f"method.measure must be one of {', '.join(MEASURES)}")
+        check(self.measure, "filter")
+        if self.scope not in (None, "global", "layer"):
+            raise ConfigError(f"method.scope must be global or layer, got {self.scope!r}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"method.sparsity must be in [0, 1), got {self.sparsity}")
         if self.when not in WHEN:
@@ -89,6 +105,8 @@ class FilterConfig(MethodConfig):
             raise ConfigError("method temperatures must be > 0")
         if not 0.0 <= self.min_keep < 1.0:
             raise ConfigError(f"method.min_keep must be in [0, 1), got {self.min_keep}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"method.round_to must be >= 1 or null, got {self.round_to}")
 
 
 @METHODS.register("filter")
@@ -123,40 +141,66 @@ class FilterPruning(PruningMethod):
             for u in groups.units
         }
 
+    def measure(self) -> Measure:
+        return build(self.cfg.measure, self.cfg)
+
+    def sample(self) -> Sample:
+        return Sample(samples=self.cfg.samples, temperature=self.cfg.score_temperature)
+
+    def derivatives(
+        self, needs: frozenset[str], sample: Sample, model: nn.Module, groups: FilterGroups, ctx
+    ) -> Derivatives:
+        params = dict(model.named_parameters())
+        return compute(needs, model, {k: params[k] for k in groups.weight_names()}, ctx, sample)
+
+    def unit_scores(
+        self, measure: Measure, model: nn.Module, groups: FilterGroups, ctx, d: Derivatives
+    ) -> dict[str, Tensor]:
+        """Each unit's channel scores by ``measure``, from derivatives ``d`` already computed."""
+        params = dict(model.named_parameters())
+        found = sites(params, d, groups.weight_names())
+        units = {
+            u.root: UnitSites([found[w] for w in u.weights], [params[b].detach() for b in u.bn])
+            for u in groups.units
+        }
+        return measure.units(units, ctx)
+
     def channel_scores(
         self, model: nn.Module, groups: FilterGroups, ctx: PruneContext
     ) -> dict[str, Tensor]:
-        params = dict(model.named_parameters())
-        c = self.cfg
-        if c.measure == "bn_gamma":
-            missing = [u.root for u in groups.units if not u.bn]
-            if missing:
-                raise ConfigError(f"measure bn_gamma needs BatchNorm after {', '.join(missing)}")
-            return {u.root: sum(params[b].detach().abs() for b in u.bn) for u in groups.units}
-        names = groups.weight_names()
-        g, hg = derivatives_for(c, model, {k: params[k] for k in names}, ctx)
-        return {
-            u.root: sum(
-                filter_score(
-                    c.measure, params[w], None if g is None else g[w], None if hg is None else hg[w]
-                )
-                for w in u.weights
-            )
-            for u in groups.units
-        }
+        measure = self.measure()
+        d = self.derivatives(measure.needs, measure.sample(self.sample()), model, groups, ctx)
+        return self.unit_scores(measure, model, groups, ctx, d)
 
     def prune_fraction(
         self, model: nn.Module, masks: Masks, ctx: PruneContext, fraction: float
     ) -> dict[str, Tensor]:
-        """Prune ``fraction`` of the remaining filters (global ranking, per-unit floor)."""
+        """Prune ``fraction`` of the remaining filters (within the scope, per-unit floor)."""
         groups = self.units(model, ctx)
         device_keep = self.keep_from(masks, groups)
+        keep = self.choose(groups, device_keep, self.channel_scores(model, groups, ctx), fraction)
+        groups.zero_channels(keep)
+        new: dict[str, Tensor] = {}
+        for u in groups.units:
+            for w in u.weights:
+                if w in masks:
+                    rows = keep[u.root].to(masks[w].device).view(-1, *([1] * (masks[w].dim() - 1)))
+                    new[w] = (new.get(w, masks[w]) & rows).expand_as(masks[w]).clone()
+        return new
+
+    def choose(
+        self,
+        groups: FilterGroups,
+        device_keep: dict[str, Tensor],
+        channel_scores: Mapping[str, Tensor],
+        fraction: float,
+    ) -> dict[str, Tensor]:
+        """The kept channels of each unit after pruning ``fraction`` of the kept ones by score
+        (lowest first; ties by unit, then channel), on the devices of ``device_keep``."""
         # the ranking is a Python loop over channels: read scores and masks to the host once,
         # not one element (and one device sync) at a time
-        keep = {r: k.cpu() for r, k in device_keep.items()}
-        scores = {
-            r: s.detach().cpu().tolist() for r, s in self.channel_scores(model, groups, ctx).items()
-        }
+        keep = {r: k.cpu().clone() for r, k in device_keep.items()}
+        scores = {r: s.detach().cpu().tolist() for r, s in channel_scores.items()}
         kept = {r: k.tolist() for r, k in keep.items()}
         candidates = sorted(
             (scores[u.root][ch], i, ch)
@@ -166,24 +210,29 @@ class FilterPruning(PruningMethod):
         )
         remaining = {u.root: int(keep[u.root].sum()) for u in groups.units}
         floor = {u.root: math.floor(self.cfg.min_keep * u.channels) + 1 for u in groups.units}
-        todo = round(fraction * len(candidates))
+        if self.cfg.scope == "layer":  # int(fraction * remaining) of each unit, the floor kept
+            todo = {r: int(fraction * n + 1e-9) for r, n in remaining.items()}
+        else:
+            total = round(fraction * len(candidates))
         for _, i, ch in candidates:
-            if todo == 0:
-                break
             root = groups.units[i].root
+            if self.cfg.scope == "layer":
+                if todo[root] > 0 and remaining[root] > floor[root]:
+                    keep[root][ch] = False
+                    remaining[root] -= 1
+                    todo[root] -= 1
+                continue
+            if total == 0:
+                break
             if remaining[root] > floor[root]:
                 keep[root][ch] = False
                 remaining[root] -= 1
-                todo -= 1
-        keep = {r: k.to(device_keep[r].device) for r, k in keep.items()}
-        groups.zero_channels(keep)
-        new: dict[str, Tensor] = {}
-        for u in groups.units:
-            for w in u.weights:
-                if w in masks:
-                    rows = keep[u.root].to(masks[w].device).view(-1, *([1] * (masks[w].dim() - 1)))
-                    new[w] = (new.get(w, masks[w]) & rows).expand_as(masks[w]).clone()
-        return new
+                total -= 1
+        if (self.cfg.round_to or 1) > 1:
+            for u in groups.units:
+                before = device_keep[u.root].cpu()  # untouched: ``keep`` holds copies
+                round_kept(keep[u.root], before, scores[u.root], self.cfg.round_to or 1)
+        return {r: k.to(device_keep[r].device) for r, k in keep.items()}
 
     # --- hooks --------------------------------------------------------------------------------
     def callbacks(self, level: int, masks: Masks, ctx: PruneContext) -> list[Callback]:
@@ -240,6 +289,34 @@ class FilterPruning(PruningMethod):
         }
 
 
+def round_kept(keep: Tensor, before: Tensor, scores: list[float], multiple: int) -> None:
+    """Round the kept count of one unit to the nearest multiple of ``multiple`` (ties up; all
+    channels count as a multiple), in place, by dropping its lowest-scored kept channels or
+    restoring its highest-scored channels removed in this round (``before`` = kept before it).
+    A channel removed in an earlier round is never restored (masks only shrink): when too few
+    were removed now to round up, the count is rounded down instead, and a count below one
+    multiple that cannot be rounded up is left as the ranking chose it."""
+    channels, kept = keep.numel(), int(keep.sum())
+    if kept % multiple == 0 or kept == channels:
+        return
+    lower = multiple * (kept // multiple)
+    upper = min(channels, lower + multiple)
+    can_round_up = upper - kept <= int((before & ~keep).sum())
+    if can_round_up and (upper - kept <= kept - lower or lower == 0):
+        target = upper
+    elif lower > 0:
+        target = lower
+    else:  # below one multiple, and too few removed now to reach it: left as chosen
+        return
+    order = sorted(range(channels), key=lambda ch: scores[ch])  # ascending score
+    if target < kept:
+        for ch in [c for c in order if keep[c]][: kept - target]:
+            keep[ch] = False
+    elif target > kept:
+        for ch in [c for c in reversed(order) if before[c] and not keep[c]][: target - kept]:
+            keep[ch] = True
+
+
 def export(model: nn.Module, example: Tensor, path: Path) -> str:
     """Save a ``torch.export`` program with a dynamic batch size; the file name, or the reason
     the model could not be exported (the state dict checkpoint is saved in any case)."""
@@ -267,11 +344,18 @@ class ChannelSchedule(Callback):
     def _prune(self, model: nn.Module, fraction: float) -> None:
         self.masks.update(self.method.prune_fraction(model, self.masks, self.ctx, fraction))
 
+    def _prune_afresh(self, model: nn.Module) -> None:
+        """Soft pruning: choose ``sparsity`` of all filters again, the pruned ones included."""
+        fresh = Masks({k: torch.ones_like(m) for k, m in self.masks.items()})
+        self.masks.update(
+            self.method.prune_fraction(model, fresh, self.ctx, self.method.cfg.sparsity)
+        )
+
     def on_level_start(self, model: nn.Module, steps_per_epoch: int, epochs: int) -> None:
         cfg = self.method.cfg
         if cfg.when == "early" and self.level == 0 and cfg.rounds > epochs:
             raise ConfigError(f"method.rounds={cfg.rounds} is more than train.epochs={epochs}")
-        if cfg.when == "init" and self.level == 0 and not self.init_done:
+        if cfg.when in ("init", "soft") and self.level == 0 and not self.init_done:
             self._prune(model, cfg.sparsity)
             self.init_done = True
 
@@ -291,6 +375,8 @@ class ChannelSchedule(Callback):
         k = epoch + 1
         if cfg.when == "early" and self.level == 0 and k <= cfg.rounds:
             self._prune(model, early_round_fraction(k, cfg.rounds, cfg.sparsity))
+        if cfg.when == "soft" and self.level == 0:
+            self._prune_afresh(model)
 
     def state_dict(self) -> dict[str, Any]:
         return {"init_done": self.init_done}

@@ -1,9 +1,17 @@
-"""Unstructured pruning by a gradient-flow measure (``prune_cli.pruning.flow``), per weight.
+"""Unstructured pruning by a registered importance measure (``prune_cli.pruning.measures``),
+per weight.
 
 With ``train.epochs=0`` (no dense training) this is pruning at initialisation: ``measure:
-loss_preservation`` is SNIP (Lee et al. 2019) and ``measure: grasp`` is GraSP (Wang et al. 2020,
-logits / 200, class-balanced sample); then level 1 trains the pruned network from the
-initialisation. After dense training it is one-shot pruning followed by fine-tuning.
+loss_preservation`` is SNIP (Lee et al. 2019), ``measure: grasp`` is GraSP (Wang et al. 2020,
+logits / 200, class-balanced sample) and ``measure: synflow`` is SynFlow (Tanaka et al. 2020:
+data-free, 100 scoring rounds with the exponential schedule); then level 1 trains the pruned
+network from the initialisation. After dense training it is one-shot pruning followed by
+fine-tuning.
+
+A measure that prunes in rounds (SynFlow) reaches the level's target t from the previous level's
+t0 through the densities (1 - t0) ((1 - t) / (1 - t0))^(k / n), k = 1..n, rescoring the network
+pruned by the previous rounds each time: from a dense network round k keeps (1 - t)^(k / n),
+the authors' exponential schedule. ``rounds`` overrides the measure's own count (1 = one shot).
 """
 
 from __future__ import annotations
@@ -14,9 +22,12 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from prune_cli.errors import ConfigError
-from prune_cli.pruning.flow import MEASURES, derivatives_for, unstructured_score
+from prune_cli.pruning.derivatives import Sample
 from prune_cli.pruning.level import LevelConfig, LevelPruning
+from prune_cli.pruning.mask import Masks
+from prune_cli.pruning.measures import check
 from prune_cli.pruning.method import METHODS, PruneContext
+from prune_cli.pruning.scope import fraction_of_total, select
 
 
 @dataclass
@@ -27,13 +38,16 @@ class FlowConfig(LevelConfig):
     score_temperature: float = 1.0
     grasp_temperature: float = 200.0
     samples_per_class: int = 10
+    #: scoring rounds per pruning step; null: the measure's own (SynFlow 100, the others 1)
+    rounds: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.measure not in MEASURES or self.measure == "bn_gamma":
-            raise ConfigError(f"method.measure must be one of {', '.join(MEASURES[:-1])}")
+        check(self.measure, "weight")
         if self.samples < 1 or self.samples_per_class < 1:
             raise ConfigError("method.samples and method.samples_per_class must be >= 1")
+        if self.rounds is not None and self.rounds < 1:
+            raise ConfigError(f"method.rounds must be >= 1, got {self.rounds}")
 
 
 @METHODS.register("flow")
@@ -41,14 +55,28 @@ class FlowPruning(LevelPruning):
     Config = FlowConfig
     cfg: FlowConfig
 
-    def scores(
-        self, model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
-    ) -> dict[str, Tensor]:
-        c = self.cfg
-        g, hg = derivatives_for(c, model, params, ctx)
-        return {
-            k: unstructured_score(
-                c.measure, p, None if g is None else g[k], None if hg is None else hg[k]
+    @property
+    def score(self) -> str:  # type: ignore[override]
+        return self.cfg.measure
+
+    def sample(self) -> Sample:
+        return Sample(samples=self.cfg.samples, temperature=self.cfg.score_temperature)
+
+    def rounds(self, ctx: PruneContext) -> int:
+        return self.cfg.rounds or type(self.measure(ctx)).rounds
+
+    def prune(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> Mapping[str, Tensor]:
+        n = self.rounds(ctx)
+        if n == 1:
+            return super().prune(model, masks, ctx)
+        params = self.prunable(model)
+        current = Masks(dict(masks))
+        before, after = 1.0 - self.target(ctx.level - 1), 1.0 - self.target(ctx.level)
+        for k in range(1, n + 1):
+            current.apply_(params)  # score the network the previous rounds pruned
+            density = before * (after / before) ** (k / n)
+            scores = self.scores(model, params, ctx)
+            current.update(
+                select(params, scores, current, self.cfg.scope, fraction_of_total(1.0 - density))
             )
-            for k, p in params.items()
-        }
+        return dict(current)

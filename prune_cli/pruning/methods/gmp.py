@@ -23,6 +23,7 @@ from torch import nn
 from prune_cli.callbacks import Callback
 from prune_cli.errors import ConfigError
 from prune_cli.pruning.mask import Masks
+from prune_cli.pruning.measures import build, weight_scores
 from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod
 from prune_cli.pruning.scope import SCOPES, fraction_of_total, select
 
@@ -98,7 +99,7 @@ class GradualMagnitude(Callback):
 
     def _prune(self, model: nn.Module, target: float) -> None:
         params = self.method.prunable(model)
-        scores = {k: p.detach().abs() for k, p in params.items()}
+        scores = weight_scores(build("magnitude"), model, params, None)  # data-free
         self.masks.update(
             select(params, scores, self.masks, self.cfg.scope, fraction_of_total(target))
         )

@@ -1,7 +1,7 @@
 """One-shot gradient-based criteria of Good et al., "Recall Distortion in Neural Network
 Pruning and the Undecayed Pruning Algorithm" (NeurIPS 2022; METHODS.md section 2):
 
-- ``gradient`` (GP): |theta * g|;
+- ``gradient`` (GP): |theta * g| (the ``loss_preservation`` measure);
 - ``undecayed`` (UP): |-theta * g + eps * theta^2|, eps defaulting to the run's weight decay.
 
 g is the gradient of the cross-entropy on ``grad_batches`` training batches of the trained dense
@@ -13,15 +13,13 @@ The paper does not say whether BatchNorm uses batch or running statistics for g:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from torch import Tensor, nn
-
 from prune_cli.errors import ConfigError
+from prune_cli.pruning.derivatives import Sample
 from prune_cli.pruning.level import LevelConfig, LevelPruning
+from prune_cli.pruning.measures import Measure, build
 from prune_cli.pruning.method import METHODS, PruneContext
-from prune_cli.pruning.scores import gradient_score, mean_gradient, undecayed_score
 
 
 @dataclass
@@ -51,25 +49,17 @@ class UndecayedConfig(GradientConfig):
 class GradientPruning(LevelPruning):
     Config = GradientConfig
     cfg: GradientConfig
+    score = "loss_preservation"  # GP's |theta g| is SNIP's loss preservation
 
-    def gradient(
-        self, model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
-    ) -> dict[str, Tensor]:
-        return mean_gradient(model, params, ctx, self.cfg.grad_batches, self.cfg.grad_mode)
-
-    def scores(
-        self, model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
-    ) -> dict[str, Tensor]:
-        return gradient_score(params, self.gradient(model, params, ctx))
+    def sample(self) -> Sample:
+        return Sample(batches=self.cfg.grad_batches, mode=self.cfg.grad_mode)
 
 
 @METHODS.register("undecayed")
 class UndecayedPruning(GradientPruning):
     Config = UndecayedConfig
     cfg: UndecayedConfig
+    score = "undecayed"
 
-    def scores(
-        self, model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
-    ) -> dict[str, Tensor]:
-        eps = ctx.weight_decay if self.cfg.eps is None else self.cfg.eps
-        return undecayed_score(params, self.gradient(model, params, ctx), eps)
+    def measure(self, ctx: PruneContext) -> Measure:
+        return build(self.score, eps=ctx.weight_decay if self.cfg.eps is None else self.cfg.eps)

@@ -40,7 +40,7 @@ from torch import nn
 from prune_cli.callbacks import Callback
 from prune_cli.errors import ConfigError
 from prune_cli.io import save_csv
-from prune_cli.pruning.flow import preserved, scoring_batches
+from prune_cli.pruning.derivatives import preserved, scoring_batches
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, Batch, MethodConfig, PruneContext, PruningMethod
 from prune_cli.pruning.spectrum import (

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from prune_cli.pruning.level import LevelConfig, LevelPruning
+from prune_cli.pruning.measures import Site
 from prune_cli.pruning.method import METHODS, PruneContext
 
 
@@ -41,9 +42,11 @@ class LotteryTicket(LevelPruning):
 @METHODS.register("os")
 class OneShotRanking(LevelPruning):
     Config = OneShotRankingConfig
+    score = "magnitude"  # of the dense level-0 weights
 
     def scores(
         self, model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext
     ) -> dict[str, Tensor]:
         dense = ctx.load_state("level_0")  # the ranking never changes after level 0
-        return {k: dense[k].detach().abs().to(p.device) for k, p in params.items()}
+        sites = {k: Site(dense[k].detach().to(p.device)) for k, p in params.items()}
+        return self.measure(ctx).weights(sites, ctx)

@@ -1,0 +1,128 @@
+"""Gradient-based measures: the gradient-flow table of Lubana and Dick ("A Gradient Flow
+Framework For Analyzing Network Pruning", ICLR 2021; METHODS.md section 6) and Good et al.'s
+Undecayed Pruning (NeurIPS 2022; METHODS.md section 2).
+
+=========================  =======================  =========================================
+measure                    per weight               per filter f (row of W.view(out, -1))
+=========================  =======================  =========================================
+loss_preservation          |theta g|                sum |theta g|   (SNIP on filters; GP)
+biased_loss_preservation   |theta^2 g|              sum |theta^2 g|
+grasp                      theta Hg                 sum theta Hg    (GraSP, T = 200)
+gradient_norm              |theta Hg|               |sum theta Hg|
+taylor                     |theta g|                |sum theta g|   (Taylor first order)
+fisher                     theta^2 g^2              sum theta^2 g^2
+undecayed                  |-theta g + eps theta^2| sum of those
+=========================  =======================  =========================================
+
+GraSP's g and Hg use its own temperature (logits / 200) and a class-balanced sample
+(``samples_per_class`` examples of each class), as GraSP prescribes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from prune_cli.pruning.derivatives import Sample
+from prune_cli.pruning.measures import IMPORTANCE, Measure, Site
+
+GRAD = frozenset({"grad"})
+HG = frozenset({"hessian_grad"})
+
+
+@IMPORTANCE.register("loss_preservation")
+@dataclass
+class LossPreservation(Measure):
+    """|theta g|: the first-order loss change of removing the weight (SNIP; GP of Good et al.)."""
+
+    needs: ClassVar[frozenset[str]] = GRAD
+
+    def weight(self, site: Site) -> Tensor:
+        return (site.theta * site.g).abs()
+
+
+@IMPORTANCE.register("biased_loss_preservation")
+@dataclass
+class BiasedLossPreservation(Measure):
+    needs: ClassVar[frozenset[str]] = GRAD
+
+    def weight(self, site: Site) -> Tensor:
+        return (site.theta**2 * site.g).abs()
+
+
+@IMPORTANCE.register("taylor")
+@dataclass
+class Taylor(Measure):
+    """|theta g| per weight; per filter the sum is taken before the absolute value."""
+
+    needs: ClassVar[frozenset[str]] = GRAD
+
+    def weight(self, site: Site) -> Tensor:
+        return (site.theta * site.g).abs()
+
+    def filter(self, site: Site) -> Tensor:
+        return site.rows(site.theta * site.g).sum(dim=1).abs()
+
+
+@IMPORTANCE.register("fisher")
+@dataclass
+class Fisher(Measure):
+    needs: ClassVar[frozenset[str]] = GRAD
+
+    def weight(self, site: Site) -> Tensor:
+        return site.theta**2 * site.g**2
+
+
+@IMPORTANCE.register("grasp")
+@dataclass
+class Grasp(Measure):
+    """theta Hg (GraSP, Wang et al. 2020): on a class-balanced sample, logits / temperature."""
+
+    needs: ClassVar[frozenset[str]] = HG
+    grasp_temperature: float = 200.0
+    samples_per_class: int = 10
+
+    def sample(self, base: Sample) -> Sample:
+        return dataclasses.replace(
+            base,
+            batches=None,
+            samples=None,
+            per_class=self.samples_per_class,
+            temperature=self.grasp_temperature,
+        )
+
+    def weight(self, site: Site) -> Tensor:
+        return site.theta * site.hg
+
+
+@IMPORTANCE.register("gradient_norm")
+@dataclass
+class GradientNorm(Measure):
+    """|theta Hg| per weight; per filter the sum is taken before the absolute value."""
+
+    needs: ClassVar[frozenset[str]] = HG
+
+    def weight(self, site: Site) -> Tensor:
+        return (site.theta * site.hg).abs()
+
+    def filter(self, site: Site) -> Tensor:
+        return site.rows(site.theta * site.hg).sum(dim=1).abs()
+
+
+@IMPORTANCE.register("undecayed")
+@dataclass
+class Undecayed(Measure):
+    """|-theta g + eps theta^2| (Undecayed Pruning, Good et al. 2022).
+
+    With weight decay eps, a stationary point of the decayed loss has g = -eps theta, where the
+    score becomes 2 eps theta^2: magnitude pruning. Away from it, the gradient term corrects.
+    """
+
+    needs: ClassVar[frozenset[str]] = GRAD
+    eps: float = 0.0
+
+    def weight(self, site: Site) -> Tensor:
+        return (-site.theta * site.g + self.eps * site.theta**2).abs()

@@ -1,0 +1,69 @@
+"""Compute cost of a level: parameters and multiply-accumulates, dense and unstructured-sparse.
+
+The dense count comes from :class:`torch.utils.flop_counter.FlopCounterMode` on one forward pass
+of one sample (batch 1, the data's input shape): it counts the matrix products and convolutions
+(FLOPs = 2 x MACs for both) per module, so no layer type is counted by hand. Normalisation,
+activations and pooling are not counted, as in ShrinkBench and torch-pruning.
+
+The sparse count is what an unstructured-sparse kernel would need: each weight of a convolution
+or linear layer is used once per output position, so a layer's MACs scale with its non-zero
+weights, ``macs_l x nonzero_l / numel_l`` = non-zero weights x output positions (ShrinkBench's
+"theoretical speedup" is ``macs_dense / macs_sparse``). Layers that are not prunable count dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, dict[str, int]]:
+    """(total MACs, MACs per module path) of one forward pass of one sample of ``input_shape``
+    (C, H, W). The module paths are ``named_modules()`` names; a module's count includes its
+    children's."""
+    from torch.utils.flop_counter import FlopCounterMode  # imported when a level is measured
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    example = torch.zeros(1, *input_shape, device=device)
+    was_training = model.training
+    model.eval()  # batch 1: BatchNorm must use its running statistics
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example)
+    finally:
+        model.train(was_training)
+    root = type(model).__name__
+    per_module: dict[str, int] = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        path = "" if key == root else key.removeprefix(f"{root}.")
+        per_module[path] = sum(int(v) for v in ops.values()) // 2
+    return int(counter.get_total_flops()) // 2, per_module
+
+
+def level_cost(
+    model: nn.Module, params: Mapping[str, Tensor], input_shape: tuple[int, ...]
+) -> dict[str, Any]:
+    """``params`` (all parameters), ``macs_dense`` and ``macs_sparse`` of the model as it is.
+
+    ``params``: the prunable tensors by name (``<module path>.weight``); their zeros are what
+    the sparse count removes.
+    """
+    total, per_module = module_macs(model, input_shape)
+    saved = 0.0
+    for name, weight in params.items():
+        macs = per_module.get(name.rsplit(".", 1)[0] if "." in name else "")
+        if not macs or weight.numel() == 0:
+            continue  # not reached by the forward pass (or a root parameter): counted dense
+        zeros = weight.numel() - int(torch.count_nonzero(weight))
+        saved += macs * zeros / weight.numel()
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs_dense": total,
+        "macs_sparse": round(total - saved),
+    }
