@@ -303,3 +303,23 @@ def test_dense_from_works_with_starting_weights_wherever_the_file_lies(tmp_path)
             run_config([*quick, "method.levels=1", f"dense_from={tmp_path / 'dense'}"]),
             tmp_path / "other",
         ).run()
+
+
+def test_runs_made_before_the_model_settings_report_with_runs_made_after(tmp_path):
+    """A run whose config.yaml predates the settings (no model.width, no weights_id) is not
+    told apart from a run that leaves them null: same hash, same report row."""
+    import yaml
+
+    from prune_cli.reporting.collect import collect
+
+    cfg = run_config([*FAST, "model=resnet20", "train.epochs=0", "method.levels=0"])
+    Experiment(cfg, tmp_path / "new").run()
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    old = RunPaths(tmp_path / "old").config
+    config = yaml.safe_load(old.read_text())
+    config["model"] = {"name": "resnet20"}
+    del config["dataset"]["data_id"]
+    old.write_text(yaml.safe_dump(config))
+    assert config_hash(config) == config_hash(cfg)
+    runs = collect([tmp_path]).completed
+    assert len(runs) == 2 and set(runs["label"]) == {"dense"}  # no setting told them apart
