@@ -177,7 +177,11 @@ def _pretrained_state(name: str, pretrained: str) -> dict[str, Tensor]:
     if not path.is_file():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(path), hash_prefix=None, progress=False)
+            # torchvision's file names carry a prefix of their SHA-256: checked, as torchvision does
+            prefix = torch.hub.HASH_REGEX.search(path.name)
+            torch.hub.download_url_to_file(
+                url, str(path), hash_prefix=prefix.group(1) if prefix else None, progress=False
+            )
         except Exception as exc:  # no network, a proxy, a full disk: one line, and what to do
             raise WeightsError(
                 f"model.weights=pretrained: torchvision's {pretrained} for {name} are not in "
