@@ -117,8 +117,12 @@ def _final_network(paths: RunPaths, summary: dict[str, Any]) -> tuple[nn.Module,
     if isinstance(info.get("folded_model"), str):
         path = paths.root / info["folded_model"]
         folded = load_torch(path, what="folded model")
-        state = _level_file(paths, summary["levels"][-1]["level"], _done(summary))
-        model = _masked_model({**state, "model": folded["state_dict"], "mask": {}}, -1)
+        if not isinstance(folded, dict) or not isinstance(folded.get("state_dict"), dict):
+            raise ExportError(f"{path} is not a folded model (no state_dict entry)")
+        last = _done(summary)[-1]
+        state = _level_file(paths, last, _done(summary))  # the architecture and data spec
+        # the folded weights are W * A * mask already: nothing left to mask
+        model = _masked_model({**state, "model": folded["state_dict"], "mask": {}}, last)
         return model, "folded"
     return None
 
