@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench gpu-check clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns reproduce-sapp-smoke reproduce-sapp reproduce-limit-smoke reproduce-limit reproduce-crossword-smoke reproduce-crossword
+.PHONY: help install demo test test-fast test-lowest lint format bench gpu-check clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns reproduce-sapp-smoke reproduce-sapp reproduce-limit-smoke reproduce-limit reproduce-crossword-smoke reproduce-crossword
 
 help: ## list the targets with what they do and how long they take
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -30,6 +30,18 @@ test: $(STAMP) ## lint, then the whole test suite on the CPU (a few minutes)
 
 test-fast: $(STAMP) ## the tests without the end-to-end CLI runs (under a minute)
 	$(VENV)/bin/pytest -q -m "not slow"
+
+# Every dependency at the lower bound pyproject.toml declares (.ci/lowest.txt pins them), in a
+# virtual environment of its own: the lower bounds are tested, not guessed.
+LOWEST ?= .venv-lowest
+$(LOWEST)/.installed-stamp: pyproject.toml .ci/lowest.txt
+	python3 -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python -m pip install --quiet -c .ci/lowest.txt -e ".[dev]"
+	touch $@
+
+test-lowest: $(LOWEST)/.installed-stamp ## the tests (not slow) with every dependency at its lower bound, in .venv-lowest
+	$(LOWEST)/bin/pytest -q -m "not slow"
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check prune_cli tests scripts

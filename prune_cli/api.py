@@ -127,7 +127,7 @@ class Run:
         ``torch.nn.utils.prune.custom_from_mask``, so that training the model further keeps
         the pruned weights at zero (``prune.remove`` makes it plain again).
         """
-        from prune_cli.models import build_model
+        from prune_cli.models import build_model, model_config
         from prune_cli.spec import DataSpec
 
         level = self._level(level)
@@ -139,7 +139,8 @@ class Run:
                 "prune-run); build the model yourself and load its 'model' state dict"
             )
         spec = DataSpec(int(info["channels"]), int(info["num_classes"]), int(info["image_size"]))
-        model = build_model(info["name"], spec)
+        # the model's settings too (model.width=...), where the level file records them
+        model = build_model(model_config(info.get("settings") or info["name"]), spec)
         weights = state["model"]
         if any(".parametrizations." in k for k in weights):
             model = self._reparametrise(model)

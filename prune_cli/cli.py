@@ -230,6 +230,8 @@ def help_text(conf_dir: Path = CONF_DIR) -> str:
         "Settings: seed, device (auto|cpu|cuda), overwrite, progress, checkpoint_every, pqi_grid,",
         "dense_from=RUN_DIR, output_root, and every key of the groups (method.sparsity=0.9,",
         "train.epochs=30, ...): `prune-run --cfg job` prints the composed config.",
+        "Your own: model=custom model.target=pkg.module:fn, model.weights=PATH|pretrained,",
+        "dataset=folder dataset.root=PATH; `prune-export RUN` writes a level as ONNX or .pt2.",
         "Hydra's flags: -m/--multirun, --cfg, --info, --config-dir/-cd, --config-name/-cn,",
         "--shell-completion/-sc install=bash, --hydra-help. Documentation: README.md.",
     ]

@@ -1,14 +1,15 @@
 """The run's typed config (the entry layer): a schema for each group, in Hydra's ConfigStore.
 
 This module sits beside the CLI, above the experiment: it gathers the settings dataclasses that
-``data``, ``training`` and ``pruning`` define and composes them into ``RunConfig``; it also owns
-the config hash, which names run directories and guards resumes.
+``models``, ``data``, ``training`` and ``pruning`` define and composes them into ``RunConfig``;
+it also owns the config hash, which names run directories and guards resumes.
 
-``model``, ``dataset`` and ``train`` are single dataclasses; each method has its own config
-dataclass (registered with the method), which the method's YAML extends through its defaults
-list (``- /schema/method@_here_: <name>``). So a misspelt key or a wrong type fails when Hydra
-composes the config, and impossible values fail in ``__post_init__`` when
-:func:`to_run_config` turns the composed config into objects, before anything runs.
+``dataset`` and ``train`` are single dataclasses; each model and each method has its own config
+dataclass (registered with it), which its YAML extends through its defaults list
+(``- /schema/model@_here_: <name>``, ``- /schema/method@_here_: <name>``). So a misspelt key or
+a wrong type fails when Hydra composes the config, and impossible values fail in
+``__post_init__`` when :func:`to_run_config` turns the composed config into objects, before
+anything runs.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prune_cli.data import DatasetConfig
-from prune_cli.errors import ConfigError
+from prune_cli.data import DatasetConfig, data_identity
+from prune_cli.errors import ConfigError, UserError
+from prune_cli.models import MODELS, ModelConfig, weights_id
 from prune_cli.pruning.method import METHODS, MethodConfig
 from prune_cli.pruning.methods import __name__ as _methods  # noqa: F401  (registers methods)
 from prune_cli.training.config import TrainConfig
@@ -49,6 +51,8 @@ NON_RESULT_KEYS = (
     "output_root",
     "device",
     "dataset.root",
+    # where the weights file lies; what it holds is model.weights_id (its SHA-256)
+    "model.weights",
     "dataset.download",
     "dataset.num_workers",
     "train.eval_batch_size",
@@ -61,13 +65,9 @@ NON_RESULT_KEYS = (
 
 
 @dataclass
-class ModelConfig:
-    name: str = MISSING
-
-
-@dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    #: the model's own settings dataclass (``prune_cli/models/``), chosen by model=NAME
+    model: Any = MISSING
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: Any = MISSING
@@ -105,6 +105,8 @@ class RunConfig:
                 raise ConfigError(f"pqi_grid entries must be [p, q] with 0 < p < q, got {pair}")
             grid.append([p, q])
         self.pqi_grid = grid
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError("model must be chosen from the model config group (model=NAME)")
         if not isinstance(self.method, MethodConfig):
             raise ConfigError("method must be chosen from the method config group (method=NAME)")
 
@@ -112,6 +114,12 @@ class RunConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
+    for name in MODELS:
+        # the schema with its name filled in, so that a model's YAML is its schema line alone;
+        # a DictConfig, not an instance, keeps the ``weights_id`` interpolation unresolved
+        node = OmegaConf.structured(MODELS.get(name).Config)
+        node.name = name
+        cs.store(group="schema/model", name=name, node=node)
     for name in METHODS:
         cs.store(group="schema/method", name=name, node=METHODS.get(name).Config)
 
@@ -145,7 +153,7 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     try:
         run = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
+        cause = exc.__cause__ if isinstance(exc.__cause__, UserError) else None
         if cause is not None:
             raise cause from None
         raise ConfigError(str(exc).splitlines()[0]) from exc
@@ -236,11 +244,19 @@ def run_name(cfg: DictConfig) -> str:
 
 
 def register_resolvers() -> None:
-    """``${prune_run_name:}``: used by the default ``hydra.run.dir`` and sweep subdirectories."""
+    """``${prune_run_name:}``: used by the default ``hydra.run.dir`` and sweep subdirectories;
+    ``${prune_weights_id:NAME,WEIGHTS}`` and ``${prune_data_id:NAME,ROOT}``: the defaults of
+    ``model.weights_id`` and ``dataset.data_id``."""
     if not OmegaConf.has_resolver("prune_run_name"):
         OmegaConf.register_new_resolver(
             "prune_run_name", lambda *, _root_: run_name(_root_), use_cache=False
         )
+    if not OmegaConf.has_resolver("prune_weights_id"):
+        # model.weights_id: the weights file's SHA-256 (models/weights.py says why not the path)
+        OmegaConf.register_new_resolver("prune_weights_id", weights_id, use_cache=False)
+    if not OmegaConf.has_resolver("prune_data_id"):
+        # dataset.data_id: what identifies a folder dataset's files (data/folder.py)
+        OmegaConf.register_new_resolver("prune_data_id", data_identity, use_cache=False)
 
 
 #: settings of a level-pruning target; giving two of them is ambiguous

@@ -158,6 +158,10 @@ class Experiment:
             dense = (
                 self.store.dense_source(Path(cfg.dense_from), device) if cfg.dense_from else None
             )
+            # with its starting weights: a file that does not fit fails before the directory is
+            # claimed (nothing above draws from the seeded generator, so initial weights are as
+            # they always were)
+            model = build_model(cfg.model, data.spec)
         except UserError as exc:
             # A set-up failure is recorded in a directory that holds nothing (so a sweep's report
             # lists the job); an existing run, or one about to be overwritten, stays untouched.
@@ -167,7 +171,6 @@ class Experiment:
         if cfg.overwrite:
             self.store.clear()
         self.store.write_config(OmegaConf.to_yaml(OmegaConf.structured(cfg)), self.hydra_files)
-        model = build_model(cfg.model.name, data.spec)
         self.state = RunState(
             device=device,
             data=data,

@@ -14,6 +14,7 @@ Layout of a run directory::
     init.pt                the weights at initialisation (for rewinding)
     rewind.pt              the weights at the rewind epoch, when rewinding to an epoch
     levels/level_<k>/model.pt, mask.pt   the selected model and mask at the end of level k
+    levels/level_<k>/model.onnx, .pt2    the level's network exported by prune-export
     final_model.pt, .pt2   a structured method's thinner network (state dict + removed channels,
                            loadable with weights_only; torch.export program)
     run.log                one line per epoch and level (appended across resumed sessions)
@@ -109,6 +110,10 @@ class RunPaths:
 
     def level_mask(self, level: int) -> Path:
         return self.level_dir(level) / "mask.pt"
+
+    def level_export(self, level: int, fmt: str) -> Path:
+        """Where ``prune-export`` writes level k's network: ``model.onnx`` or ``model.pt2``."""
+        return self.level_dir(level) / ("model.onnx" if fmt == "onnx" else "model.pt2")
 
     def extra(self, name: str) -> Path:
         """A method's own artifact (for example ``final_model.pt`` of a structured method)."""

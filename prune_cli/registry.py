@@ -2,8 +2,8 @@
 
 Entries are registered where they are defined, with a decorator (the timm pattern)::
 
-    @MODELS.register("resnet56")
-    def resnet56(spec: DataSpec) -> nn.Module: ...
+    @DATASETS.register("digits")
+    def digits(cfg: DatasetConfig, device: torch.device) -> ImageData: ...
 
 An unknown name raises a ``UserError`` that lists the valid names, so the command line can print
 one line and exit with status 2.

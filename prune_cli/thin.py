@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 
 from prune_cli.errors import UserError
-from prune_cli.models import build_model
+from prune_cli.models import ModelConfig, build_model, model_config
 from prune_cli.paths import RunPaths
 from prune_cli.pruning.structured import THIN_FORMAT, THIN_VERSION, rebuild_thin
 from prune_cli.spec import DataSpec
@@ -32,18 +32,25 @@ class ThinModelError(UserError):
     """A ``final_model.pt`` that cannot be rebuilt (unreadable, another format, another model)."""
 
 
-def _model_name(path: Path, stored: str | None) -> str:
-    """The registry name: stored in the file, else the ``model.name`` of the run's config.yaml."""
-    if stored:
-        return stored
+def _model_settings(path: Path, stored: str | None) -> ModelConfig | str:
+    """The model's settings from the run's config.yaml beside the file (a model with other
+    settings than the name's needs them), else the registry name stored in the file."""
     config = RunPaths(path.parent).config
+    settings = None
     if config.is_file():
         try:
-            name = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("name")
+            settings = (yaml.safe_load(config.read_text()) or {}).get("model")
         except (yaml.YAMLError, AttributeError):
-            name = None
-        if isinstance(name, str) and name:
-            return name
+            settings = None
+    if isinstance(settings, dict) and (not stored or settings.get("name") == stored):
+        try:
+            return model_config(settings)
+        except UserError:
+            pass  # settings this prune-run does not know: fall back to the name
+    if stored:
+        return stored
+    if isinstance(settings, dict) and isinstance(settings.get("name"), str):
+        return settings["name"]
     raise ThinModelError(
         f"{path} does not record its model and no run config.yaml beside it names one; "
         "pass the model's registry name: load_thin_model(path, model=<name>)"
@@ -53,7 +60,8 @@ def _model_name(path: Path, stored: str | None) -> str:
 def load_thin_model(path: str | Path, model: str | None = None) -> nn.Module:
     """The thinner network stored at ``path`` by a structured method, on the CPU in eval mode.
 
-    ``model`` (a registry name) overrides the name stored in the file or the run's config.
+    ``model`` (a registry name: default settings) overrides the settings in the run's
+    config.yaml and the name stored in the file.
     """
     path = Path(path)
     try:
@@ -75,9 +83,10 @@ def load_thin_model(path: str | Path, model: str | None = None) -> nn.Module:
             f"{path} is version {checkpoint.get('version')} of the thin-model format; this "
             f"prune-run reads version {THIN_VERSION}: use the prune-run that wrote it"
         )
-    name = model or _model_name(path, checkpoint.get("model"))
+    settings = model or _model_settings(path, checkpoint.get("model"))
+    name = settings if isinstance(settings, str) else settings.name
     channels, height, _ = checkpoint["input_shape"]
-    dense = build_model(name, DataSpec(channels, checkpoint["num_classes"], height))
+    dense = build_model(settings, DataSpec(channels, checkpoint["num_classes"], height))
     try:
         return rebuild_thin(dense, checkpoint).eval()
     except (KeyError, RuntimeError, IndexError, ValueError) as exc:  # another architecture

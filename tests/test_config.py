@@ -16,8 +16,9 @@ from prune_cli.pruning.method import METHODS
 
 @pytest.mark.parametrize("group", ["model", "dataset", "method", "train"])
 def test_every_group_option_composes(group):
+    needs = {"model": {"custom": ["model.target=test_models:small_net"]}}.get(group, {})
     for option in group_options(group):
-        cfg = run_config([f"{group}={option}"])
+        cfg = run_config([f"{group}={option}", *needs.get(option, [])])
         if group in ("model", "dataset", "method"):
             assert getattr(cfg, group).name == option
 

@@ -458,21 +458,14 @@ def test_cifar_pickles_with_str_keys_load(tmp_path):
     assert data.size("train") == 3 and data.class_names[5] == "c5"
 
 
-def test_digits_are_read_without_importing_scikit_learns_datasets():
-    """The light reader gives scikit-learn's arrays exactly, and imports nothing of it."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from prune_cli.data.digits import _digits_arrays; _digits_arrays(); "
-        "print('sklearn.datasets' in sys.modules)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.stdout.strip() == "False", done.stderr
-    from sklearn.datasets import load_digits
-
+def test_digits_ship_with_the_package_and_equal_scikit_learns():
+    """The shipped arrays are scikit-learn's ``load_digits`` exactly (skipped without it)."""
     from prune_cli.data.digits import _digits_arrays
 
     images, labels = _digits_arrays()
-    bunch = load_digits()
+    assert images.shape == (1797, 8, 8) and images.min() == 0 and images.max() == 16
+    assert np.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    bunch = sklearn_datasets.load_digits()
+    assert images.dtype == bunch.images.dtype and labels.dtype == bunch.target.dtype
     assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)

@@ -311,7 +311,7 @@ def test_level_models_carry_what_rebuilds_them(done_run):
     state = load_torch(RunPaths(done_run).level_model(1))
     assert state["model_info"] == {
         "name": "mlp",
-        "settings": {"name": "mlp"},
+        "settings": {"name": "mlp", "weights": None, "weights_id": None, "hidden": None},
         "channels": 1,
         "num_classes": 10,
         "image_size": 8,

@@ -1,13 +1,34 @@
-"""Every registered model: forward shapes on each kind of data, and the known parameter counts."""
+"""Every registered model: forward shapes on each kind of data, and the known parameter counts;
+typed settings per model, models from the user's own code, and starting weights."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from prune_cli.config import group_options
-from prune_cli.models import MODELS, build_model, count_parameters
+from prune_cli.models import MODELS, build_model, count_parameters, model_config
 from prune_cli.spec import DataSpec
+
+
+def small_net(spec: DataSpec, width: int = 8) -> nn.Module:
+    """``model=custom``'s builder in the registry-wide tests (this module is importable)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(spec.channels * spec.image_size**2, width),
+        nn.ReLU(),
+        nn.Linear(width, spec.num_classes),
+    )
+
+
+#: the settings a registered model needs besides its name (custom: the builder)
+REQUIRED = {"custom": {"target": f"{__name__}:small_net"}}
+
+
+def settings(name: str, **extra):
+    return model_config({"name": name, **REQUIRED.get(name, {}), **extra})
+
 
 SPECS = {
     "digits": DataSpec(1, 10, 8),
@@ -33,7 +54,7 @@ def test_forward_shape(name, data):
         pytest.skip("covered on the smaller inputs; slow on two CPU cores")
     spec = SPECS[data]
     torch.manual_seed(0)
-    model = build_model(name, spec).eval()
+    model = build_model(settings(name), spec).eval()
     with torch.no_grad():
         out = model(torch.randn(2, *spec.input_shape))
     assert out.shape == (2, spec.num_classes)

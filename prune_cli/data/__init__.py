@@ -2,7 +2,8 @@
 
 ``build_dataset(cfg, device)`` is the one factory. Datasets that fit in memory (digits, the MNIST
 family, CIFAR) are held as tensors on the training device and augmented there in batches;
-ImageNet streams through a DataLoader with workers. Both offer the same ``batches`` interface.
+ImageNet and image folders (``folder``) stream through a DataLoader with workers. Both offer the
+same ``batches`` interface.
 """
 
 from __future__ import annotations
@@ -36,11 +37,16 @@ class DatasetConfig:
     augment: bool = True
     #: keep only this many training examples (quick runs); null keeps all
     limit_train: int | None = None
-    #: ImageNet only: training and evaluation crop size, and DataLoader workers
+    #: ImageNet and folder only: training and evaluation image size, and DataLoader workers
     image_size: int = 224
     num_workers: int = 8
+    #: what identifies the data in the config hash where the name does not (``dataset.root``
+    #: is left out of the hash: where files are does not change results): for ``folder``, a
+    #: digest of its files' names and sizes. Computed from name and root; not a setting
+    data_id: str | None = "${prune_data_id:${.name},${.root}}"
 
     def __post_init__(self) -> None:
+        self._check_data_id()
         for key in ("val_size", "test_size"):
             value = getattr(self, key)
             if not math.isfinite(value):
@@ -51,6 +57,18 @@ class DatasetConfig:
             raise ConfigError(f"dataset.test_size must be in (0, 1), got {self.test_size}")
         if self.limit_train is not None and self.limit_train < 1:
             raise ConfigError(f"dataset.limit_train must be >= 1, got {self.limit_train}")
+
+    def _check_data_id(self) -> None:
+        if self.name == MISSING:
+            return  # RunConfig's default instance: keep the interpolation for Hydra to resolve
+        identity = data_identity(self.name, self.root)
+        if self.data_id is None or self.data_id.startswith("${"):
+            self.data_id = identity  # built in Python, not composed by Hydra
+        elif self.data_id != identity:
+            raise ConfigError(
+                "dataset.data_id is computed from the dataset's files and cannot be set; set "
+                "dataset.root instead"
+            )
 
 
 class DatasetCorrupt(DatasetNotFound):
@@ -83,6 +101,15 @@ def check_val_size(name: str, cfg: DatasetConfig, n_train: int) -> None:
 
 DatasetBuilder = Callable[[DatasetConfig, torch.device], ImageData]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+#: ``dataset.data_id`` of the datasets whose name does not identify their data: name -> function
+#: of ``dataset.root``, registered beside the dataset (``@DATA_IDS.register("folder")``)
+DATA_IDS: Registry[Callable[[str], str | None]] = Registry("dataset identity")
+
+
+def data_identity(name: str, root: str) -> str | None:
+    """``dataset.data_id`` (the ``prune_data_id`` resolver): None for datasets that their name
+    identifies (digits, CIFAR, ImageNet...)."""
+    return DATA_IDS.get(name)(root) if name in DATA_IDS else None
 
 
 def build_dataset(cfg: DatasetConfig, device: torch.device) -> ImageData:

@@ -9,14 +9,15 @@ for evaluation; ImageNet mean and std.
 The folders are checked before any image is read: train/ needs at least two classes (one class
 would report 100% accuracy), val/ the same classes as train/ (ImageFolder numbers classes by
 their sorted names, so another set of folders would silently mislabel the test split), and every
-class at least one image.
+class at least one image. An image that cannot be decoded stops the run with one line naming it.
+``dataset=folder`` (``folder.py``) streams any image folders through the same class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -38,80 +39,131 @@ def class_folders(split: Path) -> list[str]:
     return sorted(d.name for d in split.iterdir() if d.is_dir())
 
 
-def check_folders(base: Path) -> None:
+def check_folders(name: str, train_dir: Path, test_dir: Path | None) -> None:
     """One-line errors for folder layouts that ImageFolder would reject with a traceback, or
     accept and then report nonsense for."""
-    train = class_folders(base / "train")
-    val = class_folders(base / "val")
+    train = class_folders(train_dir)
     if len(train) < 2:
         raise DatasetCorrupt(
-            f"imagenet: {base / 'train'} holds {len(train)} class folder(s); a classifier needs "
+            f"{name}: {train_dir} holds {len(train)} class folder(s); a classifier needs "
             "at least 2: put one folder of images per class there"
         )
-    if not val:
+    if test_dir is None:
+        return
+    test = class_folders(test_dir)
+    if not test:
         raise DatasetCorrupt(
-            f"imagenet: {base / 'val'} holds no class folders; sort the validation images into "
-            "one folder per class, named as in train/"
+            f"{name}: {test_dir} holds no class folders; sort the test images into "
+            f"one folder per class, named as in {train_dir.name}/"
         )
-    if val != train:
-        only_train = sorted(set(train) - set(val))
-        only_val = sorted(set(val) - set(train))
+    if test != train:
+        only_train = sorted(set(train) - set(test))
+        only_test = sorted(set(test) - set(train))
         parts = [
             f"{len(names)} only in {where} (first: {names[0]})"
-            for names, where in ((only_train, "train/"), (only_val, "val/"))
+            for names, where in (
+                (only_train, f"{train_dir.name}/"),
+                (only_test, f"{test_dir.name}/"),
+            )
             if names
         ]
         raise DatasetCorrupt(
-            f"imagenet: the class folders of {base / 'train'} and {base / 'val'} differ "
+            f"{name}: the class folders of {train_dir} and {test_dir} differ "
             f"({'; '.join(parts)}); both need the same class folders"
         )
 
 
-def image_folder(path: Path, transform: Callable) -> ImageFolder:
+class _Loader:
+    """ImageFolder's image loader, whose failure on a file that is not an image (truncated,
+    another format) names the file instead of raising PIL's error deep in a worker."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, path: str) -> Any:
+        from PIL import Image
+
+        try:
+            with open(path, "rb") as fh:
+                return Image.open(fh).convert("RGB")
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for undecodable files
+            raise DatasetCorrupt(
+                f"{self.name}: {path} is not a readable image ({type(exc).__name__}); delete or "
+                "replace it"
+            ) from None
+
+
+def image_folder(name: str, path: Path, transform: Callable) -> ImageFolder:
     """torchvision's ImageFolder, whose FileNotFoundError (a class folder without images) becomes
     a one-line error."""
     from torchvision import datasets
 
     try:
-        return datasets.ImageFolder(str(path), transform)
+        return datasets.ImageFolder(str(path), transform, loader=_Loader(name))
     except FileNotFoundError as exc:
         detail = str(exc).splitlines()[0] if str(exc) else "no images"
         raise DatasetCorrupt(
-            f"imagenet: {path}: {detail}; every class folder needs at least one image"
+            f"{name}: {path}: {detail}; every class folder needs at least one image"
         ) from None
 
 
-class StreamingImageData(ImageData):
-    def __init__(self, base: Path, cfg: DatasetConfig, device: torch.device) -> None:
-        from torchvision import transforms
+def transforms_for(size: int, small: bool) -> tuple[Callable, Callable]:
+    """(training, evaluation) transforms to ``size`` x ``size`` RGB tensors, normalised.
 
+    ImageNet's: random resized crop and flip; resize to 8/7 and centre crop. ``small`` images
+    (CIFAR-like folders) would lose most of themselves to a random resized crop, so they are
+    resized and centre-cropped, and trained with CIFAR's padded crop and flip.
+    """
+    from torchvision import transforms
+
+    finish = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    if not small:
+        train = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
+        evaluate = [transforms.Resize(round(size * 8 / 7)), transforms.CenterCrop(size)]
+    else:
+        evaluate = [transforms.Resize(size), transforms.CenterCrop(size)]
+        train = [
+            *evaluate,
+            transforms.RandomCrop(size, padding=max(1, size // 8)),
+            transforms.RandomHorizontalFlip(),
+        ]
+    return transforms.Compose(train + finish), transforms.Compose(evaluate + finish)
+
+
+class StreamingImageData(ImageData):
+    """Image folders streamed through a DataLoader: ``train_dir`` and, when given, ``test_dir``
+    (class folders each); without ``test_dir``, ``dataset.test_size`` of the training folder's
+    images are the test split (seeded by ``split_seed``), as for digits. ``small``: the
+    transforms for small images (``transforms_for``)."""
+
+    def __init__(
+        self,
+        name: str,
+        train_dir: Path,
+        test_dir: Path | None,
+        cfg: DatasetConfig,
+        device: torch.device,
+        small: bool = False,
+    ) -> None:
         size = cfg.image_size
-        normalize = transforms.Normalize(MEAN, STD)
-        train_tf = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(size),
-                transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(),
-                normalize,
-            ]
-        )
-        eval_tf = transforms.Compose(
-            [
-                transforms.Resize(round(size * 8 / 7)),
-                transforms.CenterCrop(size),
-                transforms.ToTensor(),
-                normalize,
-            ]
-        )
-        check_folders(base)
-        train_aug = image_folder(base / "train", train_tf if cfg.augment else eval_tf)
-        train_eval = image_folder(base / "train", eval_tf)
-        test = image_folder(base / "val", eval_tf)
-        check_val_size("imagenet", cfg, len(train_aug))
-        if cfg.val_size > 0:
-            keep, val = split_indices(len(train_aug), cfg.val_size, cfg.split_seed)
+        train_tf, eval_tf = transforms_for(size, small)
+        check_folders(name, train_dir, test_dir)
+        train_aug = image_folder(name, train_dir, train_tf if cfg.augment else eval_tf)
+        train_eval = image_folder(name, train_dir, eval_tf)
+        if test_dir is not None:
+            test: Any = image_folder(name, test_dir, eval_tf)
+            pool = torch.arange(len(train_aug))
+            val_seed = cfg.split_seed
         else:
-            keep, val = torch.arange(len(train_aug)), torch.arange(0)
+            pool, held_out = split_indices(len(train_aug), cfg.test_size, cfg.split_seed)
+            test = Subset(train_eval, held_out.tolist())
+            val_seed = cfg.split_seed + 1  # as digits: the test split's seed is split_seed
+        check_val_size(name, cfg, len(pool))
+        if cfg.val_size > 0:
+            keep, val = split_indices(len(pool), cfg.val_size, val_seed)
+            keep, val = pool[keep], pool[val]
+        else:
+            keep, val = pool, torch.arange(0)
         if cfg.limit_train is not None:
             keep = keep[: cfg.limit_train]
         self._sets = {
@@ -148,8 +200,13 @@ class StreamingImageData(ImageData):
             drop_last=split == "train" and len(dataset) % batch_size == 1,
             persistent_workers=False,
         )
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        try:
+            for x, y in loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except DatasetCorrupt as exc:
+            # a worker's error comes back with its traceback in the message: keep the last line
+            last = str(exc).strip().splitlines()[-1]
+            raise DatasetCorrupt(last.split("DatasetCorrupt: ", 1)[-1]) from None
 
 
 @DATASETS.register("imagenet")
@@ -157,7 +214,7 @@ def imagenet(cfg: DatasetConfig, device: torch.device) -> StreamingImageData:
     root = Path(cfg.root)
     for base in (root / "imagenet", root):
         if (base / "train").is_dir() and (base / "val").is_dir():
-            return StreamingImageData(base, cfg, device)
+            return StreamingImageData("imagenet", base / "train", base / "val", cfg, device)
     raise DatasetNotFound(
         f"imagenet: no train/ and val/ image folders in {root / 'imagenet'} or {root}; ImageNet "
         "cannot be downloaded automatically: get ILSVRC-2012 from image-net.org, sort val into "

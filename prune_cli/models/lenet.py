@@ -7,17 +7,56 @@
   conv 20 - pool - conv 50 - pool - fc 500 - fc C (431,080 parameters on 28x28, 10 classes).
 - ``lenet300_100``: the fully connected 784-300-100-C network (266,610 parameters).
 
+- ``fc5``: Zhang et al. 2024's fully connected input-1000-600-300-100-C network.
+
 Small inputs (8x8 digits): the second convolution is padded so that its output is not empty, and
 the flattened size is measured with a dummy forward pass at construction.
+
+Settings: ``model.channels`` (the two convolutions' output channels) and ``model.hidden`` (the
+fully connected layers' widths); by default the name's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from prune_cli.models import MODELS
+from prune_cli.errors import ConfigError
+from prune_cli.models import ModelConfig, positive, register_model
 from prune_cli.spec import DataSpec
+
+
+@dataclass
+class LeNetConfig(ModelConfig):
+    #: output channels of the two convolutions; null: the name's (lenet5: [6, 16])
+    channels: list[int] | None = None
+    #: widths of the hidden fully connected layers; null: the name's (lenet5: [120, 84])
+    hidden: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "channels")
+        if self.channels is not None and len(self.channels) != 2:
+            raise ConfigError(f"model.channels must list 2 widths, got {self.channels}")
+        if self.hidden is not None and any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"model.hidden must hold positive widths, got {self.hidden}")
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    #: widths of the hidden layers ([] : a linear classifier); null: the name's
+    hidden: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hidden is not None and any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"model.hidden must hold positive widths, got {self.hidden}")
+
+
+def _or(value: list[int] | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    return default if value is None else tuple(value)
 
 
 def _flat_size(features: nn.Module, spec: DataSpec) -> int:
@@ -74,22 +113,24 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-@MODELS.register("lenet5")
-def lenet5(spec: DataSpec) -> nn.Module:
-    return LeNet5(spec, 6, 16, (120, 84), pad1=2, act=nn.ReLU)
+@register_model("lenet5", LeNetConfig)
+def lenet5(spec: DataSpec, cfg: LeNetConfig) -> nn.Module:
+    c1, c2 = _or(cfg.channels, (6, 16))
+    return LeNet5(spec, c1, c2, _or(cfg.hidden, (120, 84)), pad1=2, act=nn.ReLU)
 
 
-@MODELS.register("lenet5_caffe")
-def lenet5_caffe(spec: DataSpec) -> nn.Module:
-    return LeNet5(spec, 20, 50, (500,), pad1=0, act=nn.ReLU)
+@register_model("lenet5_caffe", LeNetConfig)
+def lenet5_caffe(spec: DataSpec, cfg: LeNetConfig) -> nn.Module:
+    c1, c2 = _or(cfg.channels, (20, 50))
+    return LeNet5(spec, c1, c2, _or(cfg.hidden, (500,)), pad1=0, act=nn.ReLU)
 
 
-@MODELS.register("lenet300_100")
-def lenet300_100(spec: DataSpec) -> nn.Module:
-    return MLP(spec, (300, 100))
+@register_model("lenet300_100", MLPConfig)
+def lenet300_100(spec: DataSpec, cfg: MLPConfig) -> nn.Module:
+    return MLP(spec, _or(cfg.hidden, (300, 100)))
 
 
-@MODELS.register("fc5")
-def fc5(spec: DataSpec) -> nn.Module:
+@register_model("fc5", MLPConfig)
+def fc5(spec: DataSpec, cfg: MLPConfig) -> nn.Module:
     """FC5 of Zhang et al. 2024 (the authors' ``FC``): input-1000-600-300-100-classes, ReLU."""
-    return MLP(spec, (1000, 600, 300, 100))
+    return MLP(spec, _or(cfg.hidden, (1000, 600, 300, 100)))

@@ -7,14 +7,31 @@ classifier (3.2 M parameters for 10 classes).
 MobileNet-V2: torchvision's architecture (2.24 M parameters for 10 classes) with the stem and the
 first 24-channel block at stride 1 for images under 64 pixels (total stride 8 instead of 32),
 the usual CIFAR adaptation; the depthwise convolutions are what structured pruning must handle.
+
+Settings: ``model.width_mult`` (scales the channels: torchvision's rounding to multiples of 8
+for V2, plain rounding for V1). ``model.weights=pretrained`` loads torchvision's ImageNet
+MobileNet-V2 (the classifier stays initialised; the small-image strides change no shape).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
-from prune_cli.models import MODELS
+from prune_cli.models import ModelConfig, positive, register_model
 from prune_cli.spec import DataSpec
+
+
+@dataclass
+class MobileNetConfig(ModelConfig):
+    #: multiplier of every layer's channels; null: 1.0
+    width_mult: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "width_mult")
+
 
 V1_BLOCKS: list[tuple[int, int]] = [
     (64, 1),
@@ -42,11 +59,16 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> 
 
 
 class MobileNetV1(nn.Module):
-    def __init__(self, spec: DataSpec) -> None:
+    def __init__(self, spec: DataSpec, width_mult: float = 1.0) -> None:
         super().__init__()
-        layers = [_conv_bn(spec.channels, 32, 3, 1)]
-        cin = 32
-        for cout, stride in V1_BLOCKS:
+
+        def scaled(c: int) -> int:
+            return max(1, round(c * width_mult))
+
+        cin = scaled(32)
+        layers = [_conv_bn(spec.channels, cin, 3, 1)]
+        for channels, stride in V1_BLOCKS:
+            cout = scaled(channels)
             layers.append(
                 nn.Sequential(
                     _conv_bn(cin, cin, 3, stride, groups=cin),  # depthwise
@@ -62,16 +84,18 @@ class MobileNetV1(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-@MODELS.register("mobilenet_v1")
-def mobilenet_v1(spec: DataSpec) -> nn.Module:
-    return MobileNetV1(spec)
+@register_model("mobilenet_v1", MobileNetConfig)
+def mobilenet_v1(spec: DataSpec, cfg: MobileNetConfig) -> nn.Module:
+    return MobileNetV1(spec, cfg.width_mult or 1.0)
 
 
-@MODELS.register("mobilenet_v2")
-def mobilenet_v2(spec: DataSpec) -> nn.Module:
+@register_model("mobilenet_v2", MobileNetConfig, pretrained="MobileNet_V2_Weights.IMAGENET1K_V2")
+def mobilenet_v2(spec: DataSpec, cfg: MobileNetConfig) -> nn.Module:
     import torchvision  # at build time: keeps start-up light
 
-    model = torchvision.models.mobilenet_v2(weights=None, num_classes=spec.num_classes)
+    model = torchvision.models.mobilenet_v2(
+        weights=None, num_classes=spec.num_classes, width_mult=cfg.width_mult or 1.0
+    )
     small = spec.image_size < 64
     stem = model.features[0][0]
     model.features[0][0] = nn.Conv2d(

@@ -4,15 +4,30 @@ Sparsity Perspective", appendix):
 - ``mlp``: 784-128-256-C on the flattened image (input width adapts to the data);
 - ``cnn``: four blocks conv 3x3 (64, 128, 256, 512) + BatchNorm + ReLU + 2x2 max-pool, global
   average pooling and a linear classifier. Pools are skipped once the map is 1x1 (small images).
+
+Settings: ``model.hidden`` (mlp: the hidden widths) and ``model.widths`` (cnn: the blocks'
+channels); by default the paper's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
-from prune_cli.models import MODELS
-from prune_cli.models.lenet import MLP
+from prune_cli.models import ModelConfig, positive, register_model
+from prune_cli.models.lenet import MLP, MLPConfig
 from prune_cli.spec import DataSpec
+
+
+@dataclass
+class SapCNNConfig(ModelConfig):
+    #: output channels of the conv blocks, one block each; null: [64, 128, 256, 512]
+    widths: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "widths")
 
 
 class SapCNN(nn.Module):
@@ -34,11 +49,11 @@ class SapCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-@MODELS.register("mlp")
-def mlp(spec: DataSpec) -> nn.Module:
-    return MLP(spec, (128, 256))
+@register_model("mlp", MLPConfig)
+def mlp(spec: DataSpec, cfg: MLPConfig) -> nn.Module:
+    return MLP(spec, (128, 256) if cfg.hidden is None else tuple(cfg.hidden))
 
 
-@MODELS.register("cnn")
-def cnn(spec: DataSpec) -> nn.Module:
-    return SapCNN(spec)
+@register_model("cnn", SapCNNConfig)
+def cnn(spec: DataSpec, cfg: SapCNNConfig) -> nn.Module:
+    return SapCNN(spec) if cfg.widths is None else SapCNN(spec, tuple(cfg.widths))

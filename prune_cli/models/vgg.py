@@ -3,14 +3,32 @@
 Convolutions 3x3 with BatchNorm and ReLU; the classifier is 512 -> 512 -> 512 -> classes, the
 CIFAR variant used by pruning papers (VGG-16-BN: 15.25 M parameters for 10 classes). Max-pools
 are dropped once the feature map is 1x1, so small images (8x8 digits) work too.
+
+Settings: ``model.width_mult`` (scales every convolution's channels) and
+``model.classifier_width`` (the two hidden layers of the classifier).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
-from prune_cli.models import MODELS
+from prune_cli.models import ModelConfig, positive, register_model
 from prune_cli.spec import DataSpec
+
+
+@dataclass
+class VGGConfig(ModelConfig):
+    #: multiplier of every convolution's channels (rounded, at least 1); null: 1.0
+    width_mult: float | None = None
+    #: width of the classifier's two hidden layers; null: 512
+    classifier_width: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "width_mult", "classifier_width")
+
 
 CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -62,7 +80,13 @@ CONFIGS: dict[str, list[int | str]] = {
 
 
 class VGG(nn.Module):
-    def __init__(self, config: list[int | str], spec: DataSpec) -> None:
+    def __init__(
+        self,
+        config: list[int | str],
+        spec: DataSpec,
+        width_mult: float = 1.0,
+        classifier_width: int = 512,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels, size = spec.channels, spec.image_size
@@ -73,6 +97,7 @@ class VGG(nn.Module):
                     size //= 2
                 continue
             assert isinstance(item, int)
+            item = max(1, round(item * width_mult))
             layers += [
                 nn.Conv2d(channels, item, 3, padding=1, bias=False),
                 nn.BatchNorm2d(item),
@@ -82,11 +107,11 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
-            nn.Linear(channels, 512),
+            nn.Linear(channels, classifier_width),
             nn.ReLU(inplace=True),
-            nn.Linear(512, 512),
+            nn.Linear(classifier_width, classifier_width),
             nn.ReLU(inplace=True),
-            nn.Linear(512, spec.num_classes),
+            nn.Linear(classifier_width, spec.num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -94,9 +119,9 @@ class VGG(nn.Module):
 
 
 def _register(name: str) -> None:
-    @MODELS.register(name)
-    def build(spec: DataSpec) -> nn.Module:
-        return VGG(CONFIGS[name], spec)
+    @register_model(name, VGGConfig)
+    def build(spec: DataSpec, cfg: VGGConfig) -> nn.Module:
+        return VGG(CONFIGS[name], spec, cfg.width_mult or 1.0, cfg.classifier_width or 512)
 
 
 for _name in CONFIGS:

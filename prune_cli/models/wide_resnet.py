@@ -3,15 +3,37 @@
 Pre-activation wide basic blocks (BN-ReLU-conv3x3 twice), (depth - 4) / 6 blocks per stage,
 widths 16k / 32k / 64k, a 1x1 projection shortcut where the shape changes, no dropout.
 WRN-28-10 (36.5 M parameters) is the gRDA paper's CIFAR model; WRN-28-8 the SAP paper's.
+
+Settings: ``model.depth`` (6n + 4) and ``model.width`` (the widening factor k); by default the
+name's (``model=wrn28_10 model.depth=16 model.width=8`` is WRN-16-8).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prune_cli.models import MODELS
+from prune_cli.errors import ConfigError
+from prune_cli.models import ModelConfig, positive, register_model
 from prune_cli.spec import DataSpec
+
+
+@dataclass
+class WideResNetConfig(ModelConfig):
+    #: layers, 6n + 4 (n blocks per stage); null: the name's (wrn28_10: 28)
+    depth: int | None = None
+    #: widening factor k (stages of 16k, 32k, 64k channels); null: the name's (wrn28_10: 10)
+    width: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "depth", "width")
+        if self.depth is not None and (self.depth < 10 or (self.depth - 4) % 6):
+            raise ConfigError(
+                f"model.depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40...), got {self.depth}"
+            )
 
 
 class WideBlock(nn.Module):
@@ -56,11 +78,17 @@ class WideResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-@MODELS.register("wrn28_10")
-def wrn28_10(spec: DataSpec) -> nn.Module:
-    return WideResNet(28, 10, spec)
+def _build(spec: DataSpec, cfg: WideResNetConfig, depth: int, width: int) -> nn.Module:
+    return WideResNet(
+        depth if cfg.depth is None else cfg.depth, width if cfg.width is None else cfg.width, spec
+    )
 
 
-@MODELS.register("wrn28_8")
-def wrn28_8(spec: DataSpec) -> nn.Module:
-    return WideResNet(28, 8, spec)
+@register_model("wrn28_10", WideResNetConfig)
+def wrn28_10(spec: DataSpec, cfg: WideResNetConfig) -> nn.Module:
+    return _build(spec, cfg, 28, 10)
+
+
+@register_model("wrn28_8", WideResNetConfig)
+def wrn28_8(spec: DataSpec, cfg: WideResNetConfig) -> nn.Module:
+    return _build(spec, cfg, 28, 8)

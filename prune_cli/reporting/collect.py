@@ -202,7 +202,9 @@ def _read_config(paths: RunPaths) -> dict[str, Any] | None:
         raise Unreadable("config.yaml is not a mapping")
     if not isinstance(config.get("method", {}), dict):
         raise Unreadable("config.yaml's method is not a mapping")
-    return {k: v for k, v in flatten(config).items() if not _ignored(k)}
+    # a null setting is an unset one, as in the config hash: a run made before a setting
+    # existed (model.depth, dataset.data_id) is not told apart from one that leaves it null
+    return {k: v for k, v in flatten(config).items() if not _ignored(k) and v is not None}
 
 
 def _read_csv(root: Path, name: str) -> pd.DataFrame:

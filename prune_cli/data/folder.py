@@ -1,0 +1,99 @@
+"""Image folders of your own, at any image size: ``dataset=folder dataset.root=PATH``.
+
+Two layouts, class per subfolder (any image format PIL reads; images become RGB):
+
+- ``PATH/train/<class>/<image>`` and ``PATH/test/<class>/<image>`` (or ``val/`` for the test
+  split, as ImageNet ships it): the test folder is the test split;
+- ``PATH/<class>/<image>``: ``dataset.test_size`` of the images are held out as the test split,
+  seeded by ``dataset.split_seed`` (as for digits).
+
+Either way the validation split that chooses checkpoints is ``dataset.val_size`` of the training
+images. Images are resized to ``dataset.image_size`` (set it to your images' size: 32 for
+CIFAR-like images; 224 by default); under 64 pixels they are resized, centre-cropped and trained
+with a padded crop and flip, from 64 up with ImageNet's random resized crops. Normalised with
+ImageNet's mean and std, which pretrained weights expect. The folders stream through a
+DataLoader with ``dataset.num_workers`` workers, so a folder of any number of images works.
+
+The same checks as ImageNet's, each a one-line error: a missing folder, fewer than two classes,
+test classes other than the training ones, a class without images, a file that is not an image.
+
+The run's hash covers the data through ``dataset.data_id``: a digest of the files' paths
+(relative to the root) and sizes, so two different folders never share a run directory, and the
+same folder moved elsewhere keeps its runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from prune_cli.data import DATA_IDS, DATASETS, DatasetConfig
+from prune_cli.data.imagenet import StreamingImageData
+from prune_cli.errors import DatasetNotFound
+
+#: folders that hold the test split beside train/, in order of preference
+TEST_FOLDERS = ("test", "val")
+
+
+def _layout(root: Path) -> tuple[Path, Path | None]:
+    """(training folder, test folder or None) of ``root``."""
+    if (root / "train").is_dir():
+        for name in TEST_FOLDERS:
+            if (root / name).is_dir():
+                return root / "train", root / name
+        raise DatasetNotFound(
+            f"folder: {root} has train/ but no test/ (or val/) beside it; add one with the same "
+            "class folders, or put the class folders directly in the root to hold out "
+            "dataset.test_size of the images"
+        )
+    return root, None
+
+
+def _walk(root: str) -> Iterator[tuple[str, list[str]]]:
+    """(folder, its files) under ``root`` in sorted order, hidden files and folders left out."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield dirpath, sorted(f for f in filenames if not f.startswith("."))
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(root: str, directories: tuple[tuple[str, int], ...]) -> str:
+    """SHA-256 of the relative paths and sizes of the files under ``root``; cached by the
+    folders' modification times, which change when a file is added, removed or renamed (the
+    digest is asked for several times while a config is composed)."""
+    del directories  # the cache key
+    digest = hashlib.sha256()
+    for dirpath, filenames in _walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            digest.update(f"{os.path.relpath(path, root)}\t{os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()
+
+
+@DATA_IDS.register("folder")
+def folder_identity(root: str) -> str | None:
+    """``dataset.data_id`` of a folder dataset: ``files:<sha256>`` (None where there is no
+    folder: building the dataset then says so)."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        return None
+    resolved = str(base.resolve())
+    folders = tuple((d, os.stat(d).st_mtime_ns) for d, _ in _walk(resolved))
+    return f"files:{_digest(resolved, folders)}"
+
+
+@DATASETS.register("folder")
+def folder(cfg: DatasetConfig, device: torch.device) -> StreamingImageData:
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFound(
+            f"folder: {root} is not a folder; set dataset.root to a folder of class folders "
+            "(PATH/<class>/<image>) or of train/ and test/ class folders"
+        )
+    train, test = _layout(root)
+    return StreamingImageData("folder", train, test, cfg, device, small=cfg.image_size < 64)
