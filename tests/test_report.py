@@ -249,6 +249,23 @@ def test_two_job_multirun_through_a_launcher(tmp_path, launcher):
     assert set(c.completed.method) == {"magnitude", "random"}
 
 
+def test_a_method_that_sparsifies_while_training_has_no_dense_cell(tmp_path):
+    """SA++-like runs have one level, 0, already sparse: their pivot cell is the target's."""
+    root = tmp_path / "sweep"
+    for seed, test in enumerate([0.90, 0.92, 0.94]):
+        make_run(
+            root / f"sapp-{seed}",
+            "sapp",
+            seed,
+            [(0.9, 0.9, test, None)],
+            method_cfg={"sparsity": 0.9},
+        )
+    out = tmp_path / "report"
+    report_main([str(root), "-o", str(out), "--formats", "png"])
+    md = (out / "pivot_digits_mlp_by_target.md").read_text()
+    assert "| method | t = 10 |" in md and "| sapp | 92.00 ± 2.00 |" in md
+
+
 def test_paper_ready_outputs_mark_few_runs_and_collapse(tmp_path):
     """gradient at t = 2 (3 seeds) and t = 10 (2 seeds, one of which lost class c1)."""
     root = tmp_path / "sweep"
@@ -331,3 +348,24 @@ def test_a_run_with_only_its_dense_level_is_read(tmp_path):
     )
     c = collect([tmp_path])
     assert list(c.runs.status) == ["completed"] and list(c.levels.sparsity) == [0.4]
+
+
+def test_limit_table_summarises_predicted_and_actual_limits():
+    from prune_cli.reporting.report import limit_table
+
+    levels = pd.DataFrame(
+        {
+            "dataset": ["d"] * 4,
+            "model": ["m"] * 4,
+            "label": ["limit l1=0.1"] * 3 + ["magnitude"],
+            "predicted_limit": [0.8, 0.9, 1.0, None],
+            "actual_limit": [0.5, 0.6, 0.7, None],
+            "actual_limit_tolerance": [0.6, 0.6, 0.6, None],
+            "limit_dense_accuracy": [0.9, 0.9, 0.9, None],
+        }
+    )
+    table = limit_table(levels)
+    assert list(table["label"]) == ["limit l1=0.1"] and int(table["n"].iloc[0]) == 3
+    assert table["predicted"].iloc[0] == "0.900 ± 0.100"
+    assert table["actual"].iloc[0] == "0.600 ± 0.100"
+    assert limit_table(levels.drop(columns="predicted_limit")).empty

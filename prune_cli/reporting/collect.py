@@ -58,6 +58,17 @@ STRUCTURED_KEYS = {
     "params_after": "params_thin",
 }
 
+#: the pruning-limit analysis (Zhang et al. 2024, ``method=limit``): predicted and actual limits
+#: beside the run's final level
+LIMIT_KEYS = {
+    "predicted_limit": "predicted_limit",
+    "actual_limit": "actual_limit",
+    "actual_limit_tolerance": "actual_limit_tolerance",
+    "dense_accuracy": "limit_dense_accuracy",
+    "eps": "limit_eps",
+    "hessian_trace": "hessian_trace",
+}
+
 #: the columns each result CSV must have (more are allowed; a file that is absent, as
 #: ``gini.csv`` in runs written before it existed, is an empty table)
 CSV_COLUMNS = {
@@ -367,7 +378,7 @@ def collect(paths: list[Path]) -> Collection:
         last = max(lv["level"] for lv in r["levels"])
         structured = {
             column: r["method_info"][key]
-            for key, column in STRUCTURED_KEYS.items()
+            for key, column in {**STRUCTURED_KEYS, **LIMIT_KEYS}.items()
             if _number(r["method_info"].get(key))
         }
         for lv in r["levels"]:

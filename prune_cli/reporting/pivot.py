@@ -123,9 +123,12 @@ def pivots(levels: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
             finals = by_target[by_target["level"] == last[by_target.index]].assign(
                 column=lambda f: f["target"].astype(float)
             )
-            dense = by_target[by_target["level"] == 0].assign(column="dense")
-            # a level-0 row of a one-shot run is both dense and, for levels == 0, final
-            cells = _cells(pd.concat([dense, finals[finals["level"] > 0]]), "series", "column")
+            # level 0 is the dense baseline only where it is dense: SA++, ACDC, gRDA and the
+            # like sparsify while they train, so their (only) level 0 is the sparse result
+            unpruned = by_target["remaining"] >= 1.0 - 1e-9
+            dense = by_target[(by_target["level"] == 0) & unpruned].assign(column="dense")
+            sparse_finals = finals[(finals["level"] > 0) | ~unpruned[finals.index]]
+            cells = _cells(pd.concat([dense, sparse_finals]), "series", "column")
             out[(dataset, model, "by_target")] = cells
         by_level = study[~one_shot.astype(bool)]
         if not by_level.empty:

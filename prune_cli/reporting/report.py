@@ -312,6 +312,17 @@ def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -
                     f"Files: `{stem}.csv`, `{stem}.md`, `{stem}.tex`.",
                     "",
                 ]
+        limits = limit_table(c.levels)
+        if not limits.empty:
+            limits.to_csv(out / "limit.csv", index=False)
+            lines += [
+                "## Pruning limit: predicted against actual (fraction of weights removed)",
+                "",
+                LIMIT_NOTE,
+                "",
+                markdown_plain(limits),
+                "",
+            ]
         for (dataset, model), _ in c.levels.groupby(["dataset", "model"]):
             lines += [
                 f"## {dataset} / {model}",
@@ -351,6 +362,39 @@ def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -
     index = out / "index.md"
     save_text("\n".join(lines), index)
     return index
+
+
+LIMIT_NOTE = (
+    "Mean ± std over seeds. `predicted`: the limit rho* from the weight magnitudes and the "
+    "Hessian spectrum; `actual`: the largest rho whose one-shot pruned accuracy (no fine-tuning) "
+    "is not below the dense one; `actual (tolerance)`: within `method.tolerance` of it; "
+    "`dense acc`: on the split the limit is measured on."
+)
+
+
+def limit_table(levels: pd.DataFrame) -> pd.DataFrame:
+    """One row per report row of runs that measured the pruning limit (``method=limit``)."""
+    if "predicted_limit" not in levels:
+        return pd.DataFrame()
+    runs = levels[levels["predicted_limit"].notna()]
+    rows = []
+    for (dataset, model, label), g in runs.groupby(["dataset", "model", "label"], sort=True):
+        row = {"dataset": dataset, "model": model, "label": label, "n": len(g)}
+        for column, title in (
+            ("predicted_limit", "predicted"),
+            ("actual_limit", "actual"),
+            ("actual_limit_tolerance", "actual (tolerance)"),
+            ("limit_dense_accuracy", "dense acc"),
+        ):
+            values = g[column].dropna() if column in g else pd.Series(dtype=float)
+            std = values.std(ddof=1) if len(values) > 1 else math.nan
+            row[title] = (
+                "-"
+                if values.empty
+                else f"{values.mean():.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
+            ) + (" †" if 1 < len(values) < 3 else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def markdown_plain(frame: pd.DataFrame) -> str:
