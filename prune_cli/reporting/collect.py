@@ -286,7 +286,12 @@ def _read_run(root: Path) -> dict:
 def _is_dense(run: dict) -> bool:
     """A run that only trained its dense level 0 (a ``dense_from`` source, a baseline)."""
     levels = run.get("levels", [])
-    return len(levels) == 1 and levels[0].get("sparsity", 0) == 0
+    if not (len(levels) == 1 and levels[0].get("sparsity", 0) == 0):
+        return False
+    # a method that ends at level 0 by design and reports an analysis (method=limit: the
+    # pruning limit) is its own family, not a dense baseline
+    info = run.get("method_info") or {}
+    return "predicted_limit" not in info
 
 
 def _family(run: dict) -> str:

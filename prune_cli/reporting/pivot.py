@@ -151,7 +151,7 @@ def _columns(cells: pd.DataFrame, shape: str, limit: bool) -> list:
 def _heading(column: object, shape: str) -> str:
     if shape == "by_level":
         return f"level {column}"
-    return "dense" if column == "dense" else f"t = {float(column):g}"
+    return "dense" if column == "dense" else f"t = {float(column):.3g}"
 
 
 def wide(cells: pd.DataFrame, shape: str, q: Quantity, limit: bool, latex: bool = False):
