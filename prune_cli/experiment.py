@@ -371,7 +371,7 @@ class Experiment:
         spec = s.data.spec
         self.store.save_level(
             level,
-            s.model.state_dict(),
+            s.method.level_state(s.model),
             s.masks.state_dict(),
             {
                 "name": self.cfg.model.name,

@@ -348,6 +348,16 @@ def test_the_shortened_demo_gives_a_sparse_accurate_lenet5(tmp_path, name):
         assert info["layers_skipped"] == ["classifier.4.weight", "features.0.weight"]
         assert info["fold_max_output_difference"] < 1e-4
         assert (tmp_path / info["folded_model"]).exists()
+        # the level file is the plain network too: plain keys, the folded weights
+        from prune_cli.io import load_torch
+        from prune_cli.paths import RunPaths
+
+        level = load_torch(RunPaths(tmp_path).level_model(0))["model"]
+        folded = load_torch(tmp_path / info["folded_model"])["state_dict"]
+        assert not any(".parametrizations." in k for k in level)
+        assert set(level) == set(folded)
+        for k, v in folded.items():
+            torch.testing.assert_close(level[k], v)
 
 
 def test_block_methods_share_one_scope_setting_and_the_phase_hooks_are_required():

@@ -129,6 +129,12 @@ class PruningMethod:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
 
+    def level_state(self, model: nn.Module) -> dict[str, Tensor]:
+        """The weights a level's ``model.pt`` holds: the plain network's state dict, which loads
+        into the registered model class. A method that reparametrises weights while it trains
+        returns the weights its parametrisation computes, under the plain names."""
+        return model.state_dict()
+
     def finalize(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> dict[str, Any]:
         """After the last level; returns entries added to ``summary.json`` under ``method``."""
         del model, masks, ctx

@@ -192,8 +192,12 @@ def loss_and_correct(
     compiles (forward and loss; AOTAutograd compiles the backward pass with it)."""
     # no cast cache: a CUDA graph capture may not hold cached casts (and one forward pass
     # casts each weight once anyway)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-    with autocast if bf16 else contextlib.nullcontext():
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        if bf16
+        else contextlib.nullcontext()
+    )
+    with autocast:
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     return loss, (logits.argmax(dim=1) == y).sum()

@@ -429,6 +429,17 @@ class SequentialAttentionPP(BlockPhaseMethod):
         return [BlockPhases(self, masks, steps_of, every)] if level == 0 else []
 
     @torch.no_grad()
+    def level_state(self, model: nn.Module) -> dict[str, Tensor]:
+        """W * A * mask under each attended layer's plain ``weight`` name, without the logits
+        and masks of the parametrisation: a level file loads into the model class. (SA++ has
+        one level, so no later level reloads this file into the parametrised network.)"""
+        state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
+        for name, module in model.named_modules():
+            if parametrize.is_parametrized(module, "weight"):
+                state[f"{name}.weight" if name else "weight"] = module.weight.detach().clone()
+        return state
+
+    @torch.no_grad()
     def finalize(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> dict[str, Any]:
         info = self.block_report(model, masks)
         attention = attention_modules(model)
