@@ -87,6 +87,9 @@ class RunConfig:
     #: reuse the dense level 0 of another run directory (same model, dataset, train, seed):
     #: prune one trained model with many methods and ratios without training it again
     dense_from: str | None = None
+    #: analyses of the run, by name, with their settings (``analysis=[limit]``,
+    #: ``prune_cli/conf/analysis/``); null when none is chosen, so existing hashes stay
+    analysis: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -105,6 +108,9 @@ class RunConfig:
                 raise ConfigError(f"pqi_grid entries must be [p, q] with 0 < p < q, got {pair}")
             grid.append([p, q])
         self.pqi_grid = grid
+        from prune_cli.analysis import check  # the pruning-limit code is only needed here
+
+        check(self.analysis)
         if not isinstance(self.model, ModelConfig):
             raise ConfigError("model must be chosen from the model config group (model=NAME)")
         if not isinstance(self.method, MethodConfig):

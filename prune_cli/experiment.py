@@ -13,6 +13,7 @@ comes from a generator seeded by ``derive_seed(seed, "epoch", level, epoch)``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import logging
@@ -31,6 +32,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 import prune_cli
+from prune_cli import analysis
 from prune_cli.config import RunConfig
 from prune_cli.data import build_dataset
 from prune_cli.errors import ConfigError, RunFailed, UserError
@@ -111,6 +113,7 @@ class Experiment:
                     self._levels()
                 s = self._s
                 info = s.method.finalize(s.model, s.masks, self._context(s.cursor.level))
+                analyses = self._analyses()
             except KeyboardInterrupt:
                 self._write_summary("interrupted", reason=self._where("interrupted"))
                 raise
@@ -121,11 +124,37 @@ class Experiment:
                 self._write_summary("failed", reason=f"{type(exc).__name__}: {exc}")
                 raise
             summary = self._write_summary(
-                "completed", method_info=info, files=self.store.level_files(s.cursor.level)
+                "completed",
+                method_info=info,
+                files=self.store.level_files(s.cursor.level),
+                **({"analysis": analyses} if analyses else {}),
             )
             self.store.discard_checkpoint()  # the level models remain
         show_results(summary, self.store.root)
         return summary
+
+    def _analyses(self) -> dict[str, Any]:
+        """The analyses the config asks for (``analysis=[...]``), on the trained dense level 0;
+        skipped, with the reason, when level 0 is already sparse (a method that prunes while it
+        trains has no dense model to analyse)."""
+        chosen = self.cfg.analysis or {}
+        if not chosen:
+            return {}
+        s = self._s
+        level0 = self.store.load_level(0, s.device)
+        pruned = sum(int((~m.bool()).sum()) for m in level0["mask"].values())
+        if pruned:
+            reason = "level 0 is not dense: the method prunes while it trains"
+            return {name: {"skipped": reason} for name in chosen}
+        model = copy.deepcopy(s.model)
+        model.load_state_dict(level0["model"])
+        out: dict[str, Any] = {}
+        for name, settings in chosen.items():
+            folder = self.store.paths.analysis(name)
+            folder.mkdir(parents=True, exist_ok=True)
+            log.info("analysis %s on the dense level 0", name)
+            out[name] = analysis.run_limit(model, self._context(0), settings, folder.joinpath)
+        return out
 
     @property
     def _s(self) -> RunState:

@@ -115,6 +115,10 @@ class RunPaths:
         """Where ``prune-export`` writes level k's network: ``model.onnx`` or ``model.pt2``."""
         return self.level_dir(level) / ("model.onnx" if fmt == "onnx" else "model.pt2")
 
+    def analysis(self, name: str) -> Path:
+        """Where analysis ``name`` (``analysis=[name]``) writes its files."""
+        return self.root / "analysis" / name
+
     def extra(self, name: str) -> Path:
         """A method's own artifact (for example ``final_model.pt`` of a structured method)."""
         return self.root / name

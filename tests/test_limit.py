@@ -307,3 +307,49 @@ def test_bare_method_limit_runs_and_writes_its_analysis(tmp_path):
     assert len(spectrum) == 20
     assert sum(float(r["weight"]) for r in spectrum) == pytest.approx(1.0)
     assert (tmp_path / "limit.png").stat().st_size > 0
+
+
+# --- the limit as an analysis of any run ------------------------------------------------------
+def test_analysis_names_and_settings_are_validated_when_composed():
+    assert run_config(["analysis=[limit]"]).analysis["limit"]["grid"] == 200
+    assert run_config([]).analysis is None  # none chosen: nothing in the hash
+    with pytest.raises(ConfigError, match=r"analysis\.limit: "):
+        run_config(["analysis=[limit]", "analysis.limit.grid=0"])
+    with pytest.raises(ConfigError, match=r"analysis\.limit: "):
+        run_config(["analysis=[limit]", "+analysis.limit.sparsity_goal=3"])
+    from prune_cli.analysis import check
+
+    with pytest.raises(ConfigError, match="unknown analysis 'hessian'"):
+        check({"hessian": {}})
+
+
+@pytest.mark.slow
+def test_an_analysed_run_records_the_predicted_limit_and_the_report_shows_it(tmp_path):
+    from prune_cli.experiment import Experiment
+    from prune_cli.report_cli import main as report_main
+
+    cfg = run_config(
+        [
+            "model=mlp",
+            "dataset.limit_train=512",
+            "progress=false",
+            "train.epochs=2",
+            "method.levels=1",
+            "analysis=[limit]",
+            "analysis.limit.grid=20",
+            "analysis.limit.lanczos_iter=10",
+            "analysis.limit.probes=1",
+            "analysis.limit.hessian_samples=64",
+        ]
+    )
+    summary = Experiment(cfg, tmp_path / "run").run()
+    limit = summary["analysis"]["limit"]
+    assert 0 < limit["predicted_limit"] < 1 and limit["lanczos_steps"] == [10]
+    # measured on the dense level: its accuracy is level 0's on the same split
+    assert limit["dense_accuracy"] == pytest.approx(summary["levels"][0]["val_accuracy"])
+    folder = tmp_path / "run" / "analysis" / "limit"
+    assert {p.name for p in folder.iterdir()} == {"limit.csv", "spectrum.csv", "limit.png"}
+    report_main([str(tmp_path / "run"), "-o", str(tmp_path / "report"), "--formats", "png"])
+    table = (tmp_path / "report" / "accuracy.md").read_text()
+    remaining = f"{100 * (1 - limit['predicted_limit']):.2f}"
+    assert "predicted limit, remaining %" in table and remaining in table

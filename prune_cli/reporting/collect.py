@@ -259,6 +259,8 @@ def _read_run(root: Path) -> dict:
         "config": {},
         "levels": [],
         "csv": {},
+        # analyses of the dense level (analysis=[limit]); their figures go on every level row
+        "analysis": summary.get("analysis") if isinstance(summary.get("analysis"), dict) else {},
         "method_info": summary.get("method_info")
         if isinstance(summary.get("method_info"), dict)
         else {},
@@ -386,9 +388,20 @@ def collect(paths: list[Path]) -> Collection:
             for key, column in {**STRUCTURED_KEYS, **LIMIT_KEYS}.items()
             if _number(r["method_info"].get(key))
         }
+        limit = r.get("analysis", {}).get("limit")
+        analysed = {
+            f"analysis_{column}": limit[key]
+            for key, column in LIMIT_KEYS.items()
+            if isinstance(limit, dict) and _number(limit.get(key))
+        }
         for lv in r["levels"]:
             level_rows.append(
-                {"run": r["run"], **lv, **(structured if lv["level"] == last else {})}
+                {
+                    "run": r["run"],
+                    **lv,
+                    **analysed,
+                    **(structured if lv["level"] == last else {}),
+                }
             )
     levels = pd.DataFrame(level_rows)
     if not levels.empty:

@@ -124,6 +124,23 @@ def _dense_line(ax: Axes, levels: pd.DataFrame) -> None:
         ax.axhline(100 * dense, color="0.35", ls="--", lw=1, label=f"dense {100 * dense:.2f}%")
 
 
+def _limit_lines(ax: Axes, levels: pd.DataFrame) -> None:
+    """analysis=[limit]: a vertical line at each row's predicted limit (remaining weights %)."""
+    if "analysis_predicted_limit" not in levels:
+        return
+    limits = levels.groupby("label")["analysis_predicted_limit"].mean().dropna()
+    if limits.round(4).nunique() == 1:  # one dense model (dense_from) under every row
+        limits = limits.iloc[:1]
+    for i, (label, rho) in enumerate(limits.items()):
+        ax.axvline(
+            100 * (1 - rho),
+            color=f"C{i % 10}",
+            ls=":",
+            lw=1,
+            label=f"predicted limit {label}" if len(limits) > 1 else "predicted limit",
+        )
+
+
 def _lines(frame: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
     """One line per series when its rows are one-shot (a curve over targets), else one line
     per row (an iterative run's levels: two schedules in one line would zigzag)."""
@@ -172,6 +189,7 @@ def study_plots(
                 ax, 100 * g.index.to_numpy(), 100 * g["test"], 100 * g["test_std"], g["n"], name
             )
         _dense_line(ax, levels)
+        _limit_lines(ax, levels)
         remaining_axis(ax, 100 * mean["remaining"].to_numpy())
 
     names.append(

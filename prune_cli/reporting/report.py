@@ -120,7 +120,7 @@ def accuracy_table(levels: pd.DataFrame, varying: list[str] | None = None) -> pd
         units_no_outgoing_mean=("units_no_outgoing", "mean"),
         collapsed=("collapsed", _collapsed),
     ).reset_index()
-    for column in STRUCTURED:
+    for column in (*STRUCTURED, "analysis_predicted_limit"):
         if column in frame:
             table[f"{column}_mean"] = grouped[column].mean().to_numpy()
     for key in varying or []:
@@ -171,6 +171,11 @@ def markdown(table: pd.DataFrame) -> str:
         shown["collapsed"] = [
             f"{c}/{n}" if c else "" for c, n in zip(collapsed, table["n"], strict=True)
         ]
+    if "analysis_predicted_limit_mean" in table:
+        # analysis=[limit]: the predicted limit as remaining weights, beside "remaining %"
+        shown["predicted limit, remaining %"] = (
+            100 * (1 - table["analysis_predicted_limit_mean"])
+        ).round(2)
     if "macs_thin_mean" in table:
         shown["thin network MACs"] = table["macs_thin_mean"].map(_macs)
     if "latency_thin_ms_mean" in table:

@@ -178,112 +178,125 @@ class PruningLimit(PruningMethod):
 
     def spectrum(self, model: nn.Module, ctx: PruneContext) -> tuple[Spectrum, int]:
         """The SLQ spectrum of the Hessian w.r.t. the prunable weights, and the samples used."""
-        params = self.prunable(model)
-        batches = scoring_batches(ctx, self.cfg.hessian_samples)
-        # a fixed subset of exactly hessian_samples examples
-        x = torch.cat([b[0] for b in batches])[: self.cfg.hessian_samples]
-        y = torch.cat([b[1] for b in batches])[: self.cfg.hessian_samples]
-        size = self.cfg.hessian_batch or max(len(b[1]) for b in batches)
-        subset = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
-        dim = sum(p.numel() for p in params.values())
-        with preserved(model):
-            hvp = hessian_vector_product(model, params, subset, ctx.loss_fn)
-            spectrum = slq(
-                hvp,
-                dim,
-                self.cfg.lanczos_iter,
-                self.cfg.probes,
-                derive_seed(ctx.seed, "limit-probes"),
-                next(iter(params.values())).device,
-            )
-        return spectrum, len(y)
+        return hessian_spectrum(model, self.prunable(model), ctx, self.cfg)
 
     def finalize(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> dict[str, Any]:
-        cfg = self.cfg
-        evaluate = ctx.evaluate
-        if evaluate is None:
-            raise ConfigError("method=limit needs a way to evaluate models (ctx.evaluate)")
-        params = self.prunable(model)
-        # eps from full batches only: a short last batch has a larger loss spread of its own
-        batches = list(ctx.batches(cfg.eps_batches or 10**9))
-        full = [b for b in batches if len(b[1]) == len(batches[0][1])]
-        eps = loss_spread(model, full, ctx)
-        spectrum, samples = self.spectrum(model, ctx)
-        nodes = zero_mass(spectrum.nodes, cfg.zero_mass, cfg.zero_tol)
-        magnitudes = torch.cat(
-            [(p.detach() * masks[k]).abs().reshape(-1) for k, p in params.items()]
-        )
-        norm = PrunedNorm(magnitudes)
-        predicted = predicted_limit(norm, eps, nodes, spectrum.weights)
+        info = measure_limit(model, self.prunable(model), masks, ctx, self.cfg, ctx.artifact_path)
+        return {**info, "l1": self.cfg.l1, "l1_scope": self.cfg.l1_scope}
 
-        rows = magnitude_sweep(params, masks, cfg.grid, lambda: evaluate(model, cfg.split))
-        dense_loss, dense_accuracy = rows[0][2], rows[0][3]
-        if dense_loss == 0 and dense_accuracy == 0:
-            raise ConfigError(
-                f"method.split={cfg.split} holds no samples here; use a split with data"
+
+def hessian_spectrum(
+    model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext, cfg: LimitConfig
+) -> tuple[Spectrum, int]:
+    """The SLQ spectrum of the Hessian w.r.t. ``params`` on a fixed subset of exactly
+    ``cfg.hessian_samples`` training examples, and the number of samples used."""
+    batches = scoring_batches(ctx, cfg.hessian_samples)
+    x = torch.cat([b[0] for b in batches])[: cfg.hessian_samples]
+    y = torch.cat([b[1] for b in batches])[: cfg.hessian_samples]
+    size = cfg.hessian_batch or max(len(b[1]) for b in batches)
+    subset = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+    dim = sum(p.numel() for p in params.values())
+    with preserved(model):
+        hvp = hessian_vector_product(model, params, subset, ctx.loss_fn)
+        spectrum = slq(
+            hvp,
+            dim,
+            cfg.lanczos_iter,
+            cfg.probes,
+            derive_seed(ctx.seed, "limit-probes"),
+            next(iter(params.values())).device,
+        )
+    return spectrum, len(y)
+
+
+def measure_limit(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    masks: Masks,
+    ctx: PruneContext,
+    cfg: LimitConfig,
+    path: Callable[[str], Path],
+) -> dict[str, Any]:
+    """The actual and the predicted pruning limit of ``model`` as it is; writes ``limit.csv``,
+    ``spectrum.csv`` and ``limit.png`` where ``path(name)`` says. ``method=limit`` calls it
+    after its L1 training; ``analysis=[limit]`` on any run's dense level."""
+    evaluate = ctx.evaluate
+    if evaluate is None:
+        raise ConfigError("the pruning limit needs a way to evaluate models (ctx.evaluate)")
+    # eps from full batches only: a short last batch has a larger loss spread of its own
+    batches = list(ctx.batches(cfg.eps_batches or 10**9))
+    full = [b for b in batches if len(b[1]) == len(batches[0][1])]
+    eps = loss_spread(model, full, ctx)
+    spectrum, samples = hessian_spectrum(model, params, ctx, cfg)
+    nodes = zero_mass(spectrum.nodes, cfg.zero_mass, cfg.zero_tol)
+    magnitudes = torch.cat([(p.detach() * masks[k]).abs().reshape(-1) for k, p in params.items()])
+    norm = PrunedNorm(magnitudes)
+    predicted = predicted_limit(norm, eps, nodes, spectrum.weights)
+
+    rows = magnitude_sweep(params, masks, cfg.grid, lambda: evaluate(model, cfg.split))
+    dense_loss, dense_accuracy = rows[0][2], rows[0][3]
+    if dense_loss == 0 and dense_accuracy == 0:
+        raise ConfigError(f"method.split={cfg.split} holds no samples here; use a split with data")
+    limits = actual_limits([r[0] for r in rows], [r[3] for r in rows], cfg.tolerance)
+    table = []
+    for rho, k, loss, accuracy in rows:
+        radius = norm.at_count(k)
+        table.append(
+            (
+                rho,
+                k,
+                loss,
+                accuracy,
+                radius,
+                limit_fraction(radius, eps, nodes, spectrum.weights),
             )
-        limits = actual_limits([r[0] for r in rows], [r[3] for r in rows], cfg.tolerance)
-        table = []
-        for rho, k, loss, accuracy in rows:
-            radius = norm.at_count(k)
-            table.append(
-                (
-                    rho,
-                    k,
-                    loss,
-                    accuracy,
-                    radius,
-                    limit_fraction(radius, eps, nodes, spectrum.weights),
-                )
-            )
-        save_csv(
-            table,
-            ["rho", "pruned", "loss", "accuracy", "R", "g_R"],
-            ctx.artifact_path("limit.csv"),
         )
-        save_csv(
-            zip(
-                spectrum.probe.tolist(),
-                spectrum.nodes.tolist(),
-                spectrum.weights.tolist(),
-                strict=True,
-            ),
-            ["probe", "ritz_value", "weight"],
-            ctx.artifact_path("spectrum.csv"),
-        )
-        plot_limit(table, predicted, limits, ctx.artifact_path("limit.png"))
-        log.info(
-            "pruning limit: predicted %.4f, actual %.4f (strict) / %.4f (tolerance %.4g)",
-            predicted,
-            limits["strict"],
-            limits["tolerance"],
-            cfg.tolerance,
-        )
-        zero = nodes == 0
-        return {
-            "predicted_limit": predicted,
-            "actual_limit": limits["strict"],
-            "actual_limit_tolerance": limits["tolerance"],
-            "actual_limit_first_drop": limits["first_drop"],
-            "tolerance": cfg.tolerance,
-            "split": cfg.split,
-            "dense_accuracy": dense_accuracy,
-            "dense_loss": dense_loss,
-            "eps": eps,
-            "eps_batches": len(full),
-            "hessian_trace": spectrum.trace,
-            "hessian_samples": samples,
-            "lanczos_iter": cfg.lanczos_iter,
-            "lanczos_steps": spectrum.steps,
-            "probes": cfg.probes,
-            "zero_mass": cfg.zero_mass,
-            "zero_mass_fraction": float(spectrum.weights[zero].sum()),
-            "prunable_weights": spectrum.dim,
-            "weights_norm": norm.at_count(norm.count),
-            "l1": cfg.l1,
-            "l1_scope": cfg.l1_scope,
-            "files": ["limit.csv", "spectrum.csv", "limit.png"],
-        }
+    save_csv(
+        table,
+        ["rho", "pruned", "loss", "accuracy", "R", "g_R"],
+        path("limit.csv"),
+    )
+    save_csv(
+        zip(
+            spectrum.probe.tolist(),
+            spectrum.nodes.tolist(),
+            spectrum.weights.tolist(),
+            strict=True,
+        ),
+        ["probe", "ritz_value", "weight"],
+        path("spectrum.csv"),
+    )
+    plot_limit(table, predicted, limits, path("limit.png"))
+    log.info(
+        "pruning limit: predicted %.4f, actual %.4f (strict) / %.4f (tolerance %.4g)",
+        predicted,
+        limits["strict"],
+        limits["tolerance"],
+        cfg.tolerance,
+    )
+    zero = nodes == 0
+    return {
+        "predicted_limit": predicted,
+        "actual_limit": limits["strict"],
+        "actual_limit_tolerance": limits["tolerance"],
+        "actual_limit_first_drop": limits["first_drop"],
+        "tolerance": cfg.tolerance,
+        "split": cfg.split,
+        "dense_accuracy": dense_accuracy,
+        "dense_loss": dense_loss,
+        "eps": eps,
+        "eps_batches": len(full),
+        "hessian_trace": spectrum.trace,
+        "hessian_samples": samples,
+        "lanczos_iter": cfg.lanczos_iter,
+        "lanczos_steps": spectrum.steps,
+        "probes": cfg.probes,
+        "zero_mass": cfg.zero_mass,
+        "zero_mass_fraction": float(spectrum.weights[zero].sum()),
+        "prunable_weights": spectrum.dim,
+        "weights_norm": norm.at_count(norm.count),
+        "files": ["limit.csv", "spectrum.csv", "limit.png"],
+    }
 
 
 def plot_limit(

@@ -1,0 +1,61 @@
+"""Analyses a run may ask for beside its pruning method (``analysis=[NAME]``).
+
+An analysis looks at the run's trained dense model (level 0) once, after the last level, records
+its figures in ``summary.json`` under ``analysis.<name>`` and writes its files under
+``analysis/<name>/`` in the run directory. ``prune-report`` shows them beside what the methods
+reached.
+
+- ``limit``: the fundamental limit of the pruning ratio (Zhang et al., "How Sparse Can We Prune
+  a Deep Network", NeurIPS 2024): the actual limit of one-shot global magnitude pruning without
+  fine-tuning, and the limit predicted from the weight magnitudes and the Hessian spectrum
+  (``prune_cli.pruning.methods.limit.measure_limit``, which ``method=limit`` uses too). The
+  paper predicts it for L1-trained networks; on a network trained otherwise it is the paper's
+  formula applied as is, and docs/RESULTS.md shows how far that goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from prune_cli.errors import ConfigError
+from prune_cli.pruning.mask import Masks, prunable_parameters
+from prune_cli.pruning.method import PruneContext
+from prune_cli.pruning.methods.limit import LimitConfig, measure_limit
+
+#: the analyses by name; each validates its settings and runs on (model, ctx, settings, path)
+ANALYSES = ("limit",)
+
+
+def limit_settings(settings: Mapping[str, Any] | None) -> LimitConfig:
+    """``analysis.limit``'s settings as method=limit's typed config (validated)."""
+    fields = dict(settings or {})
+    try:
+        return LimitConfig(**fields)
+    except TypeError as exc:
+        known = ", ".join(sorted(k for k in LimitConfig.__dataclass_fields__ if k != "name"))
+        raise ConfigError(f"analysis.limit: {exc}; its settings are {known}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"analysis.limit: {exc}") from None
+
+
+def check(analysis: Mapping[str, Any] | None) -> None:
+    """Refuse unknown analyses and bad settings when the config is composed."""
+    for name, settings in (analysis or {}).items():
+        if name not in ANALYSES:
+            raise ConfigError(f"unknown analysis {name!r}; choose from {', '.join(ANALYSES)}")
+        limit_settings(settings)
+
+
+def run_limit(
+    model: nn.Module,
+    ctx: PruneContext,
+    settings: Mapping[str, Any] | None,
+    path: Callable[[str], Path],
+) -> dict[str, Any]:
+    """The actual and predicted pruning limits of ``model`` (dense) over its prunable weights."""
+    params = prunable_parameters(model)
+    return measure_limit(model, params, Masks.ones(params), ctx, limit_settings(settings), path)
