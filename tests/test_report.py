@@ -369,3 +369,24 @@ def test_limit_table_summarises_predicted_and_actual_limits():
     assert table["predicted"].iloc[0] == "0.900 ± 0.100"
     assert table["actual"].iloc[0] == "0.600 ± 0.100"
     assert limit_table(levels.drop(columns="predicted_limit")).empty
+
+
+def test_search_table_shows_the_chosen_metrics_and_the_premise_check():
+    from prune_cli.reporting.report import search_table
+
+    levels = pd.DataFrame(
+        {
+            "run": ["a", "b", "c", "c"],
+            "dataset": ["d"] * 4,
+            "model": ["m"] * 4,
+            "label": ["crossword"] * 4,
+            "search_expression": ["l1", "l1", "fpgm", "fpgm"],
+            "search_objective": [1.0, 2.0, 3.0, 3.0],
+            "search_objective_accuracy_spearman": [0.1, -0.1, 0.0, 0.0],
+        }
+    )
+    row = search_table(levels).iloc[0]
+    assert row["n"] == 3 and row["chosen"] == "l1 (2); fpgm (1)"  # one row per run
+    assert row["objective"] == "2.000 ± 1.000"
+    assert row["objective vs accuracy (Spearman)"] == "0.000 ± 0.100"
+    assert search_table(levels.drop(columns="search_objective_accuracy_spearman")).empty

@@ -58,6 +58,13 @@ STRUCTURED_KEYS = {
     "params_after": "params_thin",
 }
 
+#: the Crossword metric search (``method=crossword``): the chosen metric, its objective and the
+#: premise check (rank correlation of objective and pruned accuracy over the candidates)
+SEARCH_KEYS = {
+    "objective": "search_objective",
+    "objective_accuracy_spearman": "search_objective_accuracy_spearman",
+}
+
 #: the pruning-limit analysis (Zhang et al. 2024, ``method=limit``): predicted and actual limits
 #: beside the run's final level
 LIMIT_KEYS = {
@@ -383,11 +390,13 @@ def collect(paths: list[Path]) -> Collection:
     level_rows = []
     for r in done:
         last = max(lv["level"] for lv in r["levels"])
-        structured = {
+        structured: dict[str, Any] = {
             column: r["method_info"][key]
-            for key, column in {**STRUCTURED_KEYS, **LIMIT_KEYS}.items()
+            for key, column in {**STRUCTURED_KEYS, **LIMIT_KEYS, **SEARCH_KEYS}.items()
             if _number(r["method_info"].get(key))
         }
+        if "objective_accuracy_spearman" in r["method_info"]:
+            structured["search_expression"] = r["method_info"].get("expression")
         limit = r.get("analysis", {}).get("limit")
         analysed = {
             f"analysis_{column}": limit[key]

@@ -328,6 +328,18 @@ def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -
                 markdown_plain(limits),
                 "",
             ]
+        searches = search_table(c.levels)
+        if not searches.empty:
+            searches.to_csv(out / "search.csv", index=False)
+            lines += [
+                "## Metric search (Crossword): what was chosen, and does the objective predict "
+                "accuracy?",
+                "",
+                SEARCH_NOTE,
+                "",
+                markdown_plain(searches),
+                "",
+            ]
         for (dataset, model), _ in c.levels.groupby(["dataset", "model"]):
             lines += [
                 f"## {dataset} / {model}",
@@ -400,6 +412,46 @@ def limit_table(levels: pd.DataFrame) -> pd.DataFrame:
             ) + (" †" if 1 < len(values) < 3 else "")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+SEARCH_NOTE = (
+    "Per row: the metric each seed's search chose (its count), and over the runs the mean ± std "
+    "of the chosen metric's objective and of the premise check, the Spearman correlation across "
+    "the search's candidates between the objective and the pruned validation accuracy (near 0 "
+    "or below: the objective does not tell good metrics from bad ones here)."
+)
+
+
+def search_table(levels: pd.DataFrame) -> pd.DataFrame:
+    """One row per report row of runs that searched a metric (``method=crossword``)."""
+    column = "search_objective_accuracy_spearman"
+    if column not in levels:
+        return pd.DataFrame()
+    runs = levels[levels[column].notna()].drop_duplicates("run")
+    rows = []
+    for (dataset, model, label), g in runs.groupby(["dataset", "model", "label"], sort=True):
+        chosen = g["search_expression"].value_counts()
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "label": label,
+                "n": len(g),
+                "chosen": "; ".join(f"{e} ({k})" for e, k in chosen.items()),
+                "objective": _mean_std(g["search_objective"]),
+                "objective vs accuracy (Spearman)": _mean_std(g[column]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "-"
+    std = values.std(ddof=1) if len(values) > 1 else math.nan
+    mark = " †" if 1 < len(values) < 3 else ""
+    return f"{values.mean():.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}") + mark
 
 
 def markdown_plain(frame: pd.DataFrame) -> str:
