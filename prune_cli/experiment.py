@@ -77,6 +77,9 @@ class RunState:
     dense: DenseSource | None = None  # ``dense_from``: the other run's dense level 0
     elapsed_before: float = 0.0  # wall time of earlier sessions of a resumed run
     resume: dict[str, Any] | None = None  # the checkpoint's training state, until consumed
+    #: rows of each results table that the finished levels hold (durable in the files; the
+    #: checkpoint carries only the rows past them)
+    row_offset: dict[str, int] = field(default_factory=dict)
 
 
 class Experiment:
@@ -227,7 +230,8 @@ class Experiment:
         s.resume = self.store.load_checkpoint(device)
         if s.resume is not None:
             ck = s.resume
-            s.records = RunRecords.from_state(ck["records"])
+            s.records = RunRecords.from_checkpoint(ck["records"], self.store.paths)
+            s.row_offset = dict(ck["records"].get("offset", {}))
             s.cursor = Cursor(**ck["cursor"])
             s.elapsed_before = float(ck.get("wall_time_s", 0.0))
             s.masks = Masks(ck["masks"]).to(device)
@@ -418,9 +422,12 @@ class Experiment:
             "-" if val is None else f"{val.accuracy:.4f}",
             test.accuracy,
         )
+        # the finished level's rows go to the disk before the checkpoint that stops carrying
+        # them (a crash in between resumes from the older checkpoint, which still does)
+        self.store.write_results(s.records, durable=True)
+        s.row_offset = s.records.counts()
         s.cursor = Cursor(level=level + 1)
         self._save_checkpoint()
-        self.store.write_results(s.records)
         self._write_summary("running")
 
     # --- measurements -------------------------------------------------------------------------
@@ -458,7 +465,7 @@ class Experiment:
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "callbacks": [cb.state_dict() for cb in callbacks or []],
                 "best_state": best_state,
-                "records": s.records.state_dict(),
+                "records": s.records.checkpoint_state(s.row_offset),
                 "method": s.method.state_dict(),
                 "wall_time_s": self._elapsed(),
             }

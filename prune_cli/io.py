@@ -119,11 +119,15 @@ def save_csv(
     _atomic(Path(path), write, durable=durable)
 
 
-def append_csv(rows: Iterable[Sequence[Any]], path: Path) -> None:
-    """Append rows to an existing CSV file (not atomic: callers can rewrite it from a durable
-    copy of the rows, as the run store does at the start of every session)."""
+def append_csv(rows: Iterable[Sequence[Any]], path: Path, durable: bool = False) -> None:
+    """Append rows to an existing CSV file (not atomic: a crash can leave a partial last line,
+    which the run store's rewrite at the start of the next session replaces). ``durable``:
+    flushed to the disk before returning."""
     with open(path, "a", newline="") as fh:
         csv.writer(fh, lineterminator="\n").writerows(rows)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def save_text(text: str, path: Path) -> None:

@@ -363,17 +363,19 @@ class RunStore:
             os.chmod(self.paths.init_state, FILE_MODE)
 
     # --- results ------------------------------------------------------------------------------
-    def write_results(self, records: Any) -> None:
+    def write_results(self, records: Any, durable: bool = False) -> None:
         """Bring the CSV files up to ``records``: rewrite them the first time in a session (a
         resumed run's files may hold rows past its checkpoint), then append the new rows only.
 
-        The rows live in the checkpoint too, so the CSVs need no fsync: a crash, even in the
-        middle of an append, is repaired by the rewrite that starts the next session.
+        The checkpoint carries the rows of the level in progress, so those need no fsync: a
+        crash, even in the middle of an append, is repaired by the rewrite that starts the next
+        session. The rows of a finished level are in the files alone once the next checkpoint
+        is written, so the level's end writes them ``durable`` (and so does the rewrite).
         """
         if self._written is None:
-            records.write(self.paths, durable=False)
+            records.write(self.paths, durable=True)
         else:
-            records.append(self.paths, self._written)
+            records.append(self.paths, self._written, durable)
         self._written = records.counts()
 
     def write_summary(self, summary: dict[str, Any]) -> None:

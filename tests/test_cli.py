@@ -228,6 +228,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     assert crashed.checkpoint.exists()
     checkpoint = torch.load(crashed.checkpoint, weights_only=False)
     assert checkpoint["config"]["method"]["name"] == cfg.method.name  # checkpoints carry config
+    # only the level in progress travels in the checkpoint: earlier levels' rows are in the files
+    level, records = checkpoint["cursor"]["level"], checkpoint["records"]
+    assert all(r[0] == level for rows in records["tail"].values() for r in rows)
+    if level > 0:
+        assert records["offset"]["metrics"] > 0 and records["offset"]["recall"] > 0
     monkeypatch.setattr(Trainer, "train_epoch", original)
     resumed = Experiment(run_config(overrides), tmp_path / "crashed").run()
 
@@ -244,7 +249,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     for a, b in zip(reference["levels"], resumed["levels"], strict=True):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
     straight = RunPaths(tmp_path / "straight")
-    for name in ("metrics", "per_class_recall", "pqi", "sparsity"):
+    for name in ("metrics", "per_class_recall", "pqi", "gini", "sparsity", "recall_distortion"):
         assert getattr(straight, name).read_text() == getattr(crashed, name).read_text()
 
 

@@ -411,3 +411,29 @@ def test_ctrl_c_is_one_line_and_marks_the_run_interrupted(tmp_path):
     assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err
     summary = json.loads(RunPaths(run).summary.read_text())
     assert summary["status"] == "interrupted" and "level 0" in summary["reason"]
+
+
+def test_records_come_back_from_the_files_and_the_checkpoint_tail(tmp_path):
+    """The checkpoint carries the rows past the finished levels; the rest is read back from the
+    files with their types, and a file shorter than the checkpoint says is a one-line error."""
+    from prune_cli.errors import UserError
+    from prune_cli.reporting.records import RunRecords
+
+    paths = RunPaths(tmp_path)
+    records = RunRecords(
+        metrics=[(0, 1, "val", "accuracy", 0.5), (1, 1, "val", "accuracy", 0.25)],
+        recall=[(0, "final", 0, "zero", 3, 1.0), (1, "final", 0, "zero", 3, 0.0)],
+        pqi=[(0, "final", "model", "all", 0.5, 1.0, 0.125)],
+        sparsity=[(0, "fc.weight", 10, 10, 0.0), (1, "fc.weight", 10, 5, 0.5)],
+        distortion=[(1, 0, 1.0, 0.0, 0.2, -1.0, 0.5)],
+        levels=[{"level": 0}, {"level": 1}],
+    )
+    records.write(paths)
+    offset = {"metrics": 1, "recall": 1, "pqi": 1, "gini": 0, "sparsity": 1, "distortion": 0}
+    state = records.checkpoint_state(offset)
+    assert state["tail"]["metrics"] == [(1, 1, "val", "accuracy", 0.25)]
+    back = RunRecords.from_checkpoint(state, paths)
+    assert back == records  # same values, same types
+    paths.metrics.write_text("level,epoch,split,metric,value\n")  # the finished rows are gone
+    with pytest.raises(UserError, match="overwrite=true"):
+        RunRecords.from_checkpoint(state, paths)
