@@ -50,6 +50,23 @@ def test_one_folder_of_class_folders_holds_out_a_seeded_test_split(tmp_path):
     assert torch.equal(test, torch.cat([x for x, _ in again.batches("test", 4)]))
 
 
+def test_batches_are_normalised_on_the_device_as_torchvision_would(tmp_path):
+    """Workers ship uint8 images; the device normalises them: the same values as
+    ToTensor + Normalize in the workers (the usual pipeline), to float rounding."""
+    from torchvision import transforms
+
+    from prune_cli.data.imagenet import MEAN, STD, image_folder, transforms_for
+
+    write_images(tmp_path / "pets", {"cat": 4, "dog": 4})
+    data = build_dataset(folder_config(tmp_path / "pets", val_size=0), CPU)
+    _, eval_tf = transforms_for(16, small=True)
+    raw = image_folder("folder", tmp_path / "pets", eval_tf)
+    x = torch.stack([raw[i][0] for i in range(len(raw))])
+    assert x.dtype == torch.uint8  # what crosses from the workers to the device
+    usual = transforms.Normalize(MEAN, STD)(x.float() / 255)
+    torch.testing.assert_close(data.normalise(x), usual, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("test_folder", ["test", "val"])
 def test_train_and_test_folders(tmp_path, test_folder):
     write_images(tmp_path / "d" / "train", {"a": 6, "b": 6})

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from prune_cli.data import DATASETS, DatasetConfig, DatasetCorrupt, check_val_size
@@ -108,7 +109,9 @@ def image_folder(name: str, path: Path, transform: Callable) -> ImageFolder:
 
 
 def transforms_for(size: int, small: bool) -> tuple[Callable, Callable]:
-    """(training, evaluation) transforms to ``size`` x ``size`` RGB tensors, normalised.
+    """(training, evaluation) transforms to ``size`` x ``size`` RGB uint8 tensors; the batches
+    are normalised on the training device (``StreamingImageData.batches``), so the workers
+    and the host-to-device copy move a quarter of the bytes float32 images would take.
 
     ImageNet's: random resized crop and flip; resize to 8/7 and centre crop. ``small`` images
     (CIFAR-like folders) would lose most of themselves to a random resized crop, so they are
@@ -116,7 +119,7 @@ def transforms_for(size: int, small: bool) -> tuple[Callable, Callable]:
     """
     from torchvision import transforms
 
-    finish = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    finish = [transforms.PILToTensor()]
     if not small:
         train = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
         evaluate = [transforms.Resize(round(size * 8 / 7)), transforms.CenterCrop(size)]
@@ -176,6 +179,19 @@ class StreamingImageData(ImageData):
         self.spec = DataSpec(3, len(self.class_names), size)
         self.device = device
         self.num_workers = cfg.num_workers
+        shape = (1, 3, 1, 1)
+        # x / 255 then (x - mean) / std as one multiply-add: scale = 1 / (255 std)
+        self._scale = (1.0 / (255.0 * torch.tensor(STD))).view(shape).to(device)
+        self._shift = (-torch.tensor(MEAN) / torch.tensor(STD)).view(shape).to(device)
+        #: channels-last on CUDA, as training runs there (see data/base.py)
+        self.memory_format = (
+            torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        )
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """uint8 images on the device to normalised float32, in the training layout."""
+        x = x.to(dtype=torch.float32, memory_format=self.memory_format)
+        return torch.addcmul(self._shift, x, self._scale)
 
     def size(self, split: str) -> int:
         return len(self._sets[split])
@@ -198,11 +214,14 @@ class StreamingImageData(ImageData):
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             drop_last=split == "train" and len(dataset) % batch_size == 1,
+            # not persistent: workers that outlive an epoch keep their random state, and a
+            # resumed run (new workers) would then draw other augmentations than the original
             persistent_workers=False,
         )
         try:
             for x, y in loader:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                x = self.normalise(x.to(self.device, non_blocking=True))
+                yield x, y.to(self.device, non_blocking=True)
         except DatasetCorrupt as exc:
             # a worker's error comes back with its traceback in the message: keep the last line
             last = str(exc).strip().splitlines()[-1]
