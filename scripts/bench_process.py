@@ -1,0 +1,139 @@
+"""Bare ``prune-run`` as a whole process against a plain PyTorch script doing the same training.
+
+Issue 14's CPU goal: the bare demo (LeNet-5 on the bundled digits, 15 dense epochs, then three
+magnitude-pruning levels to 90% with 15 epochs of fine-tuning each, validation every epoch, the
+best-validation state kept, a state dict saved per level) at most 0.8x the wall time of a plain
+script that does the same: scikit-learn's ``load_digits``, the same split sizes and network, SGD
+with Nesterov momentum, warm-up and cosine, global magnitude masks multiplied in after every
+step, ``torch.save`` per level. Both run on one thread (``OMP_NUM_THREADS=1``, and
+``torch.set_num_threads(1)`` in the script), as separate processes, alternating, so that other
+load on the machine hits both alike; the figure is the median of the per-round ratios.
+
+prune-run does more than the script (per-class recall, PQ index, Gini, MACs, collapse checks,
+CSV files, checkpoints, a summary), so the ratio measures what its start-up and bookkeeping cost.
+Needs scikit-learn (the ``dev`` extra). Run: ``python scripts/bench_process.py --rounds 3``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PLAIN = r'''
+import math, sys, time
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+out = sys.argv[1]
+digits = load_digits()
+x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+y = torch.tensor(digits.target, dtype=torch.long)
+perm = torch.randperm(len(y))
+test, val, train = perm[:359], perm[359:503], perm[503:]
+x = (x - x[train].mean()) / x[train].std()
+
+model = nn.Sequential(
+    nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+    nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+    nn.Flatten(), nn.Linear(64, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+)
+weights = [m.weight for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+masks = [torch.ones_like(w, dtype=torch.bool) for w in weights]
+
+
+def accuracy(idx):
+    model.eval()
+    with torch.no_grad():
+        return (model(x[idx]).argmax(1) == y[idx]).float().mean().item()
+
+
+epochs, batch = 15, 64
+steps = math.ceil(len(train) / batch)
+for level in range(4):
+    if level:  # global magnitude pruning to 1 - 0.1 ** (level / 3) of all weights
+        scores = torch.cat([(w.detach().abs() * m).flatten() for w, m in zip(weights, masks)])
+        k = round((1 - 0.1 ** (level / 3)) * scores.numel())
+        threshold = scores.kthvalue(k).values
+        masks = [m & (w.detach().abs() > threshold) for w, m in zip(weights, masks)]
+        with torch.no_grad():
+            for w, m in zip(weights, masks):
+                w.mul_(m)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                          weight_decay=5e-4)
+    total, warm = steps * epochs, 2 * steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm
+        else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / (total - warm)))))
+    best, best_state = -1.0, None
+    for epoch in range(epochs):
+        model.train()
+        order = train[torch.randperm(len(train))]
+        for i in range(0, len(order), batch):
+            b = order[i:i + batch]
+            loss = F.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                for w, m in zip(weights, masks):
+                    w.mul_(m)
+        acc = accuracy(val)
+        if acc > best:
+            best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    print(f"level {level}: val {best:.4f} test {accuracy(test):.4f}")
+    torch.save(model.state_dict(), f"{out}/level_{level}.pt")
+'''
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    run = [str(Path(sys.executable).with_name("prune-run"))]
+    work = Path(tempfile.mkdtemp(prefix="bench_process-"))
+    script = work / "plain.py"
+    script.write_text(PLAIN)
+    ours, plain, ratios = [], [], []
+    try:
+        for r in range(args.rounds):
+            out = work / f"r{r}"
+            out.mkdir()
+            a = timed([*run, "progress=false", f"output_root={out}"], env)
+            b = timed([sys.executable, str(script), str(out)], env)
+            ours.append(a)
+            plain.append(b)
+            ratios.append(a / b)
+            print(f"round {r + 1}: prune-run {a:.1f} s, plain script {b:.1f} s, ratio {a / b:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"median: prune-run {statistics.median(ours):.1f} s, plain {statistics.median(plain):.1f} s,"
+        f" prune-run / plain = {statistics.median(ratios):.2f} (goal <= 0.8)"
+    )
+
+
+if __name__ == "__main__":
+    main()
