@@ -15,6 +15,11 @@ from prune_cli.config import config_hash
 from prune_cli.data import DatasetConfig, build_dataset
 from prune_cli.errors import ConfigError
 from prune_cli.models import build_model
+from prune_cli.pruning.derivatives import Sample, compute
+from prune_cli.pruning.measures import build, sites, weight_scores
+from prune_cli.pruning.method import METHODS, PruneContext
+from prune_cli.pruning.methods.filter_pruning import FilterConfig
+from prune_cli.pruning.methods.flow_pruning import FlowConfig
 from prune_cli.training import loop
 from prune_cli.training.config import TrainConfig
 from prune_cli.training.optim import build_optimizer, build_scheduler
@@ -79,3 +84,92 @@ def test_temperature_setting_keeps_old_hashes_and_the_flow_experiments_use_t5():
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="temperature"):
             TrainConfig(temperature=bad)
+
+
+# --- 2. Fisher and GraSP as the authors compute them ------------------------------------------
+def context(batches, num_classes=3) -> PruneContext:
+    return PruneContext(
+        level=1,
+        seed=0,
+        device=torch.device("cpu"),
+        batches=lambda n: iter(batches[:n]),
+        loss_fn=nn.functional.cross_entropy,
+        weight_decay=0.0,
+        num_classes=num_classes,
+        load_state=lambda name: {},
+    )
+
+
+def softmax_grad(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, t: float = 1.0):
+    """Gradient of the mean cross-entropy of (x W^T) / t in W, by the closed form
+    (softmax(z / t) - onehot(y))^T x / (t n)."""
+    p = torch.softmax(x @ w.T / t, dim=1) - nn.functional.one_hot(y, w.shape[0]).float()
+    return p.T @ x / (t * len(y))
+
+
+def test_fisher_is_the_mean_of_squared_batch_gradients_not_the_squared_mean():
+    w = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.5]])
+    model = nn.Linear(3, 2, bias=False)
+    model.weight.data.copy_(w)
+    # two batches of different sizes whose gradients point in different directions
+    b1 = (torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 3.0]]), torch.tensor([0, 1]))
+    b2 = (torch.tensor([[-2.0, 0.5, 1.0]]), torch.tensor([1]))
+    g1, g2 = softmax_grad(w, *b1, t=5.0), softmax_grad(w, *b2, t=5.0)
+    fisher = w**2 * (2 * g1**2 + 1 * g2**2) / 3  # batches weighted by size, as the authors
+    ctx = context([b1, b2], num_classes=2)
+    params = dict(model.named_parameters())
+    sample = Sample(samples=3, temperature=5.0)
+    scores = weight_scores(build("fisher"), model, params, ctx, sample)
+    assert torch.allclose(scores["weight"], fisher, atol=1e-7)
+    # the old definition, theta^2 (mean g)^2, is a different ranking input
+    assert not torch.allclose(scores["weight"], w**2 * ((g1 + g2) / 2) ** 2, atol=1e-5)
+    # filter score: row sums (Lubana and Dick's cal_importance_fisher)
+    method = METHODS.get("flow")(FlowConfig(measure="fisher", samples=3, score_temperature=5.0))
+    assert torch.allclose(method.scores(model, params, ctx)["weight"], fisher, atol=1e-7)
+
+
+def test_grasp_sample_is_one_batch_per_class_of_samples_per_class():
+    # 12 training examples, labels 0 1 2 0 1 2 ...; class 2 only 2 times in the second batch
+    x = torch.arange(12.0).reshape(12, 1)
+    batches = [(x[:6], torch.tensor([0, 1, 2, 0, 1, 0])), (x[6:], torch.tensor([1, 0, 0, 1, 2, 1]))]
+    ctx = context(batches)
+    drawn = Sample(per_class=2, balanced=True).draw(ctx)
+    assert [b[1].tolist() for b in drawn] == [[0, 0], [1, 1], [2, 2]]
+    assert [b[0].flatten().tolist() for b in drawn] == [[0.0, 3.0], [1.0, 4.0], [2.0, 10.0]]
+    # null per class: samples // classes (the authors' imp_samples / num_classes)
+    assert Sample(samples=9, balanced=True).examples_per_class(3) == 3
+    drawn = Sample(samples=12, balanced=True).draw(ctx)  # 4 of each asked; class 2 has 2
+    assert [len(b[1]) for b in drawn] == [4, 4, 2]
+    # the measure takes null from a method's config, and keeps 10 where none is given
+    assert build("grasp", FilterConfig(samples_per_class=None)).samples_per_class is None
+    assert build("grasp", FilterConfig()).samples_per_class == 10
+    assert build("grasp").samples_per_class == 10
+    grasp = build("grasp", FilterConfig(samples_per_class=None, samples=2560))
+    assert grasp.sample(Sample(samples=2560)).examples_per_class(10) == 256
+    with pytest.raises(ConfigError, match="samples_per_class"):
+        FilterConfig(samples_per_class=0)
+
+
+def test_grasp_hg_is_the_mean_over_class_batches_of_h_g_at_t200():
+    torch.manual_seed(0)
+    w = torch.randn(3, 4)
+    model = nn.Linear(4, 3, bias=False)
+    model.weight.data.copy_(w)
+    x = torch.randn(12, 4)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 1, 1, 0, 2, 1, 0])
+    ctx = context([(x, y)])
+    params = dict(model.named_parameters())
+    per_class = 2
+    # by hand: the first 2 examples of each class; L = mean over classes of the class-batch loss
+    picked = [torch.nonzero(y == c).flatten()[:per_class] for c in range(3)]
+
+    def loss(weight: torch.Tensor) -> torch.Tensor:
+        return sum(nn.functional.cross_entropy(x[i] @ weight.T / 200.0, y[i]) for i in picked) / 3
+
+    g = sum(softmax_grad(w, x[i], y[i], t=200.0) for i in picked) / 3
+    _, hg = torch.autograd.functional.hvp(loss, w, g)  # H g of the class-balanced loss
+    grasp = build("grasp", FlowConfig(samples_per_class=per_class))
+    d = compute(grasp.needs, model, params, ctx, grasp.sample(Sample(samples=2560)))
+    assert torch.allclose(d.g["weight"], g, atol=1e-8)
+    assert torch.allclose(d.hg["weight"], hg, rtol=1e-4, atol=1e-10)
+    assert torch.allclose(grasp.weight(sites(params, d)["weight"]), w * hg, rtol=1e-4, atol=1e-10)

@@ -77,7 +77,8 @@ class FilterConfig(MethodConfig):
     samples: int = 2560
     score_temperature: float = 1.0
     grasp_temperature: float = 200.0
-    samples_per_class: int = 10
+    #: GraSP's examples of each class; null: samples // classes, as the authors
+    samples_per_class: int | None = 10
     #: each unit keeps at least floor(min_keep * channels) + 1 filters
     min_keep: float = 0.05
     #: each unit keeps a multiple of this many filters (or all of them), the nearest one to what
@@ -103,6 +104,10 @@ class FilterConfig(MethodConfig):
             raise ConfigError("method.rounds, method.samples and method.latency_batch must be >= 1")
         if self.score_temperature <= 0 or self.grasp_temperature <= 0:
             raise ConfigError("method temperatures must be > 0")
+        if self.samples_per_class is not None and self.samples_per_class < 1:
+            raise ConfigError(
+                f"method.samples_per_class must be >= 1, got {self.samples_per_class}"
+            )
         if not 0.0 <= self.min_keep < 1.0:
             raise ConfigError(f"method.min_keep must be in [0, 1), got {self.min_keep}")
         if self.round_to is not None and self.round_to < 1:
