@@ -16,10 +16,13 @@ from prune_cli.data import DatasetConfig, build_dataset
 from prune_cli.errors import ConfigError
 from prune_cli.models import build_model
 from prune_cli.pruning.derivatives import Sample, compute
+from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.measures import build, sites, weight_scores
 from prune_cli.pruning.method import METHODS, PruneContext
 from prune_cli.pruning.methods.filter_pruning import FilterConfig
 from prune_cli.pruning.methods.flow_pruning import FlowConfig
+from prune_cli.pruning.structured import rebuild_thin, thin_checkpoint
+from prune_cli.spec import DataSpec
 from prune_cli.training import loop
 from prune_cli.training.config import TrainConfig
 from prune_cli.training.optim import build_optimizer, build_scheduler
@@ -173,3 +176,63 @@ def test_grasp_hg_is_the_mean_over_class_batches_of_h_g_at_t200():
     assert torch.allclose(d.g["weight"], g, atol=1e-8)
     assert torch.allclose(d.hg["weight"], hg, rtol=1e-4, atol=1e-10)
     assert torch.allclose(grasp.weight(sites(params, d)["weight"]), w * hg, rtol=1e-4, atol=1e-10)
+
+
+# --- 3. the first convolution of VGG and MobileNet ----------------------------------------------
+def first_conv(model: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("name", ["vgg11", "mobilenet_v1"])
+def test_prune_first_removes_first_conv_filters_and_thin_equals_masked(name):
+    torch.manual_seed(0)
+    model = build_model(name, DataSpec(3, 10, 32))
+    for m in model.modules():  # non-trivial BatchNorm statistics, so masking must be exact
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.3, 0.3)
+    x = torch.randn(4, 3, 32, 32)
+    ctx = context([(x, torch.arange(4))], num_classes=10)
+    method = METHODS.get("filter")(FilterConfig(measure="magnitude", prune_first=True))
+    groups = method.units(model, ctx)
+    first = first_conv(model)
+    # the first conv's filters are now a unit (in MobileNet rooted at the depthwise conv of the
+    # first block, whose channels they are)
+    unit = next(u for u in groups.units if f"{first}.weight" in u.weights)
+    root = unit.root
+    # its filters (and the depthwise rows coupled to them in MobileNet) made the smallest, so
+    # the global magnitude ranking takes them first, down to the floor of 5% + 1
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for w in unit.weights:
+            params[w].mul_(1e-3)
+    floor = math.floor(0.05 * unit.channels) + 1  # VGG: 64 -> 4; MobileNet: 32 -> 2
+    masks = Masks.ones(method.prunable(model))
+    masks.update(method.prune_fraction(model, masks, ctx, 0.3))
+    keep = method.keep_from(masks, groups)
+    assert int(keep[root].sum()) == floor
+    thin = groups.thin(keep, x[:1])
+    assert dict(thin.named_modules())[first].out_channels == floor
+    model.eval()
+    with torch.no_grad():
+        a, b = model(x), thin(x)
+    assert torch.allclose(a, b, atol=1e-4 * max(1.0, float(a.abs().max())))
+    # stored and rebuilt from a fresh dense model: the same network
+    checkpoint = thin_checkpoint(thin, groups.removed(keep), (3, 32, 32), 10)
+    rebuilt = rebuild_thin(build_model(name, DataSpec(3, 10, 32)), checkpoint)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), b, atol=1e-6)
+    # the default (null) keeps the first conv whole, as before the setting
+    plain = METHODS.get("filter")(FilterConfig(measure="magnitude"))
+    assert all(f"{first}.weight" not in u.weights for u in plain.units(model, ctx).units)
+
+
+def test_flow_experiments_prune_the_first_conv_except_resnet56():
+    assert run_config(["experiment=flow_vgg13_cifar"]).method.prune_first is True
+    assert run_config(["experiment=flow_mobilenet_v1_cifar"]).method.prune_first is True
+    assert run_config(["experiment=flow_resnet56_cifar"]).method.prune_first is False
+    # null default: the hashes of existing filter runs are unchanged
+    assert config_hash(compose_config(["method=filter"])) == config_hash(
+        compose_config(["method=filter", "method.prune_first=null"])
+    )

@@ -6,9 +6,11 @@ Filters are scored per unit (a measure's filter score summed over the coupled la
 the lowest pruned first. ``scope``: null / ``global`` ranks all units' filters together, each unit
 keeping at least floor(``min_keep`` * channels) + 1 filters (Lubana and Dick); ``layer`` prunes
 the same fraction of every unit's filters, int(fraction * filters) as the FPGM and L1 authors
-count. The first convolution and the classifier are never pruned (so in a CIFAR ResNet, whose
-residual streams are coupled to the first convolution through the shortcuts, the units are the
-inner convolution of each block). When:
+count. The classifier is never pruned. The first convolution is pruned only with
+``prune_first`` (null = false): Lubana and Dick prune it in VGG-13 and MobileNet-V1 and exempt it
+in ResNet-56 (their code pins its score above every other), which their experiment configs
+follow; without it, in a CIFAR ResNet, whose residual streams are coupled to the first
+convolution through the shortcuts, the units are the inner convolution of each block. When:
 
 - ``early`` (Lubana and Dick's schedule): after each of the first ``rounds`` (n) epochs, prune
   p_k = p / (k p + n (1 - p)) of the remaining filters, k = 1..n, so that ``sparsity`` p of the
@@ -91,6 +93,8 @@ class FilterConfig(MethodConfig):
     latency_repeats: int = 20
     #: null or ``global`` (one ranking, per-unit floor) or ``layer`` (the same fraction per unit)
     scope: str | None = None
+    #: prune the first layer's filters too (null = false: it keeps all of them)
+    prune_first: bool | None = None
 
     def __post_init__(self) -> None:
         check(self.measure, "filter")
@@ -130,7 +134,7 @@ class FilterPruning(PruningMethod):
     def units(self, model: nn.Module, ctx: PruneContext) -> FilterGroups:
         if self.groups is None or self.groups.model is not model:
             x, _ = next(iter(ctx.batches(1)))
-            self.groups = FilterGroups(model, x[:2])
+            self.groups = FilterGroups(model, x[:2], prune_first=bool(self.cfg.prune_first))
         return self.groups
 
     def keep_from(self, masks: Masks, groups: FilterGroups) -> dict[str, Tensor]:
