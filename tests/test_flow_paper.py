@@ -4,6 +4,7 @@ the first convolution of VGG and MobileNet, and targets that the per-unit floors
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,11 +15,12 @@ from torch import nn
 from prune_cli.config import config_hash
 from prune_cli.data import DatasetConfig, build_dataset
 from prune_cli.errors import ConfigError
-from prune_cli.models import build_model
+from prune_cli.models import build_model, model_config
 from prune_cli.pruning.derivatives import Sample, compute
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.measures import build, sites, weight_scores
 from prune_cli.pruning.method import METHODS, PruneContext
+from prune_cli.pruning.methods import filter_pruning
 from prune_cli.pruning.methods.filter_pruning import FilterConfig
 from prune_cli.pruning.methods.flow_pruning import FlowConfig
 from prune_cli.pruning.structured import rebuild_thin, thin_checkpoint
@@ -186,7 +188,9 @@ def first_conv(model: nn.Module) -> str:
 @pytest.mark.parametrize("name", ["vgg11", "mobilenet_v1"])
 def test_prune_first_removes_first_conv_filters_and_thin_equals_masked(name):
     torch.manual_seed(0)
-    model = build_model(name, DataSpec(3, 10, 32))
+    # a quarter of the widths: the same layers and couplings, a faster test
+    settings = dataclasses.replace(model_config(name), width_mult=0.25)
+    model = build_model(settings, DataSpec(3, 10, 32))
     for m in model.modules():  # non-trivial BatchNorm statistics, so masking must be exact
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.3, 0.3)
@@ -207,7 +211,8 @@ def test_prune_first_removes_first_conv_filters_and_thin_equals_masked(name):
     with torch.no_grad():
         for w in unit.weights:
             params[w].mul_(1e-3)
-    floor = math.floor(0.05 * unit.channels) + 1  # VGG: 64 -> 4; MobileNet: 32 -> 2
+    floor = math.floor(0.05 * unit.channels) + 1  # VGG: 16 -> 1; MobileNet: 8 -> 1
+    assert unit.channels == (16 if name == "vgg11" else 8)
     masks = Masks.ones(method.prunable(model))
     masks.update(method.prune_fraction(model, masks, ctx, 0.3))
     keep = method.keep_from(masks, groups)
@@ -220,12 +225,9 @@ def test_prune_first_removes_first_conv_filters_and_thin_equals_masked(name):
     assert torch.allclose(a, b, atol=1e-4 * max(1.0, float(a.abs().max())))
     # stored and rebuilt from a fresh dense model: the same network
     checkpoint = thin_checkpoint(thin, groups.removed(keep), (3, 32, 32), 10)
-    rebuilt = rebuild_thin(build_model(name, DataSpec(3, 10, 32)), checkpoint)
+    rebuilt = rebuild_thin(build_model(settings, DataSpec(3, 10, 32)), checkpoint)
     with torch.no_grad():
         assert torch.allclose(rebuilt(x), b, atol=1e-6)
-    # the default (null) keeps the first conv whole, as before the setting
-    plain = METHODS.get("filter")(FilterConfig(measure="magnitude"))
-    assert all(f"{first}.weight" not in u.weights for u in plain.units(model, ctx).units)
 
 
 def test_flow_experiments_prune_the_first_conv_except_resnet56():
@@ -236,3 +238,68 @@ def test_flow_experiments_prune_the_first_conv_except_resnet56():
     assert config_hash(compose_config(["method=filter"])) == config_hash(
         compose_config(["method=filter", "method.prune_first=null"])
     )
+
+
+# --- 4. targets the per-unit floors cannot reach ------------------------------------------------
+def small_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    )
+
+
+def test_floors_that_make_the_target_unreachable_warn_and_the_summary_says_how_far(
+    tmp_path, caplog, monkeypatch
+):
+    # torch.export of the thin network is tested elsewhere and takes seconds: not here
+    monkeypatch.setattr(filter_pruning, "export", lambda model, example, path: "not exported")
+    torch.manual_seed(0)
+    batches = [(torch.randn(6, 1, 8, 8), torch.arange(6) % 3)]
+    ctx = context(batches)
+    ctx.artifact_path = tmp_path.joinpath
+    # units: the first conv (3 filters) and the second (4); min_keep 0.5 keeps
+    # floor(0.5 * 3) + 1 = 2 and floor(0.5 * 4) + 1 = 3, so at most (1 + 1) / 7 can go
+    cfg = FilterConfig(sparsity=0.6, min_keep=0.5, prune_first=True, latency_repeats=1)
+    method = METHODS.get("filter")(cfg)
+    model = small_net()
+    masks = Masks.ones(method.prunable(model))
+    with caplog.at_level("WARNING"):
+        masks.update(method.prune_fraction(model, masks, ctx, 0.6))
+        masks.update(method.prune_fraction(model, masks, ctx, 0.6))  # warned once, not twice
+    warnings = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert len(warnings) == 1 and "0.2857" in warnings[0].getMessage()
+    keep = method.keep_from(masks, method.groups)
+    assert {r: int(k.sum()) for r, k in keep.items()} == {"0": 2, "3": 3}
+    info = method.finalize(model, masks, ctx)
+    assert info["filter_sparsity"] == pytest.approx(2 / 7)  # reached
+    assert info["filter_sparsity_max"] == pytest.approx(2 / 7)
+    assert info["filter_sparsity_target"] == 0.6
+    # a reachable target: no warning; 0.4 of 7 is round(2.8) = 3 filters, within 5 allowed
+    caplog.clear()
+    method = METHODS.get("filter")(FilterConfig(sparsity=0.4, prune_first=True))
+    model = small_net()
+    masks = Masks.ones(method.prunable(model))
+    with caplog.at_level("WARNING"):
+        masks.update(method.prune_fraction(model, masks, ctx, 0.4))
+    assert not [r for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert method.reachable(method.groups) == pytest.approx(5 / 7)  # floors 1 and 1
+    assert sum(int((~k).sum()) for k in method.keep_from(masks, method.groups).values()) == 3
+
+
+def test_layer_scope_reachable_fraction_by_hand():
+    # scope=layer: each unit gives at most sparsity of its own filters, and never its floor:
+    # min_keep 0.5, sparsity 0.6: unit of 3 gives min(1.8, 1) = 1, unit of 4 min(2.4, 1) = 1
+    method = METHODS.get("filter")(
+        FilterConfig(sparsity=0.6, min_keep=0.5, prune_first=True, scope="layer")
+    )
+    ctx = context([(torch.randn(6, 1, 8, 8), torch.arange(6) % 3)])
+    groups = method.units(small_net(), ctx)
+    assert method.reachable(groups) == pytest.approx(2 / 7)
+    method.cfg.min_keep = 0.05  # floors 1 and 1: 1.8 + 2.4 of 7, the target itself
+    assert method.reachable(groups) == pytest.approx(0.6)

@@ -40,6 +40,7 @@ GraSP uses its own ``grasp_temperature`` (200) and a class-balanced sample.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ from prune_cli.pruning.structured import (
 )
 
 WHEN = ("early", "init", "trained", "soft")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,6 +129,43 @@ class FilterPruning(PruningMethod):
     def __init__(self, cfg: FilterConfig) -> None:
         super().__init__(cfg)
         self.groups: FilterGroups | None = None
+        self.warned = False  # the unreachable-target warning is given once per run
+
+    def floor(self, channels: int) -> int:
+        """The filters a unit of ``channels`` always keeps: floor(min_keep * channels) + 1."""
+        return min(channels, math.floor(self.cfg.min_keep * channels) + 1)
+
+    def reachable(self, groups: FilterGroups) -> float:
+        """The largest fraction of the prunable filters that the per-unit floors let
+        ``sparsity`` reach: 1 - sum of floors / filters with a global ranking; with
+        ``scope=layer`` each unit gives at most ``sparsity`` of its own filters."""
+        total = sum(u.channels for u in groups.units)
+        if self.cfg.scope == "layer":
+            p = self.cfg.sparsity
+            most = sum(
+                min(p * u.channels, u.channels - self.floor(u.channels)) for u in groups.units
+            )
+        else:
+            most = sum(u.channels - self.floor(u.channels) for u in groups.units)
+        return most / max(1, total)
+
+    def warn_unreachable(self, groups: FilterGroups) -> None:
+        """Say once when the floors keep ``sparsity`` out of reach (the run goes on and prunes
+        as far as they allow; ``finalize`` records the fraction reached)."""
+        reachable = self.reachable(groups)
+        if self.warned or self.cfg.sparsity <= reachable + 1e-9:
+            return
+        self.warned = True
+        total = sum(u.channels for u in groups.units)
+        log.warning(
+            "method.sparsity=%g cannot be reached: every unit keeps floor(min_keep * filters) + 1 "
+            "of its filters (method.min_keep=%g), so at most %.4f of the %d prunable filters "
+            "can go; pruning stops there (summary.json: filter_sparsity, filter_sparsity_max)",
+            self.cfg.sparsity,
+            self.cfg.min_keep,
+            reachable,
+            total,
+        )
 
     def num_levels(self) -> int:
         return 1 if self.cfg.when == "trained" else 0
@@ -186,6 +226,7 @@ class FilterPruning(PruningMethod):
     ) -> dict[str, Tensor]:
         """Prune ``fraction`` of the remaining filters (within the scope, per-unit floor)."""
         groups = self.units(model, ctx)
+        self.warn_unreachable(groups)
         device_keep = self.keep_from(masks, groups)
         keep = self.choose(groups, device_keep, self.channel_scores(model, groups, ctx), fraction)
         groups.zero_channels(keep)
@@ -218,7 +259,7 @@ class FilterPruning(PruningMethod):
             if kept[u.root][ch]
         )
         remaining = {u.root: int(keep[u.root].sum()) for u in groups.units}
-        floor = {u.root: math.floor(self.cfg.min_keep * u.channels) + 1 for u in groups.units}
+        floor = {u.root: self.floor(u.channels) for u in groups.units}
         if self.cfg.scope == "layer":  # int(fraction * remaining) of each unit, the floor kept
             todo = {r: int(fraction * n + 1e-9) for r, n in remaining.items()}
         else:
@@ -283,7 +324,10 @@ class FilterPruning(PruningMethod):
         return {
             "filters_prunable": total,
             "filters_kept": kept,
+            # reached, beside what was asked and what the per-unit floors allow
             "filter_sparsity": 1 - kept / max(1, total),
+            "filter_sparsity_target": self.cfg.sparsity,
+            "filter_sparsity_max": self.reachable(groups),
             "params_before": params_before,
             "params_after": params_after,
             "macs_before": macs_before,
