@@ -20,6 +20,7 @@ from prune_cli.pruning.flow import (
     filter_score,
     gradient,
     hessian_gradient,
+    squared_gradient,
     unstructured_score,
 )
 from prune_cli.pruning.grda import GRDA
@@ -112,6 +113,13 @@ def test_filter_and_weight_scores_by_hand(measure):
     g = gradient(net, params, batches, 1.0, ctx)
     for k in params:
         assert torch.allclose(g[k], g_by_hand[k], atol=1e-6)
+    # Fisher: the mean of the squared per-batch gradients (equal batches: the plain mean)
+    per_batch = [
+        torch.autograd.grad(nn.functional.cross_entropy(net(x), y), [params["3.weight"]])[0]
+        for x, y in batches
+    ]
+    g2w = (per_batch[0] ** 2 + per_batch[1] ** 2) / 2
+    assert torch.allclose(squared_gradient(net, params, batches, 1.0, ctx)["3.weight"], g2w)
     _, hg = hessian_gradient(net, params, batches, 1.0, ctx)
     w = params["3.weight"].detach()
     gw, hw = g_by_hand["3.weight"], hg["3.weight"]
@@ -123,10 +131,10 @@ def test_filter_and_weight_scores_by_hand(measure):
         "grasp": rows(w * hw).sum(1),
         "gradient_norm": rows(w * hw).sum(1).abs(),
         "taylor": rows(w * gw).sum(1).abs(),
-        "fisher": rows(w**2 * gw**2).sum(1),
+        "fisher": rows(w**2 * g2w).sum(1),
     }[measure]
-    assert torch.allclose(filter_score(measure, w, gw, hw), expected, atol=1e-6)
-    per_weight = unstructured_score(measure, w, gw, hw)
+    assert torch.allclose(filter_score(measure, w, gw, hw, g2w), expected, atol=1e-6)
+    per_weight = unstructured_score(measure, w, gw, hw, g2w)
     assert per_weight.shape == w.shape
     if measure in ("loss_preservation", "taylor"):
         assert torch.allclose(per_weight, (w * gw).abs())

@@ -107,7 +107,11 @@ def test_gradient_measures_by_hand_on_a_linear_model():
     assert torch.allclose(d.g["weight"], grad, atol=1e-6)
     s = Site(w, g=d.g["weight"])
     assert torch.allclose(build("taylor").filter(s), (w * grad).sum(1).abs(), atol=1e-6)
-    assert torch.allclose(build("fisher").weight(s), w**2 * grad**2, atol=1e-6)
+    # one batch: the mean of squared batch gradients is the square of its gradient
+    d2 = compute(frozenset({"grad_sq"}), model, params, ctx, Sample(batches=1))
+    assert torch.allclose(d2.g2["weight"], grad**2, atol=1e-6)
+    s2 = Site(w, g2=d2.g2["weight"])
+    assert torch.allclose(build("fisher").weight(s2), w**2 * grad**2, atol=1e-6)
     assert torch.allclose(build("undecayed", eps=0.1).weight(s), (-w * grad + 0.1 * w**2).abs())
 
 

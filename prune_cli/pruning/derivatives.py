@@ -8,7 +8,10 @@ need          what is computed
 ============  =================================================================================
 weights       nothing: theta itself
 grad          g: the mean gradient of the (temperature-scaled) cross-entropy over a ``Sample``
-hessian_grad  g and H g by double back-propagation: H g = d/dtheta (g . stop_gradient(g))
+grad_sq       g2: the mean over the sample's batches of the squared batch gradient, each batch
+              weighted by its size (Fisher, as Lubana and Dick's ``cal_grad_fisher``; not g^2)
+hessian_grad  g and H g by double back-propagation: H g = d/dtheta (g . stop_gradient(g)),
+              one batch at a time: H g = mean over batches b of d/dtheta (g_b . stop(g))
 synflow       dR/dtheta of R = 1^T f(1; |theta|): the all-ones input through the network with
               every parameter and buffer replaced by its absolute value, in eval mode and in
               float64 (Tanaka et al. 2020; data-free: only the input's shape is read)
@@ -32,32 +35,41 @@ from torch import Tensor, nn
 
 from prune_cli.pruning.method import Batch, PruneContext
 
-NEEDS = ("weights", "grad", "hessian_grad", "synflow", "activations", "bn")
+NEEDS = ("weights", "grad", "grad_sq", "hessian_grad", "synflow", "activations", "bn")
 
 
 @dataclass(frozen=True)
 class Sample:
     """The training data derivatives are computed on, and how.
 
-    Exactly one of ``batches`` (the first n training batches: Good et al.'s GP and UP),
-    ``samples`` (batches holding at least this many examples: the gradient-flow measures) and
-    ``per_class`` (one batch of this many examples of every class: GraSP) is set.
+    ``batches`` (the first n training batches: Good et al.'s GP and UP), ``samples`` (batches
+    holding at least this many examples: the gradient-flow measures), or a class-balanced sample
+    (GraSP): one batch per class of ``per_class`` examples each, where ``balanced`` with a null
+    ``per_class`` means ``samples`` // classes of each (Lubana and Dick's ``grasp_data``, whose
+    ``n_samples`` is ``imp_samples / num_classes``).
     """
 
     batches: int | None = None
     samples: int | None = None
     per_class: int | None = None
+    balanced: bool = False
     #: the scoring loss is cross-entropy of logits / temperature
     temperature: float = 1.0
     #: ``eval``: BatchNorm's running statistics; ``train``: batch statistics
     mode: str = "eval"
 
     def draw(self, ctx: PruneContext) -> list[Batch]:
-        if self.per_class is not None:
-            return class_balanced_batch(ctx, self.per_class)
+        if self.per_class is not None or self.balanced:
+            return class_balanced_batches(ctx, self.examples_per_class(ctx.num_classes))
         if self.samples is not None:
             return scoring_batches(ctx, self.samples)
         return list(ctx.batches(self.batches or 1))
+
+    def examples_per_class(self, num_classes: int) -> int:
+        """A class-balanced sample's examples of each class."""
+        if self.per_class is not None:
+            return self.per_class
+        return max(1, (self.samples or 2560) // num_classes)
 
 
 @dataclass
@@ -65,6 +77,8 @@ class Derivatives:
     """What ``compute`` found, by parameter name (None where not needed)."""
 
     g: dict[str, Tensor] | None = None
+    #: mean of the squared batch gradients (Fisher)
+    g2: dict[str, Tensor] | None = None
     hg: dict[str, Tensor] | None = None
     synflow: dict[str, Tensor] | None = None
     #: (out,) mean |output| per channel of the module owning the weight
@@ -98,19 +112,24 @@ def scoring_batches(ctx: PruneContext, samples: int) -> list[Batch]:
     return batches
 
 
-def class_balanced_batch(ctx: PruneContext, per_class: int) -> list[Batch]:
-    """One batch with ``per_class`` examples of every class (GraSP's sample), or as close as
-    the training data allows."""
-    xs, ys, counts = [], [], [0] * ctx.num_classes
+def class_balanced_batches(ctx: PruneContext, per_class: int) -> list[Batch]:
+    """One batch per class, each of ``per_class`` examples of that class (GraSP's sample, as
+    Lubana and Dick's ``grasp_data``), in class order; a class the training data holds fewer
+    examples of has a smaller batch, a class it lacks has none. One batch per class keeps the
+    memory of double back-propagation to one class at a time, and the mean over the batches
+    weights every class alike."""
+    xs: list[list[Tensor]] = [[] for _ in range(ctx.num_classes)]
     for x, y in ctx.batches(10**9):
         for i, c in enumerate(y.tolist()):  # one transfer per batch, not one sync per example
-            if counts[c] < per_class:
-                counts[c] += 1
-                xs.append(x[i])
-                ys.append(y[i])
-        if min(counts) >= per_class:
+            if len(xs[c]) < per_class:
+                xs[c].append(x[i])
+        if all(len(found) >= per_class for found in xs):
             break
-    return [(torch.stack(xs), torch.stack(ys))]
+    return [
+        (torch.stack(found), torch.full((len(found),), c, dtype=torch.long, device=found[0].device))
+        for c, found in enumerate(xs)
+        if found
+    ]
 
 
 def _loss(model: nn.Module, batch: Batch, temperature: float, ctx: PruneContext) -> Tensor:
@@ -140,6 +159,31 @@ def gradient(
     return {k: t / len(batches) for k, t in zip(names, total, strict=True)}
 
 
+def squared_gradient(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    batches: list[Batch],
+    temperature: float,
+    ctx: PruneContext,
+) -> dict[str, Tensor]:
+    """g2: sum over ``batches`` of n_b g_b^2 / sum n_b, g_b the gradient of batch b's mean loss
+    (the empirical Fisher of Lubana and Dick's ``cal_grad_fisher``). Not (mean g)^2: gradients
+    that disagree across batches cancel in the mean but not in the mean of squares."""
+    names = list(params)
+    total: list[Tensor] | None = None
+    seen = 0
+    for batch in batches:
+        grads = torch.autograd.grad(
+            _loss(model, batch, temperature, ctx), [params[k] for k in names]
+        )
+        n = len(batch[1])
+        squares = [g.pow(2) * n for g in grads]
+        total = squares if total is None else [t + q for t, q in zip(total, squares, strict=True)]
+        seen += n
+    assert total is not None, "no batches to compute the gradient on"
+    return {k: t / seen for k, t in zip(names, total, strict=True)}
+
+
 def hessian_gradient(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -147,12 +191,24 @@ def hessian_gradient(
     temperature: float,
     ctx: PruneContext,
 ) -> tuple[dict, dict]:
-    """(g, H g) by double back-propagation: H g = d/dtheta (g . stop_gradient(g))."""
-    g = gradient(model, params, batches, temperature, ctx, create_graph=True)
+    """(g, H g) by double back-propagation, H g = d/dtheta (g . stop_gradient(g)) with g the
+    mean over ``batches`` of the batch gradients g_b. Since g is linear in the g_b, H g is the
+    mean over batches of d/dtheta (g_b . stop(g)): computed one batch at a time (as Lubana and
+    Dick's ``cal_hg``), so only one batch's graph is held, after a first pass for g."""
+    g = gradient(model, params, batches, temperature, ctx)
     names = list(params)
-    dot = sum((g[k] * g[k].detach()).sum() for k in names)
-    hg = torch.autograd.grad(dot, [params[k] for k in names])
-    return {k: v.detach() for k, v in g.items()}, dict(zip(names, hg, strict=True))
+    total: list[Tensor] | None = None
+    for batch in batches:
+        gb = torch.autograd.grad(
+            _loss(model, batch, temperature, ctx),
+            [params[k] for k in names],
+            create_graph=True,
+        )
+        dot = sum((a * g[k]).sum() for a, k in zip(gb, names, strict=True))
+        hg = torch.autograd.grad(dot, [params[k] for k in names])
+        total = list(hg) if total is None else [t + h for t, h in zip(total, hg, strict=True)]
+    assert total is not None, "no batches to compute the gradient on"
+    return g, {k: t / len(batches) for k, t in zip(names, total, strict=True)}
 
 
 def synflow_gradient(
@@ -224,13 +280,15 @@ def compute(
     out = Derivatives()
     if needs - {"weights", "bn"}:
         assert ctx is not None, f"needs {sorted(needs)} read training data from the context"
-    if needs & {"grad", "hessian_grad", "activations"}:
+    if needs & {"grad", "grad_sq", "hessian_grad", "activations"}:
         batches = sample.draw(ctx)
         with preserved(model, train=sample.mode == "train"):
             if "hessian_grad" in needs:
                 out.g, out.hg = hessian_gradient(model, params, batches, sample.temperature, ctx)
             elif "grad" in needs:
                 out.g = gradient(model, params, batches, sample.temperature, ctx)
+            if "grad_sq" in needs:
+                out.g2 = squared_gradient(model, params, batches, sample.temperature, ctx)
             if "activations" in needs:
                 out.activations = channel_activations(model, params, batches)
     if "synflow" in needs:

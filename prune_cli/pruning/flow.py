@@ -14,11 +14,12 @@ import math
 from torch import Tensor
 
 from prune_cli.pruning.derivatives import (  # noqa: F401  (the machinery's old home)
-    class_balanced_batch,
+    class_balanced_batches,
     gradient,
     hessian_gradient,
     preserved,
     scoring_batches,
+    squared_gradient,
 )
 from prune_cli.pruning.measures import IMPORTANCE, Site
 
@@ -35,14 +36,18 @@ MEASURES = (
 )
 
 
-def filter_score(measure: str, theta: Tensor, g: Tensor | None, hg: Tensor | None) -> Tensor:
+def filter_score(
+    measure: str, theta: Tensor, g: Tensor | None, hg: Tensor | None, g2: Tensor | None = None
+) -> Tensor:
     """Score of each output filter (row of theta.view(out, -1)) by a registered measure."""
-    return IMPORTANCE.get(measure)().filter(Site(theta.detach(), g, hg))
+    return IMPORTANCE.get(measure)().filter(Site(theta.detach(), g, hg, g2=g2))
 
 
-def unstructured_score(measure: str, theta: Tensor, g: Tensor | None, hg: Tensor | None) -> Tensor:
+def unstructured_score(
+    measure: str, theta: Tensor, g: Tensor | None, hg: Tensor | None, g2: Tensor | None = None
+) -> Tensor:
     """Score of each weight by a registered measure."""
-    return IMPORTANCE.get(measure)().weight(Site(theta.detach(), g, hg))
+    return IMPORTANCE.get(measure)().weight(Site(theta.detach(), g, hg, g2=g2))
 
 
 def early_round_fraction(k: int, n: int, p: float) -> float:

@@ -9,7 +9,9 @@ A *unit* is one group of coupled output channels (rooted at a conv or linear lay
 channel zeroes everything that produces it (conv filters and biases, BatchNorm gamma and beta,
 depthwise channels), so the masked network computes exactly zero there; the thinner network
 made by removing those channels then gives the same outputs (tested for ResNet-56, VGG and
-MobileNet). The first convolution and the classifier are never pruned.
+MobileNet). The classifier is never pruned; the first convolution is pruned only when asked
+(``prune_first``: Lubana and Dick prune it in VGG and MobileNet and exempt it in ResNet-56, whose
+residual stream it feeds).
 
 The thinner network is stored without pickling a module (``thin_checkpoint``): its state dict plus
 the removed channel indices of each unit and the input shape, all plain tensors, lists, ints and
@@ -52,16 +54,18 @@ def _out_fn(module: nn.Module):
     )
 
 
-def _first_and_last(model: nn.Module) -> list[nn.Module]:
-    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
-    last = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
-    return [first, last]
+def _first_and_last(model: nn.Module, prune_first: bool = False) -> list[nn.Module]:
+    """The layers whose output channels stay: the classifier (the classes), and the first
+    layer unless ``prune_first``."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    return layers[-1:] if prune_first else [layers[0], layers[-1]]
 
 
 class FilterGroups:
-    """The prunable filter units of a model, found once from an example input."""
+    """The prunable filter units of a model, found once from an example input; the first
+    layer's filters are a unit only with ``prune_first``."""
 
-    def __init__(self, model: nn.Module, example: Tensor) -> None:
+    def __init__(self, model: nn.Module, example: Tensor, prune_first: bool = False) -> None:
         self.model = model
         was_training = model.training
         model.eval()
@@ -70,7 +74,7 @@ class FilterGroups:
         modules = dict(model.named_modules())
         self.names = {m: n for n, m in modules.items()}
         self.units: list[Unit] = []
-        ignored = _first_and_last(model)
+        ignored = _first_and_last(model, prune_first)
         for group in self.graph.get_all_groups(
             ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]
         ):

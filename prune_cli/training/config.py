@@ -49,6 +49,10 @@ class TrainConfig:
     #: linear warm-up from 0, in epochs
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    #: the training loss is cross-entropy of logits / temperature (Lubana and Dick train with
+    #: T = 5, METHODS.md section 6); null = 1, and null so that the hashes of runs made before
+    #: it stay valid. Evaluation losses and accuracies are of the plain logits.
+    temperature: float | None = None
     #: gradient-norm clipping; null = none
     grad_clip: float | None = None
     #: which epoch's weights end a level: best validation accuracy, lowest validation loss, last
@@ -101,6 +105,10 @@ class TrainConfig:
             raise ConfigError(
                 f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}"
             )
+        if self.temperature is not None and not (
+            math.isfinite(self.temperature) and self.temperature > 0
+        ):
+            raise ConfigError(f"train.temperature must be > 0 or null, got {self.temperature}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
         choices = (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("select", SELECTIONS))

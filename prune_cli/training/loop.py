@@ -111,7 +111,9 @@ class Trainer:
 
     def _step_body(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """A step's device work after ``zero_grad``: what :class:`StepGraph` captures."""
-        loss, right = self._forward(self.model, x, y, self._bf16, self.cfg.label_smoothing)
+        loss, right = self._forward(
+            self.model, x, y, self._bf16, self.cfg.label_smoothing, self.cfg.temperature or 1.0
+        )
         loss.backward()
         if self.cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -144,7 +146,9 @@ class Trainer:
             if self._mark_step:
                 torch.compiler.cudagraph_mark_step_begin()
             x = as_input(x, self.memory_format)
-            loss, right = self._forward(self.model, x, y, self._bf16, self.cfg.label_smoothing)
+            loss, right = self._forward(
+                self.model, x, y, self._bf16, self.cfg.label_smoothing, self.cfg.temperature or 1.0
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for cb in self.callbacks:
@@ -186,10 +190,16 @@ def _autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractCont
 
 
 def loss_and_correct(
-    model: nn.Module, x: Tensor, y: Tensor, bf16: bool, label_smoothing: float
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    bf16: bool,
+    label_smoothing: float,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """Mean loss and the number of correct predictions of one batch: what ``train.compile``
-    compiles (forward and loss; AOTAutograd compiles the backward pass with it)."""
+    """Mean loss (cross-entropy of logits / ``temperature``) and the number of correct
+    predictions of one batch: what ``train.compile`` compiles (forward and loss; AOTAutograd
+    compiles the backward pass with it). A positive temperature leaves the argmax unchanged."""
     # no cast cache: a CUDA graph capture may not hold cached casts (and one forward pass
     # casts each weight once anyway)
     autocast = (
@@ -199,7 +209,8 @@ def loss_and_correct(
     )
     with autocast:
         logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        scaled = logits if temperature == 1.0 else logits / temperature
+        loss = F.cross_entropy(scaled, y, label_smoothing=label_smoothing)
     return loss, (logits.argmax(dim=1) == y).sum()
 
 

@@ -41,6 +41,8 @@ class Site:
     hg: Tensor | None = None
     synflow: Tensor | None = None
     activation: Tensor | None = None  # (out,)
+    #: mean of the squared batch gradients (``grad_sq``), theta's shape
+    g2: Tensor | None = None
 
     def rows(self, t: Tensor) -> Tensor:
         """``t`` as (filters, weights per filter)."""
@@ -69,6 +71,9 @@ class Measure:
     #: scoring rounds at one pruning step, the target approached on an exponential schedule
     #: (SynFlow's 100: each round rescores the network pruned by the previous ones)
     rounds: ClassVar[int] = 1
+    #: settings whose null is a choice of its own (taken from a method's config as null, not
+    #: replaced by the field's default): GraSP's ``samples_per_class`` (null: samples // classes)
+    nullable: ClassVar[frozenset[str]] = frozenset()
 
     def sample(self, base: Sample) -> Sample:
         """The data its derivatives are computed on (GraSP prescribes its own)."""
@@ -94,12 +99,14 @@ IMPORTANCE: Registry[type[Measure]] = Registry("measure")
 
 def build(name: str, settings: object = None, **overrides: object) -> Measure:
     """The measure ``name`` with the fields it has taken from ``settings`` (a method's config,
-    by attribute name) and ``overrides``; null settings keep the measure's default."""
+    by attribute name) and ``overrides``; null settings keep the measure's default, except the
+    measure's ``nullable`` ones that the settings or overrides hold."""
     cls = IMPORTANCE.get(name)
     values = {}
     for f in dataclasses.fields(cls):
+        given = f.name in overrides or hasattr(settings, f.name)
         value = overrides.get(f.name, getattr(settings, f.name, None))
-        if value is not None:
+        if value is not None or (given and f.name in cls.nullable):
             values[f.name] = value
     return cls(**values)
 
@@ -130,6 +137,7 @@ def sites(
             get(d.hg, k),
             get(d.synflow, k),
             get(d.activations, k),
+            get(d.g2, k),
         )
         for k in names or list(params)
     }

@@ -10,12 +10,17 @@ biased_loss_preservation   |theta^2 g|              sum |theta^2 g|
 grasp                      theta Hg                 sum theta Hg    (GraSP, T = 200)
 gradient_norm              |theta Hg|               |sum theta Hg|
 taylor                     |theta g|                |sum theta g|   (Taylor first order)
-fisher                     theta^2 g^2              sum theta^2 g^2
+fisher                     theta^2 E[g_b^2]         sum theta^2 E[g_b^2]
 undecayed                  |-theta g + eps theta^2| sum of those
 =========================  =======================  =========================================
 
-GraSP's g and Hg use its own temperature (logits / 200) and a class-balanced sample
-(``samples_per_class`` examples of each class), as GraSP prescribes.
+g is the mean gradient over the scoring sample; E[g_b^2] is the mean over its batches of the
+squared batch gradient (Fisher as Lubana and Dick's code computes it, ``cal_grad_fisher``: each
+batch weighted by its size), not the square of the mean g, which cancels gradients that disagree
+across batches. GraSP's g and Hg use its own temperature (logits / 200) and a class-balanced
+sample: one batch of ``samples_per_class`` examples per class (null: ``samples`` // classes,
+the authors' ``imp_samples / num_classes``), Hg the mean over those batches, as the authors'
+``cal_hg``.
 """
 
 from __future__ import annotations
@@ -70,10 +75,13 @@ class Taylor(Measure):
 @IMPORTANCE.register("fisher")
 @dataclass
 class Fisher(Measure):
-    needs: ClassVar[frozenset[str]] = GRAD
+    """theta^2 E[g_b^2]: squared Taylor first order with the empirical Fisher (Theis et al.
+    2018; Lubana and Dick's ``fisher``), the squares taken per batch before the mean."""
+
+    needs: ClassVar[frozenset[str]] = frozenset({"grad_sq"})
 
     def weight(self, site: Site) -> Tensor:
-        return site.theta**2 * site.g**2
+        return site.theta**2 * site.g2
 
 
 @IMPORTANCE.register("grasp")
@@ -82,15 +90,18 @@ class Grasp(Measure):
     """theta Hg (GraSP, Wang et al. 2020): on a class-balanced sample, logits / temperature."""
 
     needs: ClassVar[frozenset[str]] = HG
+    nullable: ClassVar[frozenset[str]] = frozenset({"samples_per_class"})
     grasp_temperature: float = 200.0
-    samples_per_class: int = 10
+    #: examples of each class; null: the base sample's ``samples`` // classes (the authors')
+    samples_per_class: int | None = 10
 
     def sample(self, base: Sample) -> Sample:
         return dataclasses.replace(
             base,
             batches=None,
-            samples=None,
+            samples=base.samples if self.samples_per_class is None else None,
             per_class=self.samples_per_class,
+            balanced=True,
             temperature=self.grasp_temperature,
         )
 

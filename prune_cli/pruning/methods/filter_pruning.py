@@ -6,9 +6,11 @@ Filters are scored per unit (a measure's filter score summed over the coupled la
 the lowest pruned first. ``scope``: null / ``global`` ranks all units' filters together, each unit
 keeping at least floor(``min_keep`` * channels) + 1 filters (Lubana and Dick); ``layer`` prunes
 the same fraction of every unit's filters, int(fraction * filters) as the FPGM and L1 authors
-count. The first convolution and the classifier are never pruned (so in a CIFAR ResNet, whose
-residual streams are coupled to the first convolution through the shortcuts, the units are the
-inner convolution of each block). When:
+count. The classifier is never pruned. The first convolution is pruned only with
+``prune_first`` (null = false): Lubana and Dick prune it in VGG-13 and MobileNet-V1 and exempt it
+in ResNet-56 (their code pins its score above every other), which their experiment configs
+follow; without it, in a CIFAR ResNet, whose residual streams are coupled to the first
+convolution through the shortcuts, the units are the inner convolution of each block. When:
 
 - ``early`` (Lubana and Dick's schedule): after each of the first ``rounds`` (n) epochs, prune
   p_k = p / (k p + n (1 - p)) of the remaining filters, k = 1..n, so that ``sparsity`` p of the
@@ -38,6 +40,7 @@ GraSP uses its own ``grasp_temperature`` (200) and a class-balanced sample.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,6 +66,8 @@ from prune_cli.pruning.structured import (
 
 WHEN = ("early", "init", "trained", "soft")
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class FilterConfig(MethodConfig):
@@ -77,7 +82,8 @@ class FilterConfig(MethodConfig):
     samples: int = 2560
     score_temperature: float = 1.0
     grasp_temperature: float = 200.0
-    samples_per_class: int = 10
+    #: GraSP's examples of each class; null: samples // classes, as the authors
+    samples_per_class: int | None = 10
     #: each unit keeps at least floor(min_keep * channels) + 1 filters
     min_keep: float = 0.05
     #: each unit keeps a multiple of this many filters (or all of them), the nearest one to what
@@ -90,6 +96,8 @@ class FilterConfig(MethodConfig):
     latency_repeats: int = 20
     #: null or ``global`` (one ranking, per-unit floor) or ``layer`` (the same fraction per unit)
     scope: str | None = None
+    #: prune the first layer's filters too (null = false: it keeps all of them)
+    prune_first: bool | None = None
 
     def __post_init__(self) -> None:
         check(self.measure, "filter")
@@ -103,6 +111,10 @@ class FilterConfig(MethodConfig):
             raise ConfigError("method.rounds, method.samples and method.latency_batch must be >= 1")
         if self.score_temperature <= 0 or self.grasp_temperature <= 0:
             raise ConfigError("method temperatures must be > 0")
+        if self.samples_per_class is not None and self.samples_per_class < 1:
+            raise ConfigError(
+                f"method.samples_per_class must be >= 1, got {self.samples_per_class}"
+            )
         if not 0.0 <= self.min_keep < 1.0:
             raise ConfigError(f"method.min_keep must be in [0, 1), got {self.min_keep}")
         if self.round_to is not None and self.round_to < 1:
@@ -117,6 +129,43 @@ class FilterPruning(PruningMethod):
     def __init__(self, cfg: FilterConfig) -> None:
         super().__init__(cfg)
         self.groups: FilterGroups | None = None
+        self.warned = False  # the unreachable-target warning is given once per run
+
+    def floor(self, channels: int) -> int:
+        """The filters a unit of ``channels`` always keeps: floor(min_keep * channels) + 1."""
+        return min(channels, math.floor(self.cfg.min_keep * channels) + 1)
+
+    def reachable(self, groups: FilterGroups) -> float:
+        """The largest fraction of the prunable filters that the per-unit floors let
+        ``sparsity`` reach: 1 - sum of floors / filters with a global ranking; with
+        ``scope=layer`` each unit gives at most ``sparsity`` of its own filters."""
+        total = sum(u.channels for u in groups.units)
+        if self.cfg.scope == "layer":
+            p = self.cfg.sparsity
+            most = sum(
+                min(p * u.channels, u.channels - self.floor(u.channels)) for u in groups.units
+            )
+        else:
+            most = sum(u.channels - self.floor(u.channels) for u in groups.units)
+        return most / max(1, total)
+
+    def warn_unreachable(self, groups: FilterGroups) -> None:
+        """Say once when the floors keep ``sparsity`` out of reach (the run goes on and prunes
+        as far as they allow; ``finalize`` records the fraction reached)."""
+        reachable = self.reachable(groups)
+        if self.warned or self.cfg.sparsity <= reachable + 1e-9:
+            return
+        self.warned = True
+        total = sum(u.channels for u in groups.units)
+        log.warning(
+            "method.sparsity=%g cannot be reached: every unit keeps floor(min_keep * filters) + 1 "
+            "of its filters (method.min_keep=%g), so at most %.4f of the %d prunable filters "
+            "can go; pruning stops there (summary.json: filter_sparsity, filter_sparsity_max)",
+            self.cfg.sparsity,
+            self.cfg.min_keep,
+            reachable,
+            total,
+        )
 
     def num_levels(self) -> int:
         return 1 if self.cfg.when == "trained" else 0
@@ -125,7 +174,7 @@ class FilterPruning(PruningMethod):
     def units(self, model: nn.Module, ctx: PruneContext) -> FilterGroups:
         if self.groups is None or self.groups.model is not model:
             x, _ = next(iter(ctx.batches(1)))
-            self.groups = FilterGroups(model, x[:2])
+            self.groups = FilterGroups(model, x[:2], prune_first=bool(self.cfg.prune_first))
         return self.groups
 
     def keep_from(self, masks: Masks, groups: FilterGroups) -> dict[str, Tensor]:
@@ -177,6 +226,7 @@ class FilterPruning(PruningMethod):
     ) -> dict[str, Tensor]:
         """Prune ``fraction`` of the remaining filters (within the scope, per-unit floor)."""
         groups = self.units(model, ctx)
+        self.warn_unreachable(groups)
         device_keep = self.keep_from(masks, groups)
         keep = self.choose(groups, device_keep, self.channel_scores(model, groups, ctx), fraction)
         groups.zero_channels(keep)
@@ -209,7 +259,7 @@ class FilterPruning(PruningMethod):
             if kept[u.root][ch]
         )
         remaining = {u.root: int(keep[u.root].sum()) for u in groups.units}
-        floor = {u.root: math.floor(self.cfg.min_keep * u.channels) + 1 for u in groups.units}
+        floor = {u.root: self.floor(u.channels) for u in groups.units}
         if self.cfg.scope == "layer":  # int(fraction * remaining) of each unit, the floor kept
             todo = {r: int(fraction * n + 1e-9) for r, n in remaining.items()}
         else:
@@ -274,7 +324,10 @@ class FilterPruning(PruningMethod):
         return {
             "filters_prunable": total,
             "filters_kept": kept,
+            # reached, beside what was asked and what the per-unit floors allow
             "filter_sparsity": 1 - kept / max(1, total),
+            "filter_sparsity_target": self.cfg.sparsity,
+            "filter_sparsity_max": self.reachable(groups),
             "params_before": params_before,
             "params_after": params_after,
             "macs_before": macs_before,

@@ -37,14 +37,15 @@ class FlowConfig(LevelConfig):
     samples: int = 2560
     score_temperature: float = 1.0
     grasp_temperature: float = 200.0
-    samples_per_class: int = 10
+    #: GraSP's examples of each class; null: samples // classes, as the authors
+    samples_per_class: int | None = 10
     #: scoring rounds per pruning step; null: the measure's own (SynFlow 100, the others 1)
     rounds: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.measure, "weight")
-        if self.samples < 1 or self.samples_per_class < 1:
+        if self.samples < 1 or (self.samples_per_class or 1) < 1:
             raise ConfigError("method.samples and method.samples_per_class must be >= 1")
         if self.rounds is not None and self.rounds < 1:
             raise ConfigError(f"method.rounds must be >= 1, got {self.rounds}")
