@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PLAIN = r'''
+PLAIN = r"""
 import math, sys, time
 import torch
 import torch.nn as nn
@@ -95,7 +95,7 @@ for level in range(4):
     model.load_state_dict(best_state)
     print(f"level {level}: val {best:.4f} test {accuracy(test):.4f}")
     torch.save(model.state_dict(), f"{out}/level_{level}.pt")
-'''
+"""
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -130,8 +130,9 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(
-        f"median: prune-run {statistics.median(ours):.1f} s, plain {statistics.median(plain):.1f} s,"
-        f" prune-run / plain = {statistics.median(ratios):.2f} (goal <= 0.8)"
+        f"median: prune-run {statistics.median(ours):.1f} s, "
+        f"plain {statistics.median(plain):.1f} s, "
+        f"prune-run / plain = {statistics.median(ratios):.2f} (goal <= 0.8)"
     )
 
 
