@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from prune_cli import distributed
 from prune_cli.config import (
     CONF_DIR,
     NON_RESULT_KEYS,
@@ -111,13 +113,18 @@ def _run(cfg: DictConfig) -> None:
     from prune_cli.reporting.console import show_overrides
 
     hydra_cfg = HydraConfig.get()
+    try:
+        world = _join_ranks(cfg)
+    except UserError as exc:
+        fail(exc)
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        _lock_sweep(Path(hydra_cfg.sweep.dir))
+        if world.main:
+            _lock_sweep(Path(hydra_cfg.sweep.dir))
         _share_cores(hydra_cfg)
     try:
         check_target_overrides(list(hydra_cfg.overrides.task))
         run_cfg = to_run_config(cfg)
-        if run_cfg.progress:
+        if run_cfg.progress and world.main:
             show_overrides(config_hash(run_cfg), list(hydra_cfg.overrides.task))
         run_experiment(run_cfg, Path(hydra_cfg.runtime.output_dir), _hydra_files(cfg))
     except (UserError, RunFailed) as exc:
@@ -127,6 +134,19 @@ def _run(cfg: DictConfig) -> None:
         # directory records the failure), and let the launcher go on.
         print(f"prune-run: job {hydra_cfg.job.num} failed: {exc}", file=sys.stderr)
         FAILED_JOBS.append(hydra_cfg.job.num)
+
+
+def _join_ranks(cfg: DictConfig) -> distributed.World:
+    """Data-parallel ranks: torchrun's, or a multi-task SLURM job's (submitit). The other ranks
+    stay quiet: rank 0 alone logs, shows progress and writes (``prune_cli.distributed``)."""
+    distributed.export_slurm()
+    try:
+        world = distributed.setup(str(cfg.get("device", "auto")))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if world.parallel and not world.main:
+        logging.getLogger("prune_cli").setLevel(logging.WARNING)
+    return world
 
 
 def sweep_dir_override(overrides: list[str]) -> str | None:
@@ -269,6 +289,7 @@ def main() -> None:
         sys.exit(130)
     finally:
         _SWEEP_LOCK.close()
+        distributed.teardown()
     if FAILED_JOBS:
         print(
             f"prune-run: {len(FAILED_JOBS)} job(s) of the sweep failed: {FAILED_JOBS}",
