@@ -318,7 +318,7 @@ class Experiment:
         self._write_summary("running")
         if self.world.parallel:
             # the other ranks start from this state; of a checkpoint, what training resumes from
-            resume = s.resume and {k: v for k, v in s.resume.items() if k not in RANK0_ONLY}
+            resume = s.resume and {k: None if k in RANK0_ONLY else v for k, v in s.resume.items()}
             self._hand_over({"state": self._shared(), "resume": resume})
 
     def _context(self, level: int) -> PruneContext:

@@ -33,6 +33,7 @@ SETTINGS = [
     "train.warmup_epochs=0",
     "method.levels=1",
     "method.sparsity=0.5",
+    "method.rewind=1ep",
     "progress=false",
 ]
 
@@ -79,7 +80,8 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, size: int, port: int, overrides: list[str], tmp: str) -> None:
-    """One torchrun-style rank: the environment torchrun sets, then what the CLI does."""
+    """One torchrun-style rank: the environment torchrun sets, then what the CLI does; a fresh
+    run in ``run/``, then the resumption of the interrupted one in ``crashed/``."""
     torch.set_num_threads(1)
     os.environ.update(
         RANK=str(rank),
@@ -93,7 +95,7 @@ def _rank(rank: int, size: int, port: int, overrides: list[str], tmp: str) -> No
     from prune_cli.data.base import InMemoryData
     from prune_cli.experiment import Experiment
 
-    seen = []  # examples of each training batch this rank trains on
+    seen: list[int] = []  # examples of each training batch this rank trains on
     batches = InMemoryData.batches
 
     def counted(self, split, batch_size, **kw):
@@ -105,27 +107,79 @@ def _rank(rank: int, size: int, port: int, overrides: list[str], tmp: str) -> No
     InMemoryData.batches = counted
     world = distributed.setup("cpu")
     try:
-        # rank 1 is given a directory of its own: it must not even create it
-        run_dir = Path(tmp) / ("run" if rank == 0 else "rank1-run")
-        exp = Experiment(run_config(overrides), run_dir)
-        exp.run()
-        s = exp._s
-        torch.save(
-            {
-                "model": s.model.state_dict(),
-                "masks": dict(s.masks.state_dict()),
+        for name in ("run", "crashed"):
+            seen.clear()
+            # rank 1 is given a directory of its own: it must not even create it
+            exp = Experiment(run_config(overrides), Path(tmp) / (name if rank == 0 else "rank1"))
+            exp.run()
+            state = {
+                "model": exp._s.model.state_dict(),
+                "masks": dict(exp._s.masks.state_dict()),
                 "world": world,
-                "seen": seen,
-            },
-            Path(tmp) / f"rank{rank}.pt",
-        )
+                "seen": list(seen),
+            }
+            torch.save(state, Path(tmp) / f"{name}-rank{rank}.pt")
     finally:
         distributed.teardown()
 
 
-def test_two_ranks_match_one_process(tmp_path: Path) -> None:
+def _same_results(par: Path, one: Path, ranks: list[dict], single: dict) -> None:
+    """Rank 0's run in ``par`` against the single process's in ``one`` (tolerance: see below);
+    every rank holds the same masks and weights, bit for bit (rank 0's are broadcast)."""
+    for key, value in ranks[0]["model"].items():
+        assert torch.equal(value, ranks[1]["model"][key]), key
+    for key, value in ranks[0]["masks"].items():
+        assert torch.equal(value, ranks[1]["masks"][key]), key
+    # tolerance 1e-6: the ranks sum each batch in two parts and all-reduce the gradients, so
+    # the float32 sums differ in their order only; after 2 levels x 2 epochs x 8 steps the
+    # weights differ by 3e-8 at most (measured), while weighing the ranks' unequal parts of
+    # the last batch wrongly (27 and 26 as if equal) moves them by 1.5e-3
+    for key, value in single["model"].items():
+        torch.testing.assert_close(ranks[0]["model"][key], value, rtol=0, atol=1e-6)
+    for key, value in single["masks"].items():
+        assert torch.equal(ranks[0]["masks"][key], value), key
+    a_sum, b_sum = (json.loads((d / "summary.json").read_text()) for d in (par, one))
+    assert a_sum["status"] == b_sum["status"] == "completed"
+    for a, b in zip(a_sum["levels"], b_sum["levels"], strict=True):
+        for key in ("sparsity", "params_nonzero", "selected_epoch", "test_accuracy"):
+            assert a[key] == b[key], key
+        for key in ("val_accuracy", "test_loss", "pruned_test_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    rows_par, rows_one = ((d / "metrics.csv").read_text().splitlines() for d in (par, one))
+    assert len(rows_par) == len(rows_one) == 1 + 2 * 2 * 5  # train loss/acc/lr, val loss/acc
+    for rp, ro in zip(rows_par[1:], rows_one[1:], strict=True):
+        *key_p, vp = rp.split(",")
+        *key_o, vo = ro.split(",")
+        assert key_p == key_o
+        assert float(vp) == pytest.approx(float(vo), abs=1e-6)
+
+
+def test_two_ranks_match_one_process_and_resume_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prune_cli.experiment import Experiment
+    from prune_cli.training.loop import Trainer
+
     torch.set_num_threads(1)
     overrides = [*SETTINGS, "device=cpu"]
+    # one process, the same global batch of 64
+    single = Experiment(run_config(overrides), tmp_path / "single")
+    single.run()
+    one = {"model": single._s.model.state_dict(), "masks": single._s.masks.state_dict()}
+    # one process again, interrupted in level 1's second epoch: the ranks resume it
+    original, calls = Trainer.train_epoch, []
+
+    def crash(self: Trainer, epoch: int, generator: torch.Generator) -> dict[str, float]:
+        calls.append(epoch)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(self, epoch, generator)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Experiment(run_config(overrides), tmp_path / "crashed").run()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+
     mp.start_processes(
         _rank,
         args=(2, _free_port(), overrides, str(tmp_path)),
@@ -133,48 +187,12 @@ def test_two_ranks_match_one_process(tmp_path: Path) -> None:
         join=True,
         start_method="spawn",
     )
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    assert [r["world"].rank for r in ranks] == [0, 1]
-    assert not (tmp_path / "rank1-run").exists()  # rank 1 wrote nothing, took no lock
-    # each rank trained on its part of every batch of 64: 2 levels x 2 epochs x 8 batches
+    assert not (tmp_path / "rank1").exists()  # rank 1 wrote nothing, took no lock
+    # each rank trained on its part of every batch of 64 (7 x 64 + 53 per epoch): fresh, 2
+    # levels x 2 epochs; resumed, the one epoch left
     per_epoch = [32] * 7 + [27], [32] * 7 + [26]
-    assert [r["seen"] for r in ranks] == [part * 4 for part in per_epoch]
-
-    # every rank holds the same masks and weights, bit for bit (rank 0's are broadcast)
-    for key, value in ranks[0]["model"].items():
-        assert torch.equal(value, ranks[1]["model"][key]), key
-    for key, value in ranks[0]["masks"].items():
-        assert torch.equal(value, ranks[1]["masks"][key]), key
-    par = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert par["status"] == "completed" and len(par["levels"]) == 2
-
-    # one process, the same global batch of 64
-    from prune_cli.experiment import Experiment
-
-    single = Experiment(run_config(overrides), tmp_path / "single")
-    one = single.run()
-    # tolerance 1e-6: the ranks sum each batch in two parts and all-reduce the gradients, so
-    # the float32 sums differ in their order only; after 2 levels x 2 epochs x 8 steps the
-    # weights differ by 3e-8 at most (measured), while weighing the ranks' unequal parts of
-    # the last batch wrongly (27 and 26 as if equal) moves them by 1.5e-3
-
-    for key, value in single._s.model.state_dict().items():
-        torch.testing.assert_close(ranks[0]["model"][key], value, rtol=0, atol=1e-6)
-    for key, value in single._s.masks.state_dict().items():
-        assert torch.equal(ranks[0]["masks"][key], value), key
-    for a, b in zip(par["levels"], one["levels"], strict=True):
-        assert a["sparsity"] == b["sparsity"]
-        assert a["selected_epoch"] == b["selected_epoch"]
-        assert a["test_accuracy"] == b["test_accuracy"]
-        assert a["test_loss"] == pytest.approx(b["test_loss"], abs=1e-6)
-    metrics = [
-        (p.read_text().splitlines(), q.read_text().splitlines())
-        for p, q in [(tmp_path / "run" / "metrics.csv", tmp_path / "single" / "metrics.csv")]
-    ]
-    for rows_par, rows_one in metrics:
-        assert len(rows_par) == len(rows_one)
-        for rp, ro in zip(rows_par[1:], rows_one[1:], strict=True):
-            *key_p, vp = rp.split(",")
-            *key_o, vo = ro.split(",")
-            assert key_p == key_o
-            assert float(vp) == pytest.approx(float(vo), abs=1e-6)
+    for name, epochs in (("run", 4), ("crashed", 1)):
+        ranks = [torch.load(tmp_path / f"{name}-rank{r}.pt", weights_only=False) for r in (0, 1)]
+        assert [r["world"].rank for r in ranks] == [0, 1]
+        assert [r["seen"] for r in ranks] == [part * epochs for part in per_epoch]
+        _same_results(tmp_path / name, tmp_path / "single", ranks, one)

@@ -208,7 +208,9 @@ class StreamingImageData(ImageData):
         shard: tuple[int, int] | None = None,
     ) -> Iterator[Batch]:
         dataset = self._sets[split if augment or split != "train" else "train_eval"]
-        sampler = (RandomSampler if shuffle else SequentialSampler)(dataset, generator=generator)
+        sampler: Any = (
+            RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        )
         drop_last = split == "train" and len(dataset) % batch_size == 1
         batch_sampler: Any = BatchSampler(sampler, batch_size, drop_last)
         if shard is not None:
