@@ -73,6 +73,87 @@ def test_ranks_parts_tile_every_global_batch() -> None:
         assert torch.equal(torch.cat([parts[0][b][1], parts[1][b][1]]), y)
 
 
+def test_streamed_batches_are_sharded_the_same_way() -> None:
+    """Image folders: each rank's DataLoader gets its part of the same shuffled batches."""
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    from prune_cli.data.imagenet import ShardedBatches
+
+    def batches(shard: tuple[int, int] | None) -> list[list[int]]:
+        gen = torch.Generator().manual_seed(5)
+        sampler = BatchSampler(RandomSampler(range(23), generator=gen), 8, False)
+        return list(sampler if shard is None else ShardedBatches(sampler, *shard))
+
+    whole, parts = batches(None), [batches((r, 2)) for r in range(2)]
+    assert [a + b for a, b in zip(*parts, strict=True)] == whole
+    assert [len(b) for b in parts[1]] == [4, 4, 3]
+
+
+def test_slurm_tasks_become_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task of a 2-node, 4-task SLURM job (submitit's tasks_per_node=2) is a rank."""
+    pytest.importorskip("submitit")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    env = {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": "1234",
+        "SLURM_JOB_NODELIST": "node[01-02]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "4",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.setenv(key, "")  # restored (removed) after the test
+        monkeypatch.delenv(key)
+    assert distributed.export_slurm()
+    assert from_env() == World(rank=3, size=4, local_rank=1)
+    assert os.environ["MASTER_ADDR"] == "node01"  # the rendezvous on the job's first node
+    assert not distributed.export_slurm()  # torchrun's variables are set: nothing to do
+
+
+def test_slurm_data_parallel_launcher_composes() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from prune_cli.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm_ddp"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert "submitit" in launcher._target_ and "Slurm" in launcher._target_
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 4  # a rank per GPU
+    assert launcher.nodes == 1 and launcher.timeout_min == 1440  # the rest from slurm.yaml
+
+
+@pytest.mark.slow
+def test_torchrun_command_runs_with_rank_0_writing(tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2 -m prune_cli.cli ...`` itself: the CLI joins the ranks."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    args = [*SETTINGS, "train.epochs=1", "device=cpu", f"hydra.run.dir={run}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [*torchrun, "--master-port", str(_free_port()), "-m", "prune_cli.cli", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and len(summary["levels"]) == 2
+    log = (run / "run.log").read_text()
+    assert log.count("level 0/1 epoch 1/1") == 1  # logged by rank 0 alone
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,7 +162,8 @@ def _free_port() -> int:
 
 def _rank(rank: int, size: int, port: int, overrides: list[str], tmp: str) -> None:
     """One torchrun-style rank: the environment torchrun sets, then what the CLI does; a fresh
-    run in ``run/``, then the resumption of the interrupted one in ``crashed/``."""
+    run in ``run/``, the resumption of the interrupted one in ``crashed/``, then ``run/`` again
+    (finished: rank 0 shows it, and the other rank stops with it)."""
     torch.set_num_threads(1)
     os.environ.update(
         RANK=str(rank),
@@ -107,11 +189,17 @@ def _rank(rank: int, size: int, port: int, overrides: list[str], tmp: str) -> No
     InMemoryData.batches = counted
     world = distributed.setup("cpu")
     try:
-        for name in ("run", "crashed"):
+        for name in ("run", "crashed", "again"):
             seen.clear()
             # rank 1 is given a directory of its own: it must not even create it
-            exp = Experiment(run_config(overrides), Path(tmp) / (name if rank == 0 else "rank1"))
-            exp.run()
+            where = "run" if name == "again" else name
+            exp = Experiment(run_config(overrides), Path(tmp) / (where if rank == 0 else "rank1"))
+            summary = exp.run()
+            if name == "again":
+                assert seen == [] and (
+                    summary["status"] == "completed" if rank == 0 else not summary
+                )
+                continue
             state = {
                 "model": exp._s.model.state_dict(),
                 "masks": dict(exp._s.masks.state_dict()),
@@ -154,6 +242,7 @@ def _same_results(par: Path, one: Path, ranks: list[dict], single: dict) -> None
         assert float(vp) == pytest.approx(float(vo), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_and_resume_its_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
