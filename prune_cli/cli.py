@@ -141,6 +141,14 @@ def _join_ranks(cfg: DictConfig) -> distributed.World:
     stay quiet: rank 0 alone logs, shows progress and writes (``prune_cli.distributed``)."""
     distributed.export_slurm()
     try:
+        parallel = distributed.from_env().parallel
+        n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+        if parallel and isinstance(n_jobs, int) and n_jobs > 1:
+            raise UserError(
+                "parallel jobs of a launcher (hydra/launcher=local) cannot run inside "
+                "data-parallel ranks; sweep with the basic launcher under torchrun, or with "
+                "hydra/launcher=slurm_ddp"
+            )
         world = distributed.setup(str(cfg.get("device", "auto")))
     except ValueError as exc:
         raise UserError(str(exc)) from None

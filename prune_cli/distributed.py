@@ -103,7 +103,9 @@ def setup(device: str = "auto", env: Mapping[str, str] | None = None) -> World:
         "nccl" if cuda else "gloo",
         rank=w.rank,
         world_size=w.size,
-        timeout=datetime.timedelta(minutes=30),
+        # rank 0 alone prunes, evaluates and saves while the others wait at their next
+        # collective; a metric search or a pruning sweep can take longer than the default 30 min
+        timeout=datetime.timedelta(hours=3),
     )
     _WORLD = w
     return w
