@@ -73,6 +73,17 @@ def test_ranks_parts_tile_every_global_batch() -> None:
         assert torch.equal(torch.cat([parts[0][b][1], parts[1][b][1]]), y)
 
 
+def test_a_batch_too_small_for_the_ranks_is_refused() -> None:
+    """67 examples in batches of 64 leave a last batch of 3: not one example for each of 4."""
+    from prune_cli.errors import ConfigError
+    from prune_cli.training.loop import ddp
+
+    data = build_dataset(run_config(["dataset.limit_train=67"]).dataset, torch.device("cpu"))
+    model = torch.nn.Linear(64, 10)
+    with pytest.raises(ConfigError, match="leaves a batch of 3 examples for 4"):
+        ddp(model, data, 64, World(rank=0, size=4))
+
+
 def test_streamed_batches_are_sharded_the_same_way() -> None:
     """Image folders: each rank's DataLoader gets its part of the same shuffled batches."""
     from torch.utils.data import BatchSampler, RandomSampler
