@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,9 +24,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from prune_cli import distributed
 from prune_cli.config import (
     CONF_DIR,
     NON_RESULT_KEYS,
+    RunConfig,
     check_target_overrides,
     config_hash,
     group_options,
@@ -111,13 +114,18 @@ def _run(cfg: DictConfig) -> None:
     from prune_cli.reporting.console import show_overrides
 
     hydra_cfg = HydraConfig.get()
+    try:
+        world = _join_ranks(cfg)
+    except UserError as exc:
+        fail(exc)
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        _lock_sweep(Path(hydra_cfg.sweep.dir))
+        if world.main:
+            _lock_sweep(Path(hydra_cfg.sweep.dir))
         _share_cores(hydra_cfg)
     try:
         check_target_overrides(list(hydra_cfg.overrides.task))
         run_cfg = to_run_config(cfg)
-        if run_cfg.progress:
+        if run_cfg.progress and world.main:
             show_overrides(config_hash(run_cfg), list(hydra_cfg.overrides.task))
         run_experiment(run_cfg, Path(hydra_cfg.runtime.output_dir), _hydra_files(cfg))
     except (UserError, RunFailed) as exc:
@@ -127,6 +135,27 @@ def _run(cfg: DictConfig) -> None:
         # directory records the failure), and let the launcher go on.
         print(f"prune-run: job {hydra_cfg.job.num} failed: {exc}", file=sys.stderr)
         FAILED_JOBS.append(hydra_cfg.job.num)
+
+
+def _join_ranks(cfg: DictConfig) -> distributed.World:
+    """Data-parallel ranks: torchrun's, or a multi-task SLURM job's (submitit). The other ranks
+    stay quiet: rank 0 alone logs, shows progress and writes (``prune_cli.distributed``)."""
+    distributed.export_slurm()
+    try:
+        parallel = distributed.from_env().parallel
+        n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+        if parallel and isinstance(n_jobs, int) and n_jobs > 1:
+            raise UserError(
+                "parallel jobs of a launcher (hydra/launcher=local) cannot run inside "
+                "data-parallel ranks; sweep with the basic launcher under torchrun, or with "
+                "hydra/launcher=slurm_ddp"
+            )
+        world = distributed.setup(str(cfg.get("device", "auto")))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if world.parallel and not world.main:
+        logging.getLogger("prune_cli").setLevel(logging.WARNING)
+    return world
 
 
 def sweep_dir_override(overrides: list[str]) -> str | None:
@@ -145,8 +174,11 @@ def sweep_dir_override(overrides: list[str]) -> str | None:
     return f"hydra.sweep.dir=${{output_root}}/multirun/{preset}-{digest}"
 
 
-def precheck(overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR) -> None:
-    """Compose and validate the config before Hydra starts a run (and makes its directory).
+def precheck(
+    overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR
+) -> tuple[RunConfig, Path | None] | None:
+    """Compose and validate the config before Hydra starts a run (and makes its directory);
+    returns the run's config and directory (None for a sweep).
 
     Hydra's own report of a bad key or type is several lines with exit status 1; here it is one
     line and status 2. Sweeps (``-m``) are checked per job by Hydra, after the names.
@@ -159,7 +191,7 @@ def precheck(overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR) ->
     check_choices(overrides, conf_dir)
     check_target_overrides(overrides)
     if multirun:
-        return
+        return None
     if any(o.startswith("sweep=") for o in overrides):
         raise UserError("sweep=NAME is a sweep preset: add -m (prune-run -m sweep=NAME ...)")
     try:
@@ -173,9 +205,23 @@ def precheck(overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR) ->
         raise UserError(f"{detail}{where}; check the override's key and type") from None
     with read_write(cfg), open_dict(cfg):
         del cfg["hydra"]
-    to_run_config(cfg)
+    run_cfg = to_run_config(cfg)
     if run_dir:
         check_location(Path(str(run_dir)))
+    return run_cfg, Path(str(run_dir)) if run_dir else None
+
+
+def _follow(run_cfg: RunConfig, run_dir: Path | None) -> None:
+    """A torchrun rank other than 0: the run without Hydra's job, which would create the run
+    directory; the rank trains with rank 0 and touches no file (``Experiment._follow``)."""
+    from prune_cli.experiment import run_experiment
+
+    distributed.setup(run_cfg.device)
+    logging.getLogger("prune_cli").setLevel(logging.WARNING)
+    try:
+        run_experiment(run_cfg, run_dir or Path(run_cfg.output_root))
+    except (UserError, RunFailed) as exc:
+        fail(exc)
 
 
 #: Hydra's own flags: with any of them Hydra answers by itself (help, config dumps, completion)
@@ -251,11 +297,23 @@ def main() -> None:
     modes = {m for f in flags for m in EXCLUSIVE_MODES if f in EXCLUSIVE_MODES[m]}
     if len(modes) > 1:
         fail(UserError(f"use only one of {', '.join(sorted(modes))} (Hydra runs one mode)"))
+    checked, follower = None, False
     if not any(f in HYDRA_FLAGS for f in flags):
         try:
-            precheck(overrides, multirun=multirun)
+            checked = precheck(overrides, multirun=multirun)
+            follower = checked is not None and not distributed.from_env().main
         except UserError as exc:
             fail(exc)
+        except ValueError as exc:  # a torchrun environment that does not add up
+            fail(UserError(str(exc)))
+        if follower and checked is not None:
+            try:
+                _follow(*checked)
+            except KeyboardInterrupt:
+                sys.exit(130)
+            finally:
+                distributed.teardown()
+            return
     if multirun and (sweep_dir := sweep_dir_override(overrides)) is not None:
         sys.argv.append(sweep_dir)
     try:
@@ -269,6 +327,7 @@ def main() -> None:
         sys.exit(130)
     finally:
         _SWEEP_LOCK.close()
+        distributed.teardown()
     if FAILED_JOBS:
         print(
             f"prune-run: {len(FAILED_JOBS)} job(s) of the sweep failed: {FAILED_JOBS}",

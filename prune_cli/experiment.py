@@ -32,9 +32,10 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 import prune_cli
-from prune_cli import analysis
+from prune_cli import analysis, distributed
 from prune_cli.config import RunConfig
 from prune_cli.data import build_dataset
+from prune_cli.distributed import World
 from prune_cli.errors import ConfigError, RunFailed, UserError
 from prune_cli.models import build_model, count_parameters
 from prune_cli.pruning.mask import Masks
@@ -47,6 +48,10 @@ from prune_cli.spec import ImageData
 from prune_cli.store import DenseSource, RunStore
 from prune_cli.training.loop import EvalResult, Trainer, evaluate, resolve_device
 from prune_cli.training.optim import build_optimizer, build_scheduler
+
+#: checkpoint entries not handed to the other ranks with the checkpoint: rank 0's alone (results,
+#: the selected state) or handed over anyway (``Experiment._shared``)
+RANK0_ONLY = ("records", "best_state", "model", "masks", "method")
 
 #: per-epoch and per-level lines: to ``run.log`` always, and to stdout through Hydra's logging
 log = logging.getLogger("prune_cli.experiment")
@@ -84,9 +89,16 @@ class RunState:
 
 class Experiment:
     def __init__(
-        self, cfg: RunConfig, run_dir: Path, hydra_files: dict[str, str] | None = None
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        hydra_files: dict[str, str] | None = None,
+        world: World | None = None,
     ) -> None:
         self.cfg = cfg
+        #: data-parallel ranks (``prune_cli.distributed``): rank 0 alone touches ``run_dir``
+        self.world = distributed.world() if world is None else world
+        self._handed_over = False
         self.config = OmegaConf.to_container(OmegaConf.structured(cfg))
         self.store = RunStore(run_dir, self.config)
         self.hydra_files = hydra_files
@@ -95,7 +107,59 @@ class Experiment:
 
     # --- entry ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Run (or resume, or show) the experiment; returns the final summary."""
+        """Run (or resume, or show) the experiment; returns the final summary (rank 0; the
+        other data-parallel ranks return {})."""
+        if not self.world.main:
+            return self._follow()
+        try:
+            return self._lead()
+        finally:
+            if self.world.parallel and not self._handed_over:
+                self._hand_over(None)  # stopped before training: the other ranks stop too
+
+    def _follow(self) -> dict[str, Any]:
+        """A rank other than 0: build the same data, method and model, take the state rank 0
+        hands over, and train the levels' steps with it; never open the run directory."""
+        device, data, method, model, _ = self._build()
+        handed = distributed.broadcast_object(None, device)
+        if handed is None:  # rank 0 showed a finished run, or failed before training
+            return {}
+        self._make_state(device, data, method, model, None)
+        self._apply(handed["state"])
+        self._s.resume = handed["resume"]
+        self._levels()
+        return {}
+
+    def _hand_over(self, handed: dict[str, Any] | None) -> None:
+        self._handed_over = True
+        distributed.broadcast_object(handed, self._s.device if handed else torch.device("cpu"))
+
+    def _shared(self) -> dict[str, Any]:
+        """What rank 0 decides and the other ranks take: weights, masks, method state, cursor."""
+        s = self._s
+        return {
+            "cursor": asdict(s.cursor),
+            "model": s.model.state_dict(),
+            "masks": s.masks.state_dict(),
+            "method": s.method.state_dict(),
+        }
+
+    def _apply(self, shared: dict[str, Any]) -> None:
+        s = self._s
+        s.cursor = Cursor(**shared["cursor"])
+        s.model.load_state_dict(shared["model"])
+        s.masks = Masks(shared["masks"])
+        s.method.load_state_dict(shared["method"])
+
+    def _sync(self) -> None:
+        """Every rank takes rank 0's weights, masks, method state and cursor (data parallel)."""
+        if self.world.parallel:
+            shared = self._shared() if self.world.main else None
+            shared = distributed.broadcast_object(shared, self._s.device)
+            if not self.world.main:
+                self._apply(shared)
+
+    def _lead(self) -> dict[str, Any]:
         with self.store.lock():
             if not self.cfg.overwrite:
                 self.store.refuse_other_config()
@@ -169,40 +233,37 @@ class Experiment:
         return f"{what} at level {c.level}, epoch {c.epoch}; re-run the same command to resume"
 
     # --- set-up -------------------------------------------------------------------------------
-    def _start(self) -> None:
-        """Build data, method and model, then claim the directory (clear it if overwriting)."""
+    def _build(self) -> tuple[torch.device, ImageData, PruningMethod, nn.Module, Any]:
+        """Data, method, model (with its starting weights) and ``dense_from``'s source."""
         cfg = self.cfg
-        try:
-            device = resolve_device(cfg.device)
-            if device.type == "cuda" and not torch.cuda.is_available():
-                raise UserError(
-                    "device=cuda was asked for but no CUDA GPU is visible; use device=auto"
-                )
-            torch.manual_seed(cfg.seed)
-            data = build_dataset(cfg.dataset, device)
-            method = METHODS.get(cfg.method.name)(cfg.method)
-            rewind = method.rewind()
-            if rewind.kind == "epoch" and rewind.epoch > cfg.train.epochs:
-                raise ConfigError(
-                    f"method.rewind={cfg.method.rewind} is later than "
-                    f"train.epochs={cfg.train.epochs}"
-                )
-            dense = (
-                self.store.dense_source(Path(cfg.dense_from), device) if cfg.dense_from else None
+        device = resolve_device(distributed.training_device(cfg.device, self.world))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("device=cuda was asked for but no CUDA GPU is visible; use device=auto")
+        torch.manual_seed(cfg.seed)
+        data = build_dataset(cfg.dataset, device)
+        method = METHODS.get(cfg.method.name)(cfg.method)
+        rewind = method.rewind()
+        if rewind.kind == "epoch" and rewind.epoch > cfg.train.epochs:
+            raise ConfigError(
+                f"method.rewind={cfg.method.rewind} is later than train.epochs={cfg.train.epochs}"
             )
-            # with its starting weights: a file that does not fit fails before the directory is
-            # claimed (nothing above draws from the seeded generator, so initial weights are as
-            # they always were)
-            model = build_model(cfg.model, data.spec)
-        except UserError as exc:
-            # A set-up failure is recorded in a directory that holds nothing (so a sweep's report
-            # lists the job); an existing run, or one about to be overwritten, stays untouched.
-            if not self.store.has_results():
-                self._write_header("failed", reason=str(exc), device=cfg.device)
-            raise
-        if cfg.overwrite:
-            self.store.clear()
-        self.store.write_config(OmegaConf.to_yaml(OmegaConf.structured(cfg)), self.hydra_files)
+        dense = None
+        if cfg.dense_from and self.world.main:
+            dense = self.store.dense_source(Path(cfg.dense_from), device)
+        # with its starting weights: a file that does not fit fails before the directory is
+        # claimed (nothing above draws from the seeded generator, so initial weights are as
+        # they always were)
+        model = build_model(cfg.model, data.spec)
+        return device, data, method, model, dense
+
+    def _make_state(
+        self,
+        device: torch.device,
+        data: ImageData,
+        method: PruningMethod,
+        model: nn.Module,
+        dense: DenseSource | None,
+    ) -> None:
         self.state = RunState(
             device=device,
             data=data,
@@ -215,11 +276,29 @@ class Experiment:
             dense=dense,
         )
         model = method.prepare(model, self._context(0)).to(device)
-        if device.type == "cuda" and cfg.train.channels_last:
+        if device.type == "cuda" and self.cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         s = self.state
         s.model, s.params = model, method.prunable(model)
         s.masks = Masks.ones(s.params)
+
+    def _start(self) -> None:
+        """Build data, method and model, then claim the directory (clear it if overwriting)."""
+        cfg = self.cfg
+        try:
+            device, data, method, model, dense = self._build()
+        except UserError as exc:
+            # A set-up failure is recorded in a directory that holds nothing (so a sweep's report
+            # lists the job); an existing run, or one about to be overwritten, stays untouched.
+            if not self.store.has_results():
+                self._write_header("failed", reason=str(exc), device=cfg.device)
+            raise
+        if cfg.overwrite:
+            self.store.clear()
+        self.store.write_config(OmegaConf.to_yaml(OmegaConf.structured(cfg)), self.hydra_files)
+        self._make_state(device, data, method, model, dense)
+        s = self._s
+        model = s.model
         if dense is not None:
             self.store.adopt_init(dense.init_path)
         init = self.store.load_init(device)
@@ -241,6 +320,10 @@ class Experiment:
                 f"resuming {self.store.root} at level {s.cursor.level}, epoch {s.cursor.epoch}"
             )
         self._write_summary("running")
+        if self.world.parallel:
+            # the other ranks start from this state; of a checkpoint, what training resumes from
+            resume = s.resume and {k: None if k in RANK0_ONLY else v for k, v in s.resume.items()}
+            self._hand_over({"state": self._shared(), "resume": resume})
 
     def _context(self, level: int) -> PruneContext:
         s = self._s
@@ -278,18 +361,24 @@ class Experiment:
     # --- the levels ---------------------------------------------------------------------------
     def _levels(self) -> None:
         s = self._s
-        with make_progress(self.cfg.progress) as progress:
+        with make_progress(self.cfg.progress and self.world.main) as progress:
             while s.cursor.level <= s.method.num_levels():
                 level = s.cursor.level
                 if level > 0 and not s.cursor.pruned:
                     self._prune(level)
-                if level == 0 and s.dense is not None:
+                if level == 0 and self.cfg.dense_from:
                     self._reuse_dense()
                 else:
                     self._train(level, progress)
                 self._finish_level(level)
 
     def _prune(self, level: int) -> None:
+        """Prune and rewind on rank 0 (the only one), which hands the result to the others."""
+        if self.world.main:
+            self._prune_here(level)
+        self._sync()
+
+    def _prune_here(self, level: int) -> None:
         s = self._s
         previous = self.store.load_level(level - 1, s.device)
         s.model.load_state_dict(previous["model"])
@@ -309,12 +398,14 @@ class Experiment:
     def _reuse_dense(self) -> None:
         """Level 0 from ``dense_from``: the other run's selected dense model, not retrained."""
         s = self._s
-        assert s.dense is not None
-        s.model.load_state_dict(s.dense.level0["model"])
-        s.masks = Masks(s.dense.level0["mask"]).to(s.device)
-        s.masks.apply_(s.params)
-        s.records.metrics.extend(s.dense.metrics)
-        s.cursor.epoch = self.cfg.train.epochs
+        if self.world.main:
+            assert s.dense is not None
+            s.model.load_state_dict(s.dense.level0["model"])
+            s.masks = Masks(s.dense.level0["mask"]).to(s.device)
+            s.masks.apply_(s.params)
+            s.records.metrics.extend(s.dense.metrics)
+            s.cursor.epoch = self.cfg.train.epochs
+        self._sync()
 
     def _train(self, level: int, progress: Any) -> None:
         s = self._s
@@ -335,7 +426,9 @@ class Experiment:
             best_state = ck["best_state"]
         enforce = (lambda: s.masks.apply_(s.params)) if s.method.enforce_masks else None
         bars = ProgressBars(progress, level, s.cursor.epoch, s.method.num_levels())
-        trainer = Trainer(s.model, s.data, cfg, optimizer, scheduler, enforce, [*callbacks, bars])
+        trainer = Trainer(
+            s.model, s.data, cfg, optimizer, scheduler, enforce, [*callbacks, bars], self.world
+        )
         for cb in trainer.callbacks:
             cb.on_level_start(s.model, steps, cfg.epochs)
         has_val = s.data.size("val") > 0
@@ -347,6 +440,9 @@ class Experiment:
                 stats = trainer.train_epoch(epoch, torch.Generator().manual_seed(seed))
             except RunFailed as exc:
                 raise RunFailed(f"level {level}: {exc}") from None
+            if not self.world.main:  # rank 0 evaluates, selects and saves
+                s.cursor.epoch += 1
+                continue
             rows = [(level, epoch + 1, "train", k, v) for k, v in stats.items()]
             rows.append((level, epoch + 1, "train", "lr", optimizer.param_groups[0]["lr"]))
             score = float(epoch)
@@ -381,10 +477,14 @@ class Experiment:
                 self.store.write_results(s.records)
         if best_state is not None:
             s.model.load_state_dict(best_state)
+        self._sync()  # the selected epoch's weights on every rank
 
     def _finish_level(self, level: int) -> None:
         """Evaluate the selected model of the level, record it, save it, move on."""
         s = self._s
+        if not self.world.main:
+            s.cursor = Cursor(level=level + 1)
+            return
         val = self._evaluate("val") if s.data.size("val") > 0 else None
         test = self._evaluate("test")
         self._record_stage(level, "trained", test)
@@ -533,6 +633,9 @@ def versions() -> dict[str, str | None]:
 
 
 def run_experiment(
-    cfg: RunConfig, run_dir: Path, hydra_files: dict[str, str] | None = None
+    cfg: RunConfig,
+    run_dir: Path,
+    hydra_files: dict[str, str] | None = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
-    return Experiment(cfg, run_dir, hydra_files).run()
+    return Experiment(cfg, run_dir, hydra_files, world).run()

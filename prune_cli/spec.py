@@ -46,8 +46,13 @@ class ImageData(ABC):
         shuffle: bool = False,
         augment: bool = False,
         generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> Iterator[Batch]:
-        """Batches of (images (B, C, H, W) float normalised, labels (B,) long) on the device."""
+        """Batches of (images (B, C, H, W) float normalised, labels (B,) long) on the device.
+
+        ``shard=(rank, world)``: of each batch, only rank ``rank``'s contiguous part
+        (``distributed.shard_bounds``), with the order and random draws of the whole batch.
+        """
 
     def num_batches(self, split: str, batch_size: int) -> int:
         n = self.size(split)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prune_cli.distributed import shard_bounds
 from prune_cli.spec import Batch, DataSpec, ImageData
 
 
@@ -123,6 +124,7 @@ class InMemoryData(ImageData):
         shuffle: bool = False,
         augment: bool = False,
         generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> Iterator[Batch]:
         x_all, y_all = self._x[split], self._y[split]
         n = y_all.numel()
@@ -137,10 +139,12 @@ class InMemoryData(ImageData):
             draws = to_device(draws, self.device)
         start = 0
         for b, size in enumerate(sizes):
-            idx = order[b * batch_size : b * batch_size + size]
+            # a rank's part of the batch: every rank drew the same order and draws above
+            lo, hi = (0, size) if shard is None else shard_bounds(size, *shard)
+            idx = order[b * batch_size + lo : b * batch_size + hi]
             x = self._prepare(x_all[idx])
             if draws is not None:
-                x = self._augment(x, draws[:, start : start + size])
+                x = self._augment(x, draws[:, start + lo : start + hi])
             start += size
             yield x, y_all[idx]
 

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, Subset
 
 from prune_cli.data import DATASETS, DatasetConfig, DatasetCorrupt, check_val_size
 from prune_cli.data.base import split_indices
+from prune_cli.distributed import shard_bounds
 from prune_cli.errors import DatasetNotFound
 from prune_cli.spec import Batch, DataSpec, ImageData
 
@@ -133,6 +134,22 @@ def transforms_for(size: int, small: bool) -> tuple[Callable, Callable]:
     return transforms.Compose(train + finish), transforms.Compose(evaluate + finish)
 
 
+class ShardedBatches:
+    """Rank ``rank``'s contiguous part of each batch of ``batches`` (lists of indices): every
+    rank draws the same order from the same seeded generator, so the parts tile each batch."""
+
+    def __init__(self, batches: BatchSampler, rank: int, world: int) -> None:
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            lo, hi = shard_bounds(len(batch), self.rank, self.world)
+            yield batch[lo:hi]
+
+
 class StreamingImageData(ImageData):
     """Image folders streamed through a DataLoader: ``train_dir`` and, when given, ``test_dir``
     (class folders each); without ``test_dir``, ``dataset.test_size`` of the training folder's
@@ -204,16 +221,22 @@ class StreamingImageData(ImageData):
         shuffle: bool = False,
         augment: bool = False,
         generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> Iterator[Batch]:
         dataset = self._sets[split if augment or split != "train" else "train_eval"]
+        sampler: Any = (
+            RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        )
+        drop_last = split == "train" and len(dataset) % batch_size == 1
+        batch_sampler: Any = BatchSampler(sampler, batch_size, drop_last)
+        if shard is not None:
+            batch_sampler = ShardedBatches(batch_sampler, *shard)
         loader = DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
+            batch_sampler=batch_sampler,
             generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
-            drop_last=split == "train" and len(dataset) % batch_size == 1,
             # not persistent: workers that outlive an epoch keep their random state, and a
             # resumed run (new workers) would then draw other augmentations than the original
             persistent_workers=False,

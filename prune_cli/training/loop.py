@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prune_cli.callbacks import Callback
-from prune_cli.errors import RunFailed
+from prune_cli.distributed import SINGLE, World, all_reduce_sum
+from prune_cli.errors import ConfigError, RunFailed
 from prune_cli.metrics import confusion_matrix
 from prune_cli.spec import ImageData
 from prune_cli.training.config import TrainConfig
@@ -82,6 +83,7 @@ class Trainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         enforce_masks: Callable[[], None] | None,
         callbacks: Sequence[Callback] = (),
+        world: World = SINGLE,
     ) -> None:
         self.model = model
         self.data = data
@@ -97,12 +99,17 @@ class Trainer:
         self.memory_format = memory_format(self.device, cfg)
         self.steps_per_epoch = data.num_batches("train", cfg.batch_size)
         setup_device(self.device, cfg)
+        #: data parallel: ``net`` (DDP) runs the training steps, ``model`` is the same weights
+        self.world = world
+        self.net = ddp(model, data, cfg.batch_size, world) if world.parallel else model
         self._bf16 = self.cuda and cfg.bf16
         self._forward = compiled(cfg.compile_mode or "default") if cfg.compile else loss_and_correct
         #: CUDA graphs (``reduce-overhead``): each step is a new generation of graph replays
         self._mark_step = bool(cfg.compile) and cfg.compile_mode == "reduce-overhead"
         self._graph: StepGraph | None = None
-        if cfg.cuda_graphs and self.cuda:
+        if cfg.cuda_graphs and self.cuda and world.parallel:
+            log.warning("train.cuda_graphs: not with data-parallel ranks; the steps run eagerly")
+        elif cfg.cuda_graphs and self.cuda:
             blocker = graph_blocker(self.callbacks, optimizer)
             if blocker is None:
                 self._graph = StepGraph(model, optimizer, self._step_body)
@@ -122,6 +129,16 @@ class Trainer:
             self.enforce_masks()
         return loss.detach(), right
 
+    def _backward(self, loss: Tensor, n: int, batch: int) -> None:
+        """``loss.backward()``; with data-parallel ranks, this rank's mean loss over its ``n``
+        examples of global batch ``batch`` is weighed by ``n * world / batch size``: DDP averages
+        the ranks' gradients, which then are those of the mean loss over the whole batch."""
+        if not self.world.parallel:
+            loss.backward()
+            return
+        size = min(self.cfg.batch_size, self.data.size("train") - batch * self.cfg.batch_size)
+        (loss * (n * self.world.size / size)).backward()
+
     def train_epoch(self, epoch: int, generator: torch.Generator) -> dict[str, float]:
         """One pass over the training split; returns mean loss and accuracy."""
         self.model.train()
@@ -129,8 +146,14 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         step = epoch * self.steps_per_epoch
+        shard = (self.world.rank, self.world.size) if self.world.parallel else None
         batches = self.data.batches(
-            "train", self.cfg.batch_size, shuffle=True, augment=True, generator=generator
+            "train",
+            self.cfg.batch_size,
+            shuffle=True,
+            augment=True,
+            generator=generator,
+            shard=shard,
         )
         graph = self._graph
         if graph is not None:
@@ -147,10 +170,10 @@ class Trainer:
                 torch.compiler.cudagraph_mark_step_begin()
             x = as_input(x, self.memory_format)
             loss, right = self._forward(
-                self.model, x, y, self._bf16, self.cfg.label_smoothing, self.cfg.temperature or 1.0
+                self.net, x, y, self._bf16, self.cfg.label_smoothing, self.cfg.temperature or 1.0
             )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self._backward(loss, y.numel(), step - epoch * self.steps_per_epoch)
             for cb in self.callbacks:
                 cb.on_after_backward(step, self.model)
             if self.cfg.grad_clip is not None:
@@ -172,8 +195,11 @@ class Trainer:
             seen += graph.seen
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, self.model)
-        # the epoch's one host sync: both sums in one transfer
-        total_loss, total_correct = torch.stack([loss_sum.double(), correct.double()]).tolist()
+        sums = [loss_sum.double(), correct.double(), torch.tensor(seen, device=self.device)]
+        if self.world.parallel:  # the whole batch's sums, as one process has them
+            sums = all_reduce_sum(sums)
+        # the epoch's one host sync: the sums in one transfer
+        total_loss, total_correct, seen = torch.stack([v.double() for v in sums]).tolist()
         mean_loss = total_loss / max(1, seen)
         if not math.isfinite(mean_loss):
             raise RunFailed(f"training loss became {mean_loss} in epoch {epoch + 1}")
@@ -181,6 +207,22 @@ class Trainer:
 
     def evaluate(self, split: str) -> EvalResult:
         return evaluate(self.model, self.data, split, self.cfg)
+
+
+def ddp(model: nn.Module, data: ImageData, batch_size: int, world: World) -> nn.Module:
+    """``model`` in DistributedDataParallel; refused when a batch is too small to give every rank
+    an example (each rank's part of a global batch of ``batch_size``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    n, steps = data.size("train"), data.num_batches("train", batch_size)
+    smallest = min(batch_size, n - (steps - 1) * batch_size) if steps else 0
+    if smallest < world.size:
+        raise ConfigError(
+            f"train.batch_size={batch_size} leaves a batch of {smallest} examples for "
+            f"{world.size} data-parallel ranks; choose a batch size that leaves each rank one"
+        )
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def _autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractContextManager:
