@@ -16,6 +16,7 @@ reached.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,19 @@ from prune_cli.pruning.mask import Masks, prunable_parameters
 from prune_cli.pruning.method import PruneContext
 from prune_cli.pruning.methods.limit import LimitConfig, measure_limit
 
-#: the analyses by name; each validates its settings and runs on (model, ctx, settings, path)
-ANALYSES = ("limit",)
+#: method=limit's settings that belong to its training, not to the measurement
+TRAINING_ONLY = ("name", "ignore", "l1", "l1_scope")
 
 
 def limit_settings(settings: Mapping[str, Any] | None) -> LimitConfig:
     """``analysis.limit``'s settings as method=limit's typed config (validated)."""
     fields = dict(settings or {})
+    refused = [k for k in fields if k in TRAINING_ONLY]
+    if refused:
+        raise ConfigError(
+            f"analysis.limit: {', '.join(refused)} belong to method=limit's training, not to "
+            "the analysis of a run's dense level"
+        )
     try:
         return LimitConfig(**fields)
     except TypeError as exc:
@@ -47,7 +54,7 @@ def check(analysis: Mapping[str, Any] | None) -> None:
     for name, settings in (analysis or {}).items():
         if name not in ANALYSES:
             raise ConfigError(f"unknown analysis {name!r}; choose from {', '.join(ANALYSES)}")
-        limit_settings(settings)
+        ANALYSES[name].settings(settings)
 
 
 def run_limit(
@@ -59,3 +66,15 @@ def run_limit(
     """The actual and predicted pruning limits of ``model`` (dense) over its prunable weights."""
     params = prunable_parameters(model)
     return measure_limit(model, params, Masks.ones(params), ctx, limit_settings(settings), path)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """An analysis: how its settings are validated, and how it runs on the dense model."""
+
+    settings: Callable[[Mapping[str, Any] | None], Any]
+    run: Callable[[nn.Module, PruneContext, Mapping[str, Any] | None, Callable[[str], Path]], dict]
+
+
+#: the analyses by name (``analysis=[NAME]``; settings in ``conf/analysis/NAME.yaml``)
+ANALYSES: dict[str, Analysis] = {"limit": Analysis(limit_settings, run_limit)}

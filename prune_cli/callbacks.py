@@ -19,8 +19,8 @@ class Callback:
     so a resumed run continues a schedule exactly where it stopped.
     """
 
-    #: True when ``on_step_end`` only keeps host-side books (a progress bar): the step's device
-    #: work may then be replayed from a CUDA graph (``train.cuda_graphs``) with the hook after it
+    #: True when ``on_step_end`` and ``on_epoch_end`` only keep host-side books (a progress bar):
+    #: the step's device work may then be replayed from a CUDA graph (``train.cuda_graphs``)
     step_hooks_on_host: bool = False
 
     def on_optimizer(self, optimizer: torch.optim.Optimizer) -> None:

@@ -220,7 +220,8 @@ class Experiment:
             folder = self.store.paths.analysis(name)
             folder.mkdir(parents=True, exist_ok=True)
             log.info("analysis %s on the dense level 0", name)
-            out[name] = analysis.run_limit(model, self._context(0), settings, folder.joinpath)
+            run = analysis.ANALYSES[name].run
+            out[name] = run(model, self._context(0), settings, folder.joinpath)
         return out
 
     @property

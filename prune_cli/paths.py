@@ -44,7 +44,7 @@ RESULT_FILES = (
     "final_model.pt2",
     "run.log",
 )
-RESULT_DIRS = ("levels",)
+RESULT_DIRS = ("levels", "analysis")
 
 
 @dataclass(frozen=True)

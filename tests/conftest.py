@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from torch import nn
 
 from prune_cli.config import (
     CONF_DIR,
@@ -22,6 +23,8 @@ from prune_cli.config import (
 register_configs()
 register_resolvers()
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from prune_cli.pruning.method import PruneContext  # noqa: E402 (after the registrations)
 
 #: settings that make a CLI run take seconds on the CPU
 FAST = ["train.epochs=2", "progress=false", "model=mlp"]
@@ -57,3 +60,29 @@ def tiny_run_dir(tmp_path: Path) -> Path:
 def _seeded() -> None:
     """Every test starts from the same random state: no test depends on the order of others."""
     torch.manual_seed(0)
+
+
+def prune_context(batches, num_classes: int = 3, artifacts: Path | None = None) -> PruneContext:
+    """A CPU pruning context over fixed ``batches`` (the first n of them when n are asked)."""
+    return PruneContext(
+        level=1,
+        seed=0,
+        device=torch.device("cpu"),
+        batches=lambda n: iter(batches[:n]),
+        loss_fn=nn.functional.cross_entropy,
+        weight_decay=0.0,
+        num_classes=num_classes,
+        load_state=lambda name: {},
+        artifact_path=Path if artifacts is None else artifacts.joinpath,
+    )
+
+
+def conv_bn_net(*widths: int, side: int = 8, classes: int = 3) -> nn.Module:
+    """3x3 convolution + BatchNorm + ReLU per width on 1-channel side x side inputs, then a
+    linear classifier: the small filter-pruning network of the tests."""
+    layers: list[nn.Module] = []
+    channels = 1
+    for width in widths:
+        layers += [nn.Conv2d(channels, width, 3), nn.BatchNorm2d(width), nn.ReLU()]
+        channels, side = width, side - 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * side * side, classes))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_config
+from conftest import conv_bn_net, run_config
 from scipy.stats import kurtosis, rankdata, spearmanr
 from torch import nn
 
@@ -191,19 +191,7 @@ def test_near_duplicates_and_invalid_candidates_are_dropped():
 
 # --- the method ------------------------------------------------------------------------------
 def conv_net() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Conv2d(4, 8, 3),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(8 * 2 * 2, 3),
-    )
+    return conv_bn_net(4, 8, 8)
 
 
 def context(tmp_path: Path | None = None, evaluate=None) -> PruneContext:

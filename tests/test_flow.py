@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_config
+from conftest import conv_bn_net, prune_context, run_config
 from torch import nn
 
 from prune_cli.errors import ConfigError
@@ -34,30 +34,11 @@ from prune_cli.thin import ThinModelError, load_thin_model
 
 
 def tiny_net() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 3, 3),
-        nn.BatchNorm2d(3),
-        nn.ReLU(),
-        nn.Conv2d(3, 4, 3),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 3),
-    )
+    return conv_bn_net(3, 4)
 
 
 def context(batches, num_classes=3, artifacts: Path | None = None) -> PruneContext:
-    return PruneContext(
-        level=1,
-        seed=0,
-        device=torch.device("cpu"),
-        batches=lambda n: iter(batches[:n]),
-        loss_fn=nn.functional.cross_entropy,
-        weight_decay=0.0,
-        num_classes=num_classes,
-        load_state=lambda name: {},
-        artifact_path=Path if artifacts is None else artifacts.joinpath,
-    )
+    return prune_context(batches, num_classes, artifacts)
 
 
 def data(n_batches=2, size=8, channels=1, classes=3, batch=12):
@@ -207,6 +188,9 @@ def test_round_kept_rounds_to_the_nearest_multiple_without_regrowth():
     keep = torch.arange(16) >= 3
     round_kept(keep, before, scores, 8)
     assert keep.sum() == 8 and not keep[:8].any()
+    keep = torch.arange(16) >= 3  # 13 kept, none restorable, floor 9: not down to 8 either
+    round_kept(keep, keep.clone(), scores, 8, floor=9)
+    assert int(keep.sum()) == 13
     keep = torch.arange(16) >= 13  # 3 kept, 1 restorable: below one multiple, left alone
     before = torch.arange(16) >= 12
     round_kept(keep, before, scores, 8)

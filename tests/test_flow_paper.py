@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config, run_config
+from conftest import compose_config, conv_bn_net, prune_context, run_config
 from torch import nn
 
 from prune_cli.config import config_hash
@@ -93,16 +93,7 @@ def test_temperature_setting_keeps_old_hashes_and_the_flow_experiments_use_t5():
 
 # --- 2. Fisher and GraSP as the authors compute them ------------------------------------------
 def context(batches, num_classes=3) -> PruneContext:
-    return PruneContext(
-        level=1,
-        seed=0,
-        device=torch.device("cpu"),
-        batches=lambda n: iter(batches[:n]),
-        loss_fn=nn.functional.cross_entropy,
-        weight_decay=0.0,
-        num_classes=num_classes,
-        load_state=lambda name: {},
-    )
+    return prune_context(batches, num_classes)
 
 
 def softmax_grad(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, t: float = 1.0):
@@ -242,16 +233,7 @@ def test_flow_experiments_prune_the_first_conv_except_resnet56():
 
 # --- 4. targets the per-unit floors cannot reach ------------------------------------------------
 def small_net() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 3, 3),
-        nn.BatchNorm2d(3),
-        nn.ReLU(),
-        nn.Conv2d(3, 4, 3),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 3),
-    )
+    return conv_bn_net(3, 4)
 
 
 def test_floors_that_make_the_target_unreachable_warn_and_the_summary_says_how_far(

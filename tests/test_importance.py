@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import conv_bn_net, prune_context
 from scipy.spatial.distance import cdist
 from torch import nn
 
@@ -20,29 +21,11 @@ from prune_cli.pruning.methods.flow_pruning import FlowConfig
 
 
 def context(batches, num_classes=3) -> PruneContext:
-    return PruneContext(
-        level=1,
-        seed=0,
-        device=torch.device("cpu"),
-        batches=lambda n: iter(batches[:n]),
-        loss_fn=nn.functional.cross_entropy,
-        weight_decay=0.0,
-        num_classes=num_classes,
-        load_state=lambda name: {},
-    )
+    return prune_context(batches, num_classes)
 
 
 def conv_net() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 3, 3),
-        nn.BatchNorm2d(3),
-        nn.ReLU(),
-        nn.Conv2d(3, 5, 3),
-        nn.BatchNorm2d(5),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(5 * 4 * 4, 3),
-    )
+    return conv_bn_net(3, 5)
 
 
 def data(n=2, batch=12):

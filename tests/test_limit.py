@@ -317,6 +317,8 @@ def test_analysis_names_and_settings_are_validated_when_composed():
         run_config(["analysis=[limit]", "analysis.limit.grid=0"])
     with pytest.raises(ConfigError, match=r"analysis\.limit: "):
         run_config(["analysis=[limit]", "+analysis.limit.sparsity_goal=3"])
+    with pytest.raises(ConfigError, match="belong to method=limit's training"):
+        run_config(["analysis=[limit]", "+analysis.limit.l1=0.1"])
     from prune_cli.analysis import check
 
     with pytest.raises(ConfigError, match="unknown analysis 'hessian'"):

@@ -18,8 +18,9 @@ The same checks as ImageNet's, each a one-line error: a missing folder, fewer th
 test classes other than the training ones, a class without images, a file that is not an image.
 
 The run's hash covers the data through ``dataset.data_id``: a digest of the files' paths
-(relative to the root) and sizes, so two different folders never share a run directory, and the
-same folder moved elsewhere keeps its runs.
+(relative to the root) and sizes, so folders of different files do not share a run directory,
+and the same folder moved elsewhere keeps its runs. (Files rewritten in place with the same
+names and sizes are not noticed: that would take reading every image.)
 """
 
 from __future__ import annotations

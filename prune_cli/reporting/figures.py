@@ -134,8 +134,8 @@ def _limit_lines(ax: Axes, levels: pd.DataFrame) -> None:
     for i, (label, rho) in enumerate(limits.items()):
         ax.axvline(
             100 * (1 - rho),
-            color=f"C{i % 10}",
-            ls=":",
+            color="0.2",  # neutral: the label, not a colour, names the row it belongs to
+            ls=(0, (1, 1 + i)),
             lw=1,
             label=f"predicted limit {label}" if len(limits) > 1 else "predicted limit",
         )

@@ -1,11 +1,11 @@
 """The whole training step captured as one CUDA graph (``train.cuda_graphs``).
 
-Why: eager ResNet-56 training on an H100 is limited by the CPU issuing kernels (about 25 ms of
-CPU time against 5 ms of GPU time per step at batch 128, docs/BENCHMARKS.md). ``torch.compile``
-with ``reduce-overhead`` graphs the forward and backward passes only; the optimizer step and the
-mask multiply are still issued kernel by kernel. Here one graph holds forward, loss, backward,
-gradient clipping, the optimizer step, the mask multiply and the epoch's running sums, and a step
-is one copy of the batch into static buffers and one replay.
+Why: eager ResNet-56 training on an H100 is limited by the CPU issuing kernels (5.2 ms of
+kernels per step at batch 128 take several times as long to issue, docs/BENCHMARKS.md).
+``torch.compile`` with ``reduce-overhead`` graphs the forward and backward passes only; the
+optimizer step and the mask multiply are still issued kernel by kernel. Here one graph holds
+forward, loss, backward, gradient clipping, the optimizer step, the mask multiply and the
+epoch's running sums, and a step is one copy of the batch into static buffers and one replay.
 
 How (the pattern of PyTorch's "whole network capture"):
 
@@ -19,10 +19,10 @@ How (the pattern of PyTorch's "whole network capture"):
   epochs the groups hold plain floats again, so checkpoints look as they always did.
 
 What may not be captured, and then runs eagerly with one warning: callbacks that act inside the
-step (``on_after_backward``, or ``on_step_end`` unless the callback says it only keeps host-side
-books, ``Callback.step_hooks_on_host``): they may replace masks or reset the optimizer, and a
-graph would keep using the old tensors; an optimizer other than torch's SGD or Adam (their fused
-CUDA kernels read the learning rate from a tensor).
+step (``on_after_backward``) or after it (``on_step_end``, ``on_epoch_end``) unless the callback
+says it only keeps host-side books (``Callback.step_hooks_on_host``): they may replace masks or
+reset the optimizer, and a graph would keep using the old tensors; an optimizer other than
+torch's fused SGD or Adam (the fused CUDA kernels read the learning rate from a tensor).
 """
 
 from __future__ import annotations
@@ -47,11 +47,17 @@ def graph_blocker(callbacks: Sequence[Callback], optimizer: torch.optim.Optimize
         name = type(cb).__name__
         if type(cb).on_after_backward is not Callback.on_after_backward:
             return f"{name} edits gradients inside the step"
-        overrides_end = type(cb).on_step_end is not Callback.on_step_end
-        if overrides_end and not cb.step_hooks_on_host:
-            return f"{name} acts after every step"
+        for hook, when in (("on_step_end", "every step"), ("on_epoch_end", "every epoch")):
+            # a hook after the step may replace masks, which the graph would keep multiplying
+            overridden = getattr(type(cb), hook) is not getattr(Callback, hook)
+            if overridden and not cb.step_hooks_on_host:
+                return f"{name} acts after {when}"
     if type(optimizer) not in (torch.optim.SGD, torch.optim.Adam):
         return f"the optimizer {type(optimizer).__name__} is not torch's SGD or Adam"
+    if not all(group.get("fused") for group in optimizer.param_groups):
+        # only the fused kernels read the learning rate from a device tensor; the others turn
+        # it into a host number, which a capture cannot do
+        return "the optimizer is not the fused CUDA one"
     return None
 
 

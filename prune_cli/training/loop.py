@@ -159,8 +159,9 @@ class Trainer:
         if graph is not None:
             graph.begin_epoch()
         for x, y in batches:
+            x = as_input(x, self.memory_format)  # before ``fits``: the graph's layout
             if graph is not None and graph.fits(x, y):
-                graph.step(as_input(x, self.memory_format), y)
+                graph.step(x, y)
                 self.scheduler.step()
                 for cb in self.callbacks:  # host-side bookkeeping only (graph_blocker)
                     cb.on_step_end(step, self.model)
@@ -168,7 +169,6 @@ class Trainer:
                 continue
             if self._mark_step:
                 torch.compiler.cudagraph_mark_step_begin()
-            x = as_input(x, self.memory_format)
             loss, right = self._forward(
                 self.net, x, y, self._bf16, self.cfg.label_smoothing, self.cfg.temperature or 1.0
             )

@@ -281,7 +281,8 @@ class FilterPruning(PruningMethod):
         if (self.cfg.round_to or 1) > 1:
             for u in groups.units:
                 before = device_keep[u.root].cpu()  # untouched: ``keep`` holds copies
-                round_kept(keep[u.root], before, scores[u.root], self.cfg.round_to or 1)
+                multiple = self.cfg.round_to or 1
+                round_kept(keep[u.root], before, scores[u.root], multiple, floor[u.root])
         return {r: k.to(device_keep[r].device) for r, k in keep.items()}
 
     # --- hooks --------------------------------------------------------------------------------
@@ -342,24 +343,27 @@ class FilterPruning(PruningMethod):
         }
 
 
-def round_kept(keep: Tensor, before: Tensor, scores: list[float], multiple: int) -> None:
+def round_kept(
+    keep: Tensor, before: Tensor, scores: list[float], multiple: int, floor: int = 1
+) -> None:
     """Round the kept count of one unit to the nearest multiple of ``multiple`` (ties up; all
     channels count as a multiple), in place, by dropping its lowest-scored kept channels or
     restoring its highest-scored channels removed in this round (``before`` = kept before it).
     A channel removed in an earlier round is never restored (masks only shrink): when too few
-    were removed now to round up, the count is rounded down instead, and a count below one
-    multiple that cannot be rounded up is left as the ranking chose it."""
+    were removed now to round up, the count is rounded down instead; never below the unit's
+    ``floor`` (``min_keep``): a count that can go neither way is left as the ranking chose it."""
     channels, kept = keep.numel(), int(keep.sum())
     if kept % multiple == 0 or kept == channels:
         return
     lower = multiple * (kept // multiple)
     upper = min(channels, lower + multiple)
     can_round_up = upper - kept <= int((before & ~keep).sum())
-    if can_round_up and (upper - kept <= kept - lower or lower == 0):
+    can_round_down = lower > 0 and lower >= floor
+    if can_round_up and (upper - kept <= kept - lower or not can_round_down):
         target = upper
-    elif lower > 0:
+    elif can_round_down:
         target = lower
-    else:  # below one multiple, and too few removed now to reach it: left as chosen
+    else:  # neither a multiple above (too few removed now) nor one above the floor below
         return
     order = sorted(range(channels), key=lambda ch: scores[ch])  # ascending score
     if target < kept:
