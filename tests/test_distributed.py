@@ -103,9 +103,14 @@ def test_streamed_batches_are_sharded_the_same_way() -> None:
 def test_slurm_tasks_become_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
     """A task of a 2-node, 4-task SLURM job (submitit's tasks_per_node=2) is a rank."""
     pytest.importorskip("submitit")
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.delenv("MASTER_ADDR", raising=False)
-    monkeypatch.delenv("MASTER_PORT", raising=False)
+    # every variable export() sets is first set here, so that the teardown restores it (to
+    # absent): delenv of an absent variable records nothing, and a WORLD_SIZE left behind makes
+    # every later CLI subprocess of the session wait for 3 more ranks
+    for key in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK"):
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     env = {
         "SUBMITIT_EXECUTOR": "slurm",
         "SLURM_JOB_ID": "1234",
@@ -118,9 +123,6 @@ def test_slurm_tasks_become_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    for key in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.setenv(key, "")  # restored (removed) after the test
-        monkeypatch.delenv(key)
     assert distributed.export_slurm()
     assert from_env() == World(rank=3, size=4, local_rank=1)
     assert os.environ["MASTER_ADDR"] == "node01"  # the rendezvous on the job's first node
@@ -296,3 +298,9 @@ def test_two_ranks_match_one_process_and_resume_its_checkpoint(
         assert [r["world"].rank for r in ranks] == [0, 1]
         assert [r["seen"] for r in ranks] == [part * epochs for part in per_epoch]
         _same_results(tmp_path / name, tmp_path / "single", ranks, one)
+
+
+def test_the_slurm_test_leaves_no_torchrun_variables_behind() -> None:
+    """Runs after test_slurm_tasks_become_ranks (file order): a leaked WORLD_SIZE would make
+    every CLI subprocess started later in the session wait for ranks that never come."""
+    assert not any(k in os.environ for k in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
