@@ -60,6 +60,7 @@ NON_RESULT_KEYS = (
     "train.compile_mode",
     "train.cudnn_benchmark",
     "train.cuda_graphs",
+    "logger",
     "checkpoint_every",
 )
 
@@ -90,6 +91,9 @@ class RunConfig:
     #: analyses of the run, by name, with their settings (``analysis=[limit]``,
     #: ``prune_cli/conf/analysis/``); null when none is chosen, so existing hashes stay
     analysis: dict[str, Any] | None = None
+    #: an experiment tracker and its settings (``logger=tensorboard``, ``logger=mlflow``;
+    #: ``prune_cli/conf/logger/``); it only mirrors results, so it is not in the hash
+    logger: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -111,6 +115,9 @@ class RunConfig:
         from prune_cli.analysis import check  # the pruning-limit code is only needed here
 
         check(self.analysis)
+        from prune_cli import trackers
+
+        trackers.check(self.logger)
         if not isinstance(self.model, ModelConfig):
             raise ConfigError("model must be chosen from the model config group (model=NAME)")
         if not isinstance(self.method, MethodConfig):

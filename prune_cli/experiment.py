@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 import prune_cli
-from prune_cli import analysis, distributed
+from prune_cli import analysis, distributed, trackers
 from prune_cli.config import RunConfig
 from prune_cli.data import build_dataset
 from prune_cli.distributed import World
@@ -98,6 +98,8 @@ class Experiment:
         self.cfg = cfg
         #: data-parallel ranks (``prune_cli.distributed``): rank 0 alone touches ``run_dir``
         self.world = distributed.world() if world is None else world
+        #: where metrics are mirrored (``logger=...``); rank 0 builds the chosen one in _lead
+        self.tracker = trackers.Tracker()
         self._handed_over = False
         self.config = OmegaConf.to_container(OmegaConf.structured(cfg))
         self.store = RunStore(run_dir, self.config)
@@ -174,7 +176,11 @@ class Experiment:
                     show_results(existing, self.store.root)
                     return existing
             self._start()
+            self.tracker = trackers.build(
+                self.cfg.logger, self.store.root, Path(self.cfg.output_root)
+            )
             try:
+                self.tracker.start(self.config, self.store.root.name)
                 with self.store.log_file():
                     log.info("run %s in %s", self.store.hash, self.store.root)
                     self._levels()
@@ -183,13 +189,17 @@ class Experiment:
                 analyses = self._analyses()
             except KeyboardInterrupt:
                 self._write_summary("interrupted", reason=self._where("interrupted"))
+                self.tracker.finish("interrupted")
                 raise
             except RunFailed as exc:
                 self._write_summary("failed", reason=str(exc))
+                self.tracker.finish("failed")
                 raise
             except Exception as exc:
                 self._write_summary("failed", reason=f"{type(exc).__name__}: {exc}")
+                self.tracker.finish("failed")
                 raise
+            self.tracker.finish("completed")
             summary = self._write_summary(
                 "completed",
                 method_info=info,
@@ -455,6 +465,7 @@ class Experiment:
                 ]
                 score = {"val_accuracy": val.accuracy, "val_loss": -val.loss}.get(cfg.select, score)
             s.records.metrics.extend(rows)
+            self.tracker.epoch(level, epoch + 1, {f"{sp}_{k}": v for _, _, sp, k, v in rows})
             s.cursor.epoch += 1
             log.info(
                 "level %d/%d epoch %d/%d %s (%.1f s)",
@@ -516,6 +527,9 @@ class Experiment:
             },
         )
         entry = s.records.levels[-1]
+        self.tracker.level(
+            level, {k: v for k, v in entry.items() if isinstance(v, int | float) and k != "level"}
+        )
         log.info(
             "level %d done: sparsity %.4f, val accuracy %s, test accuracy %.4f",
             level,
