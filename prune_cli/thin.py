@@ -32,6 +32,15 @@ class ThinModelError(UserError):
     """A ``final_model.pt`` that cannot be rebuilt (unreadable, another format, another model)."""
 
 
+def _known_settings(settings: dict) -> ModelConfig | None:
+    """The typed settings of a run's model, or None for settings this prune-run does not know
+    (written by another version): the caller then falls back to the model's name."""
+    try:
+        return model_config(settings)
+    except UserError:
+        return None
+
+
 def _model_settings(path: Path, stored: str | None) -> ModelConfig | str:
     """The model's settings from the run's config.yaml beside the file (a model with other
     settings than the name's needs them), else the registry name stored in the file."""
@@ -43,10 +52,9 @@ def _model_settings(path: Path, stored: str | None) -> ModelConfig | str:
         except (yaml.YAMLError, AttributeError):
             settings = None
     if isinstance(settings, dict) and (not stored or settings.get("name") == stored):
-        try:
-            return model_config(settings)
-        except UserError:
-            pass  # settings this prune-run does not know: fall back to the name
+        known = _known_settings(settings)
+        if known is not None:
+            return known
     if stored:
         return stored
     if isinstance(settings, dict) and isinstance(settings.get("name"), str):

@@ -255,14 +255,23 @@ def _same_results(par: Path, one: Path, ranks: list[dict], single: dict) -> None
         assert float(vp) == pytest.approx(float(vo), abs=1e-6)
 
 
+@pytest.fixture
+def one_thread():
+    """One thread, as each rank has, restored afterwards: the thread count changes float
+    reductions, so a leaked 1 changed the results of later tests in this process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 def test_two_ranks_match_one_process_and_resume_its_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:
     from prune_cli.experiment import Experiment
     from prune_cli.training.loop import Trainer
 
-    torch.set_num_threads(1)
     overrides = [*SETTINGS, "device=cpu"]
     # one process, the same global batch of 64
     single = Experiment(run_config(overrides), tmp_path / "single")

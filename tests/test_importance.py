@@ -77,6 +77,14 @@ def test_fpgm_matches_cdist_on_conv_filters():
     assert torch.allclose(IMPORTANCE.get("fpgm")().filter(Site(w)), expected, rtol=1e-6)
 
 
+def test_a_filter_only_measure_refuses_to_score_weights():
+    w = torch.randn(4, 3, 3, 3)
+    for name in ("fpgm", "bn_gamma"):
+        assert not IMPORTANCE.get(name).per_weight
+        with pytest.raises(ConfigError, match="scores filters only"):
+            IMPORTANCE.get(name)().weight(Site(w))
+
+
 def test_gradient_measures_by_hand_on_a_linear_model():
     w = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.5]])
     x = torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 3.0]])

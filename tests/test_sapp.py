@@ -242,6 +242,7 @@ def test_the_trainer_hands_callbacks_the_optimizer():
         bf16=False,
         compile=False,
         compile_mode=None,
+        cuda_graphs=None,
         batch_size=2,
     )
     Trainer(model, data, cfg, optimizer, None, None, [keep])

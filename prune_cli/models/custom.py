@@ -89,16 +89,19 @@ def resolve_target(target: str) -> Callable[..., Any]:
 def custom(spec: DataSpec, cfg: CustomModelConfig) -> nn.Module:
     assert cfg.target is not None, "checked when the config is composed"
     builder = resolve_target(cfg.target)
-    try:  # bind first: a TypeError raised inside the user's code is theirs, with its traceback
-        inspect.signature(builder).bind(spec, **cfg.args)
-    except TypeError as exc:
-        raise UserError(
-            f"model.target={cfg.target} refused its arguments ({exc}); it is called as "
-            f"{cfg.target.replace(':', '.')}(spec, **model.args) with model.args="
-            f"{dict(cfg.args)}"
-        ) from None
-    except ValueError:  # no signature to inspect (a builtin): let the call say what fails
-        pass
+    try:
+        signature: inspect.Signature | None = inspect.signature(builder)
+    except ValueError:  # no signature to inspect (a builtin): the call itself says what fails
+        signature = None
+    if signature is not None:
+        try:  # bind first: a TypeError raised inside the user's code is theirs, with its traceback
+            signature.bind(spec, **cfg.args)
+        except TypeError as exc:
+            raise UserError(
+                f"model.target={cfg.target} refused its arguments ({exc}); it is called as "
+                f"{cfg.target.replace(':', '.')}(spec, **model.args) with model.args="
+                f"{dict(cfg.args)}"
+            ) from None
     model = builder(spec, **cfg.args)
     if not isinstance(model, nn.Module):
         raise UserError(

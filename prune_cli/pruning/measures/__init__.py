@@ -80,7 +80,12 @@ class Measure:
         return base
 
     def weight(self, site: Site) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no per-weight score")
+        """The per-weight score; a measure with ``per_weight = False`` has none, and a method
+        that asks for one anyway is told which methods take it."""
+        raise ConfigError(
+            f"measure {type(self).__name__} scores filters only; use it with method=filter "
+            "or method=crossword"
+        )
 
     def filter(self, site: Site) -> Tensor:
         return site.rows(self.weight(site)).sum(dim=1)
