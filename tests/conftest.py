@@ -62,7 +62,9 @@ def _seeded() -> None:
     torch.manual_seed(0)
 
 
-def prune_context(batches, num_classes: int = 3, artifacts: Path | None = None) -> PruneContext:
+def prune_context(
+    batches, num_classes: int = 3, artifacts: Path | None = None, evaluate=None
+) -> PruneContext:
     """A CPU pruning context over fixed ``batches`` (the first n of them when n are asked)."""
     return PruneContext(
         level=1,
@@ -74,6 +76,7 @@ def prune_context(batches, num_classes: int = 3, artifacts: Path | None = None) 
         num_classes=num_classes,
         load_state=lambda name: {},
         artifact_path=Path if artifacts is None else artifacts.joinpath,
+        evaluate=evaluate,
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import conv_bn_net, run_config
+from conftest import conv_bn_net, prune_context, run_config
 from scipy.stats import kurtosis, rankdata, spearmanr
 from torch import nn
 
@@ -197,18 +197,7 @@ def conv_net() -> nn.Module:
 def context(tmp_path: Path | None = None, evaluate=None) -> PruneContext:
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randn(12, 1, 8, 8, generator=gen), torch.arange(12) % 3) for _ in range(2)]
-    return PruneContext(
-        level=1,
-        seed=0,
-        device=torch.device("cpu"),
-        batches=lambda n: iter(batches[:n]),
-        loss_fn=nn.functional.cross_entropy,
-        weight_decay=0.0,
-        num_classes=3,
-        load_state=lambda name: {},
-        artifact_path=Path if tmp_path is None else tmp_path.joinpath,
-        evaluate=evaluate,
-    )
+    return prune_context(batches, 3, tmp_path, evaluate)
 
 
 @pytest.mark.parametrize("expression", ["l1", "fpgm", "random", "log(magnitude)"])
