@@ -43,7 +43,9 @@ FAILED_JOBS: list[int] = []
 #: the sweep directory's lock, held by the launching process for the whole sweep
 _SWEEP_LOCK = contextlib.ExitStack()
 _SWEEP_LOCKED = False
-_MAIN_PID = os.getpid()
+#: set by ``main`` to its pid and inherited by a launcher's worker processes (joblib's loky
+#: workers import this module afresh, so a pid taken at import cannot tell them from the owner)
+SWEEP_OWNER_ENV = "PRUNE_RUN_SWEEP_OWNER"
 CHOICE_GROUPS = ("model", "dataset", "method", "train", "experiment", "sweep")
 
 
@@ -82,8 +84,9 @@ def _lock_sweep(sweep_dir: Path) -> None:
     from prune_cli.store import check_location, directory_lock
 
     global _SWEEP_LOCKED
-    if os.getpid() != _MAIN_PID or _SWEEP_LOCKED:  # a launcher's worker, or already held
-        return
+    owner = os.environ.get(SWEEP_OWNER_ENV)
+    if (owner is not None and owner != str(os.getpid())) or _SWEEP_LOCKED:
+        return  # a launcher's worker (its owner holds the lock), or already held
     try:
         check_location(sweep_dir)
         _SWEEP_LOCK.enter_context(directory_lock(sweep_dir, "sweep"))
@@ -285,6 +288,7 @@ def help_text(conf_dir: Path = CONF_DIR) -> str:
 
 
 def main() -> None:
+    os.environ[SWEEP_OWNER_ENV] = str(os.getpid())
     register_configs()
     register_resolvers()
     args = sys.argv[1:]

@@ -39,10 +39,18 @@ def run_config(overrides: list[str] | None = None) -> RunConfig:
     return to_run_config(compose_config(overrides))
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+#: how the ``prune-run`` console script starts: ``main`` imported from the package, so that
+#: launchers pickle the task by reference, as they do for users (``-m`` would make it ``__main__``)
+CONSOLE_SCRIPT = [sys.executable, "-c", "import sys; from prune_cli.cli import main; sys.exit(main())"]
+
+
+def run_cli(
+    args: list[str], cwd: Path, timeout: int = 300, console_script: bool = False
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+    entry = CONSOLE_SCRIPT if console_script else [sys.executable, "-m", "prune_cli.cli"]
     return subprocess.run(
-        [sys.executable, "-m", "prune_cli.cli", *args],
+        [*entry, *args],
         cwd=cwd,
         capture_output=True,
         text=True,

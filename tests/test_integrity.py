@@ -182,6 +182,24 @@ def test_a_second_sweep_into_one_sweep_directory_is_refused(tmp_path):
     assert not list(sweep.glob("*/summary.json"))
 
 
+@pytest.mark.slow
+def test_a_parallel_launchers_workers_run_inside_the_owners_sweep_lock(tmp_path):
+    # joblib's loky workers import the CLI afresh: each must know it is a worker of the sweep
+    # that holds the lock, not a second sweep (from the console script every job was refused)
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        ["-m", *QUICK, "seed=0,1", "hydra/launcher=local", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        console_script=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = sorted(sweep.glob("*/summary.json"))
+    assert len(summaries) == 2
+    assert {json.loads(p.read_text())["status"] for p in summaries} == {"completed"}
+    with directory_lock(sweep, "sweep"):  # released when the sweep ended
+        pass
+
+
 def test_the_lock_is_exclusive_within_and_across_processes(tmp_path):
     with (
         directory_lock(tmp_path),
