@@ -41,7 +41,7 @@ def run_config(overrides: list[str] | None = None) -> RunConfig:
 
 #: how the ``prune-run`` console script starts: ``main`` imported from the package, so that
 #: launchers pickle the task by reference, as they do for users (``-m`` would make it ``__main__``)
-CONSOLE_SCRIPT = [sys.executable, "-c", "import sys; from prune_cli.cli import main; sys.exit(main())"]
+CONSOLE_SCRIPT = [sys.executable, "-c", "from prune_cli.cli import main; main()"]
 
 
 def run_cli(
