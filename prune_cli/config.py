@@ -27,7 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prune_cli.data import DatasetConfig, data_identity
+from prune_cli.data import DATASET_CONFIGS, DatasetConfig, data_identity
 from prune_cli.errors import ConfigError, UserError
 from prune_cli.models import MODELS, ModelConfig, weights_id
 from prune_cli.pruning.method import METHODS, MethodConfig
@@ -69,7 +69,8 @@ NON_RESULT_KEYS = (
 class RunConfig:
     #: the model's own settings dataclass (``prune_cli/models/``), chosen by model=NAME
     model: Any = MISSING
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    #: the dataset's own settings dataclass (``prune_cli/data/``), chosen by dataset=NAME
+    dataset: Any = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     method: Any = MISSING
     seed: int = 0
@@ -118,6 +119,8 @@ class RunConfig:
         from prune_cli import trackers
 
         trackers.check(self.logger)
+        if not isinstance(self.dataset, DatasetConfig):
+            raise ConfigError("dataset must be chosen from the dataset config group (dataset=NAME)")
         if not isinstance(self.model, ModelConfig):
             raise ConfigError("model must be chosen from the model config group (model=NAME)")
         if not isinstance(self.method, MethodConfig):
@@ -135,6 +138,10 @@ def register_configs() -> None:
         cs.store(group="schema/model", name=name, node=node)
     for name in METHODS:
         cs.store(group="schema/method", name=name, node=METHODS.get(name).Config)
+    for name in DATASET_CONFIGS:
+        node = OmegaConf.structured(DATASET_CONFIGS.get(name))
+        node.name = name
+        cs.store(group="schema/dataset", name=name, node=node)
 
 
 def _unknown_keys(node: Any, prefix: str = "") -> list[str]:
@@ -193,6 +200,16 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def only_dataset_settings(container: dict[str, Any]) -> None:
+    """Keep of ``dataset`` the settings its dataset reads. Runs stored before each dataset had
+    its own settings carry some it never read (digits' ``image_size``); compared on what the
+    dataset reads, such a run shows no false differences (a refusal, a report's varied keys)."""
+    dataset = container.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("name") in DATASET_CONFIGS:
+        reads = {f.name for f in dataclasses.fields(DATASET_CONFIGS.get(dataset["name"]))}
+        container["dataset"] = {k: v for k, v in dataset.items() if k in reads}
+
+
 def result_settings(cfg: DictConfig | RunConfig | dict) -> dict[str, Any]:
     """The settings that change results, as a plain nested dict (no nulls, no Hydra node)."""
     if isinstance(cfg, dict):
@@ -202,6 +219,7 @@ def result_settings(cfg: DictConfig | RunConfig | dict) -> dict[str, Any]:
         container = OmegaConf.to_container(node, resolve=True)
     assert isinstance(container, dict)
     container.pop("hydra", None)
+    only_dataset_settings(container)
     for dotted in NON_RESULT_KEYS:
         *parents, leaf = dotted.split(".")
         node = container

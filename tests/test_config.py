@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from prune_cli.cli import check_choices
-from prune_cli.config import CONF_DIR, config_hash, group_options
+from prune_cli.cli import check_choices, precheck
+from prune_cli.config import CONF_DIR, config_hash, differing_keys, group_options, result_settings
 from prune_cli.errors import ConfigError, UserError
 from prune_cli.pruning.method import METHODS
 
@@ -91,13 +91,49 @@ def test_config_hash_is_stable_and_ignores_display_settings():
     base = config_hash(compose_config())
     # pinned: a new setting must default to something that leaves old hashes valid (null, or a
     # value that changes nothing), or every existing run directory stops matching its config
-    assert base == "c8fb07baa86a"
-    assert config_hash(compose_config(["method=sap", "model=resnet56"])) == "b3567429413c"
-    assert base == config_hash(
-        compose_config(["progress=false", "overwrite=true", "device=cpu", "dataset.num_workers=2"])
-    )
+    # (changed once on purpose: each dataset lost the settings it never read, digits' image_size)
+    assert base == "73fc322905be"
+    assert config_hash(compose_config(["method=sap", "model=resnet56"])) == "f7591f77d997"
+    assert base == config_hash(compose_config(["progress=false", "overwrite=true", "device=cpu"]))
+    imagenet = config_hash(compose_config(["dataset=imagenet"]))
+    assert imagenet == config_hash(compose_config(["dataset=imagenet", "dataset.num_workers=2"]))
     assert base != config_hash(compose_config(["method.sparsity=0.8"]))
     assert base == config_hash(run_config())
+
+
+#: what each dataset reads; a setting outside its list is neither shown nor accepted
+DATASET_SETTINGS = {
+    "digits": {"test_size"},
+    "mnist": {"root", "download"},
+    "fashion_mnist": {"root", "download"},
+    "cifar10": {"root", "download", "augment"},
+    "cifar100": {"root", "download", "augment"},
+    "imagenet": {"root", "augment", "image_size", "num_workers"},
+    "folder": {"root", "augment", "image_size", "num_workers", "test_size", "data_id"},
+}
+EVERY_DATASET = {"name", "val_size", "split_seed", "limit_train"}
+
+
+@pytest.mark.parametrize("name", group_options("dataset"))
+def test_a_dataset_shows_and_accepts_only_the_settings_it_reads(name):
+    assert set(DATASET_SETTINGS) == set(group_options("dataset"))  # a new dataset is listed
+    shown = set(compose_config([f"dataset={name}"]).dataset)
+    assert shown == EVERY_DATASET | DATASET_SETTINGS[name]
+    for key in sorted({k for v in DATASET_SETTINGS.values() for k in v} - shown - {"data_id"}):
+        with pytest.raises(UserError, match=f"Key '{key}' not in .*dataset.{key}"):
+            precheck([f"dataset={name}", f"dataset.{key}=1"], multirun=False)
+
+
+def test_settings_a_dataset_never_read_are_no_difference_from_an_earlier_run():
+    # a run stored when every dataset carried every setting: digits with image_size,
+    # num_workers, augment, root and download, values it never read
+    ours = run_config()
+    theirs = result_settings(ours)
+    theirs["dataset"].update(image_size=224, num_workers=8, augment=True, download=False)
+    theirs["dataset"]["root"] = "data"
+    assert differing_keys(theirs, ours) == []
+    theirs["dataset"]["test_size"] = 0.3  # one it reads
+    assert differing_keys(theirs, ours) == ["dataset.test_size"]
 
 
 @pytest.mark.parametrize("preset", group_options("sweep"))

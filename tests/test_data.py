@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from prune_cli.config import group_options
-from prune_cli.data import DATASETS, DatasetConfig, build_dataset
+from prune_cli.data import DATASETS, DatasetConfig, build_dataset, dataset_config
 from prune_cli.data.base import InMemoryData
 from prune_cli.data.cifar import SafeUnpickler, safe_unpickle
 from prune_cli.errors import DatasetNotFound, UserError
@@ -26,7 +26,7 @@ CPU = torch.device("cpu")
 
 
 def test_digits_splits_are_disjoint_seeded_and_complete():
-    data = build_dataset(DatasetConfig(name="digits", val_size=0.1, test_size=0.2), CPU)
+    data = build_dataset(dataset_config(name="digits", val_size=0.1, test_size=0.2), CPU)
     assert data.spec == DataSpec(1, 10, 8)
     sizes = {s: data.size(s) for s in ("train", "val", "test")}
     assert sum(sizes.values()) == 1797
@@ -35,14 +35,14 @@ def test_digits_splits_are_disjoint_seeded_and_complete():
     rows = {s: {tuple(x.flatten().tolist()) for x, _ in data.batches(s, 10_000)} for s in sizes}
     # digits has a few duplicate images; allow those, but the splits are essentially disjoint
     assert len(rows["train"] & rows["test"]) < 5
-    again = build_dataset(DatasetConfig(name="digits"), CPU)
+    again = build_dataset(dataset_config(name="digits"), CPU)
     x1, _ = next(data.batches("val", 50))
     x2, _ = next(again.batches("val", 50))
     assert torch.equal(x1, x2)
 
 
 def test_validation_size_as_a_count_and_limit_train():
-    data = build_dataset(DatasetConfig(name="digits", val_size=100, limit_train=300), CPU)
+    data = build_dataset(dataset_config(name="digits", val_size=100, limit_train=300), CPU)
     assert data.size("val") == 100
     assert data.size("train") == 300
 
@@ -71,7 +71,7 @@ def make_idx_dataset(folder: Path, n_train: int = 60, n_test: int = 20, gz: bool
 )
 def test_idx_datasets_in_torchvision_layout(tmp_path, name, folder, gz):
     make_idx_dataset(tmp_path / folder / "raw", gz=gz)
-    data = build_dataset(DatasetConfig(name=name, root=str(tmp_path), val_size=10), CPU)
+    data = build_dataset(dataset_config(name=name, root=str(tmp_path), val_size=10), CPU)
     assert data.spec == DataSpec(1, 10, 28)
     assert (data.size("train"), data.size("val"), data.size("test")) == (50, 10, 20)
     x, y = next(data.batches("test", 20))
@@ -82,11 +82,11 @@ def test_idx_datasets_in_torchvision_layout(tmp_path, name, folder, gz):
 
 def test_missing_dataset_names_where_it_looked(tmp_path):
     with pytest.raises(DatasetNotFound, match=str(tmp_path / "MNIST" / "raw")):
-        build_dataset(DatasetConfig(name="mnist", root=str(tmp_path)), CPU)
+        build_dataset(dataset_config(name="mnist", root=str(tmp_path)), CPU)
     with pytest.raises(DatasetNotFound, match="download=true"):
-        build_dataset(DatasetConfig(name="cifar10", root=str(tmp_path)), CPU)
+        build_dataset(dataset_config(name="cifar10", root=str(tmp_path)), CPU)
     with pytest.raises(DatasetNotFound, match=r"image-net\.org"):
-        build_dataset(DatasetConfig(name="imagenet", root=str(tmp_path)), CPU)
+        build_dataset(dataset_config(name="imagenet", root=str(tmp_path)), CPU)
 
 
 def write_cifar(root: Path, hundred: bool, per_file: int = 12, protocol: int = 4) -> None:
@@ -116,7 +116,7 @@ def write_cifar(root: Path, hundred: bool, per_file: int = 12, protocol: int = 4
 def test_cifar_pickles(tmp_path, hundred):
     write_cifar(tmp_path, hundred)
     name = "cifar100" if hundred else "cifar10"
-    data = build_dataset(DatasetConfig(name=name, root=str(tmp_path), val_size=4), CPU)
+    data = build_dataset(dataset_config(name=name, root=str(tmp_path), val_size=4), CPU)
     train_files = 1 if hundred else 5
     assert data.size("train") + data.size("val") == 12 * train_files
     assert data.size("test") == 12
@@ -176,7 +176,7 @@ def write_image_folders(root: Path, layout: dict[str, dict[str, int]]) -> None:
 
 def test_imagenet_folders(tmp_path):
     write_image_folders(tmp_path, {"train": {"n01": 6, "n02": 6}, "val": {"n01": 2, "n02": 2}})
-    cfg = DatasetConfig(
+    cfg = dataset_config(
         name="imagenet", root=str(tmp_path), val_size=2, image_size=32, num_workers=0
     )
     data = build_dataset(cfg, CPU)
@@ -212,55 +212,55 @@ def _raw(root: Path) -> Path:
 
 def _idx_truncated(root: Path) -> tuple[DatasetConfig, str]:
     _cut(_raw(root) / "train-images-idx3-ubyte", 0.5)
-    return DatasetConfig(name="mnist", root=str(root)), "train-images-idx3-ubyte is truncated"
+    return dataset_config(name="mnist", root=str(root)), "train-images-idx3-ubyte is truncated"
 
 
 def _idx_truncated_gzip(root: Path) -> tuple[DatasetConfig, str]:
     make_idx_dataset(root / "MNIST" / "raw", n_train=30, n_test=10, gz=True)
     _cut(root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz", 0.6)  # the gzip stream ends early
-    return DatasetConfig(name="mnist", root=str(root)), "t10k-images-idx3-ubyte.gz cannot be read"
+    return dataset_config(name="mnist", root=str(root)), "t10k-images-idx3-ubyte.gz cannot be read"
 
 
 def _idx_garbage(root: Path) -> tuple[DatasetConfig, str]:
     path = _raw(root) / "train-labels-idx1-ubyte"
     path.write_bytes(np.random.default_rng(3).integers(1, 256, 500, dtype=np.uint8).tobytes())
-    return DatasetConfig(name="mnist", root=str(root)), "train-labels-idx1-ubyte is not an idx"
+    return dataset_config(name="mnist", root=str(root)), "train-labels-idx1-ubyte is not an idx"
 
 
 def _idx_not_gzip(root: Path) -> tuple[DatasetConfig, str]:
     raw = _raw(root)
     (raw / "train-labels-idx1-ubyte").unlink()
     (raw / "train-labels-idx1-ubyte.gz").write_bytes(b"<html>404 Not Found</html>")
-    return DatasetConfig(name="mnist", root=str(root)), "train-labels-idx1-ubyte.gz cannot be read"
+    return dataset_config(name="mnist", root=str(root)), "train-labels-idx1-ubyte.gz cannot be read"
 
 
 def _idx_short_header(root: Path) -> tuple[DatasetConfig, str]:
     (_raw(root) / "t10k-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1, 0]))
-    return DatasetConfig(name="mnist", root=str(root)), "shorter than its header"
+    return dataset_config(name="mnist", root=str(root)), "shorter than its header"
 
 
 def _idx_too_long(root: Path) -> tuple[DatasetConfig, str]:
     path = _raw(root) / "train-labels-idx1-ubyte"
     path.write_bytes(path.read_bytes() + b"\x00" * 7)
-    return DatasetConfig(name="mnist", root=str(root)), "longer than its header says"
+    return dataset_config(name="mnist", root=str(root)), "longer than its header says"
 
 
 def _idx_wrong_rank(root: Path) -> tuple[DatasetConfig, str]:
     raw = _raw(root)
     write_idx(raw / "train-labels-idx1-ubyte", np.zeros((30, 2, 2)), gz=False)
-    return DatasetConfig(name="mnist", root=str(root)), "has 3 dimensions, expected 1"
+    return dataset_config(name="mnist", root=str(root)), "has 3 dimensions, expected 1"
 
 
 def _idx_count_mismatch(root: Path) -> tuple[DatasetConfig, str]:
     raw = _raw(root)
     write_idx(raw / "train-labels-idx1-ubyte", np.arange(29) % 10, gz=False)
-    return DatasetConfig(name="mnist", root=str(root)), "holds 30 images but"
+    return dataset_config(name="mnist", root=str(root)), "holds 30 images but"
 
 
 def _idx_bad_label(root: Path) -> tuple[DatasetConfig, str]:
     raw = _raw(root)
     write_idx(raw / "t10k-labels-idx1-ubyte", np.full(10, 12), gz=False)
-    return DatasetConfig(name="mnist", root=str(root)), "holds label 12, expected 0..9"
+    return dataset_config(name="mnist", root=str(root)), "holds label 12, expected 0..9"
 
 
 def _cifar(root: Path, hundred: bool = False) -> Path:
@@ -274,56 +274,56 @@ def _dump(path: Path, obj: object) -> None:
 
 def _cifar_truncated(root: Path) -> tuple[DatasetConfig, str]:
     _cut(_cifar(root) / "data_batch_3", 0.5)
-    return DatasetConfig(name="cifar10", root=str(root)), "data_batch_3 is"
+    return dataset_config(name="cifar10", root=str(root)), "data_batch_3 is"
 
 
 def _cifar_garbage(root: Path) -> tuple[DatasetConfig, str]:
     path = _cifar(root, hundred=True) / "train"
     path.write_bytes(np.random.default_rng(4).integers(0, 256, 4000, dtype=np.uint8).tobytes())
-    return DatasetConfig(name="cifar100", root=str(root)), "train is not a readable pickle"
+    return dataset_config(name="cifar100", root=str(root)), "train is not a readable pickle"
 
 
 def _cifar_empty_file(root: Path) -> tuple[DatasetConfig, str]:
     (_cifar(root) / "test_batch").write_bytes(b"")
-    return DatasetConfig(name="cifar10", root=str(root)), "test_batch is truncated"
+    return dataset_config(name="cifar10", root=str(root)), "test_batch is truncated"
 
 
 def _cifar_not_a_dict(root: Path) -> tuple[DatasetConfig, str]:
     _dump(_cifar(root) / "data_batch_1", [1, 2, 3])
-    return DatasetConfig(name="cifar10", root=str(root)), "holds a list, not a CIFAR batch"
+    return dataset_config(name="cifar10", root=str(root)), "holds a list, not a CIFAR batch"
 
 
 def _cifar_no_labels(root: Path) -> tuple[DatasetConfig, str]:
     _dump(_cifar(root) / "data_batch_2", {b"data": np.zeros((6, 3072), np.uint8)})
-    return DatasetConfig(name="cifar10", root=str(root)), "data_batch_2 lacks labels"
+    return dataset_config(name="cifar10", root=str(root)), "data_batch_2 lacks labels"
 
 
 def _cifar_count_mismatch(root: Path) -> tuple[DatasetConfig, str]:
     batch = {b"data": np.zeros((6, 3072), np.uint8), b"labels": [0] * 5}
     _dump(_cifar(root) / "data_batch_4", batch)
-    return DatasetConfig(name="cifar10", root=str(root)), "holds 6 images but 5 labels"
+    return dataset_config(name="cifar10", root=str(root)), "holds 6 images but 5 labels"
 
 
 def _cifar_bad_shape(root: Path) -> tuple[DatasetConfig, str]:
     batch = {b"data": np.zeros((6, 3000), np.uint8), b"labels": [0] * 6}
     _dump(_cifar(root) / "data_batch_5", batch)
-    return DatasetConfig(name="cifar10", root=str(root)), "expected uint8 rows of 3072 pixels"
+    return dataset_config(name="cifar10", root=str(root)), "expected uint8 rows of 3072 pixels"
 
 
 def _cifar_bad_label(root: Path) -> tuple[DatasetConfig, str]:
     batch = {b"data": np.zeros((6, 3072), np.uint8), b"fine_labels": [0, 1, 2, 3, 4, 100]}
     _dump(_cifar(root, hundred=True) / "test", batch)
-    return DatasetConfig(name="cifar100", root=str(root)), "holds label 100, expected 0..99"
+    return dataset_config(name="cifar100", root=str(root)), "holds label 100, expected 0..99"
 
 
 def _cifar_bad_meta(root: Path) -> tuple[DatasetConfig, str]:
     _cut(_cifar(root) / "batches.meta", 0.3)
-    return DatasetConfig(name="cifar10", root=str(root)), "batches.meta is"
+    return dataset_config(name="cifar10", root=str(root)), "batches.meta is"
 
 
 def _imagenet(root: Path, train: dict[str, int], val: dict[str, int]) -> DatasetConfig:
     write_image_folders(root, {"train": train, "val": val})
-    return DatasetConfig(name="imagenet", root=str(root), image_size=16, num_workers=0)
+    return dataset_config(name="imagenet", root=str(root), image_size=16, num_workers=0)
 
 
 def _imagenet_one_class(root: Path) -> tuple[DatasetConfig, str]:
@@ -345,16 +345,16 @@ def _imagenet_empty_class(root: Path) -> tuple[DatasetConfig, str]:
 
 def _val_size_mnist(root: Path) -> tuple[DatasetConfig, str]:
     _raw(root)
-    return DatasetConfig(name="mnist", root=str(root), val_size=30), "holds out 30 of the 30"
+    return dataset_config(name="mnist", root=str(root), val_size=30), "holds out 30 of the 30"
 
 
 def _val_size_fraction_cifar(root: Path) -> tuple[DatasetConfig, str]:
     _cifar(root)  # 30 training examples; 0.99 of them rounds to all 30
-    return DatasetConfig(name="cifar10", root=str(root), val_size=0.99), "holds out 30 of the 30"
+    return dataset_config(name="cifar10", root=str(root), val_size=0.99), "holds out 30 of the 30"
 
 
 def _val_size_digits(root: Path) -> tuple[DatasetConfig, str]:
-    return DatasetConfig(name="digits", val_size=5000), "holds out 5000 of the 1438"
+    return dataset_config(name="digits", val_size=5000), "holds out 5000 of the 1438"
 
 
 def _val_size_imagenet(root: Path) -> tuple[DatasetConfig, str]:
@@ -425,7 +425,7 @@ def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
     base = _cifar(tmp_path)
     (base / "data_batch_1").write_bytes(_malicious(marker))
     with pytest.raises(UserError, match=r"data_batch_1 is not a CIFAR batch: it names (posix|os)"):
-        build_dataset(DatasetConfig(name="cifar10", root=str(tmp_path)), CPU)
+        build_dataset(dataset_config(name="cifar10", root=str(tmp_path)), CPU)
     assert not marker.exists()
     # other ways in are refused too: eval / exec, and a global hidden in the meta file
     for module, name in (("builtins", "eval"), ("builtins", "exec"), ("subprocess", "Popen")):
@@ -441,7 +441,7 @@ def test_cifar_pickles_of_every_protocol_load_safely(tmp_path, protocol):
         path = base / "test_batch"
         path.write_bytes(path.read_bytes().replace(b"cnumpy._core.", b"cnumpy.core."))
     expected = pickle.loads((base / "test_batch").read_bytes())
-    data = build_dataset(DatasetConfig(name="cifar10", root=str(tmp_path), val_size=2), CPU)
+    data = build_dataset(dataset_config(name="cifar10", root=str(tmp_path), val_size=2), CPU)
     assert data.size("test") == 4 and data.class_names[2] == "k2"
     loaded = safe_unpickle(base / "test_batch")
     assert np.array_equal(loaded[b"data"], expected[b"data"])
@@ -454,7 +454,7 @@ def test_cifar_pickles_with_str_keys_load(tmp_path):
     for f in ("train", "test", "meta"):
         batch = pickle.loads((base / f).read_bytes())
         _dump(base / f, {k.decode(): v for k, v in batch.items()})
-    data = build_dataset(DatasetConfig(name="cifar100", root=str(tmp_path), val_size=1), CPU)
+    data = build_dataset(dataset_config(name="cifar100", root=str(tmp_path), val_size=1), CPU)
     assert data.size("train") == 3 and data.class_names[5] == "c5"
 
 

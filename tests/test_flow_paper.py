@@ -13,7 +13,7 @@ from conftest import compose_config, conv_bn_net, prune_context, run_config
 from torch import nn
 
 from prune_cli.config import config_hash
-from prune_cli.data import DatasetConfig, build_dataset
+from prune_cli.data import build_dataset, dataset_config
 from prune_cli.errors import ConfigError
 from prune_cli.models import build_model, model_config
 from prune_cli.pruning.derivatives import Sample, compute
@@ -68,7 +68,7 @@ def test_trainer_passes_the_temperature_and_null_means_one(monkeypatch):
 
     loss_and_correct = loop.loss_and_correct
     monkeypatch.setattr(loop, "loss_and_correct", spy)
-    data = build_dataset(DatasetConfig(name="digits", limit_train=64), torch.device("cpu"))
+    data = build_dataset(dataset_config(name="digits", limit_train=64), torch.device("cpu"))
     for t, expected in ((5.0, 5.0), (None, 1.0)):
         seen.clear()
         model = build_model("mlp", data.spec)

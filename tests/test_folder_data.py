@@ -13,7 +13,7 @@ from conftest import FAST, compose_config, run_config
 from PIL import Image
 
 from prune_cli.config import config_hash
-from prune_cli.data import DatasetConfig, build_dataset, data_identity
+from prune_cli.data import DatasetConfig, build_dataset, data_identity, dataset_config
 from prune_cli.errors import UserError
 from prune_cli.experiment import Experiment
 from prune_cli.spec import DataSpec
@@ -35,7 +35,7 @@ def write_images(folder: Path, classes: dict[str, int], seed: int = 0) -> None:
 
 def folder_config(root: Path, **extra: object) -> DatasetConfig:
     settings = {"val_size": 3, "test_size": 0.2, "image_size": 16, "num_workers": 0, **extra}
-    return DatasetConfig(name="folder", root=str(root), **settings)
+    return dataset_config(name="folder", root=str(root), **settings)
 
 
 def test_one_folder_of_class_folders_holds_out_a_seeded_test_split(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import run_config
 
-from prune_cli.data import DatasetConfig, build_dataset
+from prune_cli.data import build_dataset, dataset_config
 from prune_cli.experiment import Experiment
 from prune_cli.models import build_model
 from prune_cli.pruning.mask import Masks, prunable_parameters
@@ -27,7 +27,7 @@ pytestmark = [
 
 def test_training_step_on_cuda_keeps_masks_and_learns():
     device = torch.device("cuda")
-    data = build_dataset(DatasetConfig(name="digits"), device)
+    data = build_dataset(dataset_config(name="digits"), device)
     model = build_model("resnet20", data.spec).to(device).to(memory_format=torch.channels_last)
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, warmup_epochs=1)
     params = prunable_parameters(model)
@@ -64,7 +64,7 @@ def test_a_run_on_cuda(tmp_path, speed):
 
 def cuda_trainer(compile_mode: str | None = None, model_name: str = "resnet20"):
     device = torch.device("cuda")
-    data = build_dataset(DatasetConfig(name="digits"), device)
+    data = build_dataset(dataset_config(name="digits"), device)
     torch.manual_seed(0)
     model = build_model(model_name, data.spec).to(device).to(memory_format=torch.channels_last)
     cfg = TrainConfig(
@@ -132,7 +132,7 @@ def test_latency_on_cuda_is_graphed_and_leaves_the_model_alone():
 def graphed_pair(optimizer: str = "sgd", grad_clip: float | None = None):
     """Two identical CUDA trainers on digits, eager and with the whole step as a CUDA graph."""
     device = torch.device("cuda")
-    data = build_dataset(DatasetConfig(name="digits"), device)
+    data = build_dataset(dataset_config(name="digits"), device)
     out = []
     for graphs in (False, True):
         torch.manual_seed(0)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from prune_cli.data import DatasetConfig, build_dataset
+from prune_cli.data import build_dataset, dataset_config
 from prune_cli.errors import ConfigError, RunFailed
 from prune_cli.models import build_model
 from prune_cli.pruning.mask import Masks, prunable_parameters
@@ -63,7 +63,7 @@ def test_impossible_training_settings_are_refused(kwargs):
 
 def make_trainer(lr: float = 0.05):
     torch.manual_seed(0)
-    data = build_dataset(DatasetConfig(name="digits", limit_train=256), torch.device("cpu"))
+    data = build_dataset(dataset_config(name="digits", limit_train=256), torch.device("cpu"))
     model = build_model("mlp", data.spec)
     cfg = TrainConfig(epochs=1, batch_size=64, lr=lr)
     params = prunable_parameters(model)

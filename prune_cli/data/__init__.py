@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from omegaconf import MISSING
@@ -22,53 +23,41 @@ from prune_cli.spec import ImageData
 
 @dataclass
 class DatasetConfig:
+    """The settings every dataset reads. Each dataset extends this with the settings it reads
+    itself (its dataclass, registered with its builder: :func:`register`), so a setting that
+    does not apply to a dataset is neither shown for it nor accepted (``dataset.image_size``
+    with digits fails when the config is composed)."""
+
     name: str = MISSING
-    #: where the files are (or are downloaded to)
-    root: str = "data"
-    #: download when the files are missing and a network is there
-    download: bool = False
     #: validation split carved from the training set: a fraction (< 1) or a count (>= 1)
     val_size: float = 0.1
-    #: test split for datasets without one (digits): a fraction of all examples
-    test_size: float = 0.2
-    #: seed of the train/val (and digits' test) split; fixed across runs so methods compare fairly
+    #: seed of the train/val (and test, where a dataset has no test split) split; fixed across
+    #: runs so methods compare fairly
     split_seed: int = 0
-    #: standard augmentation of the dataset (CIFAR: padded crop and flip) on training batches
-    augment: bool = True
     #: keep only this many training examples (quick runs); null keeps all
     limit_train: int | None = None
-    #: ImageNet and folder only: training and evaluation image size, and DataLoader workers
-    image_size: int = 224
-    num_workers: int = 8
-    #: what identifies the data in the config hash where the name does not (``dataset.root``
-    #: is left out of the hash: where files are does not change results): for ``folder``, a
-    #: digest of its files' names and sizes. Computed from name and root; not a setting
-    data_id: str | None = "${prune_data_id:${.name},${.root}}"
 
     def __post_init__(self) -> None:
-        self._check_data_id()
-        for key in ("val_size", "test_size"):
-            value = getattr(self, key)
-            if not math.isfinite(value):
-                raise ConfigError(f"dataset.{key} must be a finite number, got {value}")
+        if not math.isfinite(self.val_size):
+            raise ConfigError(f"dataset.val_size must be a finite number, got {self.val_size}")
         if self.val_size < 0:
             raise ConfigError(f"dataset.val_size must be >= 0, got {self.val_size}")
-        if not 0.0 < self.test_size < 1.0:
-            raise ConfigError(f"dataset.test_size must be in (0, 1), got {self.test_size}")
         if self.limit_train is not None and self.limit_train < 1:
             raise ConfigError(f"dataset.limit_train must be >= 1, got {self.limit_train}")
 
-    def _check_data_id(self) -> None:
-        if self.name == MISSING:
-            return  # RunConfig's default instance: keep the interpolation for Hydra to resolve
-        identity = data_identity(self.name, self.root)
-        if self.data_id is None or self.data_id.startswith("${"):
-            self.data_id = identity  # built in Python, not composed by Hydra
-        elif self.data_id != identity:
-            raise ConfigError(
-                "dataset.data_id is computed from the dataset's files and cannot be set; set "
-                "dataset.root instead"
-            )
+
+@dataclass
+class FilesConfig(DatasetConfig):
+    """A dataset read from files under ``root`` (every dataset but the bundled digits)."""
+
+    #: where the files are (or are downloaded to); not in the config hash
+    root: str = "data"
+
+
+def check_test_size(value: float) -> None:
+    """``dataset.test_size``, for datasets without a test split of their own."""
+    if not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise ConfigError(f"dataset.test_size must be in (0, 1), got {value}")
 
 
 class DatasetCorrupt(DatasetNotFound):
@@ -99,11 +88,28 @@ def check_val_size(name: str, cfg: DatasetConfig, n_train: int) -> None:
         )
 
 
-DatasetBuilder = Callable[[DatasetConfig, torch.device], ImageData]
+DatasetBuilder = Callable[[Any, torch.device], ImageData]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+#: each dataset's settings dataclass, registered with its builder by :func:`register`
+DATASET_CONFIGS: Registry[type[DatasetConfig]] = Registry("dataset")
 #: ``dataset.data_id`` of the datasets whose name does not identify their data: name -> function
 #: of ``dataset.root``, registered beside the dataset (``@DATA_IDS.register("folder")``)
 DATA_IDS: Registry[Callable[[str], str | None]] = Registry("dataset identity")
+
+
+def register(name: str, config: type[DatasetConfig]) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Register a dataset's builder under ``name`` with the dataclass of its settings."""
+
+    def decorate(builder: DatasetBuilder) -> DatasetBuilder:
+        DATASET_CONFIGS.register(name)(config)
+        return DATASETS.register(name)(builder)
+
+    return decorate
+
+
+def dataset_config(name: str, **settings: Any) -> DatasetConfig:
+    """The settings of dataset ``name`` (its own dataclass), for use from Python."""
+    return DATASET_CONFIGS.get(name)(name=name, **settings)
 
 
 def data_identity(name: str, root: str) -> str | None:
@@ -113,6 +119,12 @@ def data_identity(name: str, root: str) -> str | None:
 
 
 def build_dataset(cfg: DatasetConfig, device: torch.device) -> ImageData:
+    expected = DATASET_CONFIGS.get(cfg.name)
+    if not isinstance(cfg, expected):
+        raise ConfigError(
+            f"{cfg.name} takes its settings as {expected.__name__}, got {type(cfg).__name__}; "
+            f"build them with dataset_config({cfg.name!r}, ...)"
+        )
     return DATASETS.get(cfg.name)(cfg, device)
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import builtins
 import io
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from prune_cli.data import DATASETS, DatasetConfig, DatasetCorrupt, check_val_size
+from prune_cli.data import DatasetCorrupt, FilesConfig, check_val_size, register
 from prune_cli.data.base import InMemoryData, carve_splits
 from prune_cli.errors import DatasetNotFound
 from prune_cli.spec import DataSpec
@@ -200,7 +201,17 @@ def _class_names(meta_path: Path, names_key: bytes, num_classes: int) -> list[st
     return [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _load(name: str, cfg: DatasetConfig, device: torch.device) -> InMemoryData:
+@dataclass
+class CifarConfig(FilesConfig):
+    """CIFAR's settings."""
+
+    #: download the python version when it is missing and a network is there
+    download: bool = False
+    #: the standard augmentation (4-pixel padded crop and horizontal flip) on training batches
+    augment: bool = True
+
+
+def _load(name: str, cfg: CifarConfig, device: torch.device) -> InMemoryData:
     folder, train_files, test_files, label_key, meta, names_key, tv_class = LAYOUT[name]
     base = Path(cfg.root) / folder
     needed = [base / f for f in train_files + test_files]
@@ -239,11 +250,11 @@ def _load(name: str, cfg: DatasetConfig, device: torch.device) -> InMemoryData:
     )
 
 
-@DATASETS.register("cifar10")
-def cifar10(cfg: DatasetConfig, device: torch.device) -> InMemoryData:
+@register("cifar10", CifarConfig)
+def cifar10(cfg: CifarConfig, device: torch.device) -> InMemoryData:
     return _load("cifar10", cfg, device)
 
 
-@DATASETS.register("cifar100")
-def cifar100(cfg: DatasetConfig, device: torch.device) -> InMemoryData:
+@register("cifar100", CifarConfig)
+def cifar100(cfg: CifarConfig, device: torch.device) -> InMemoryData:
     return _load("cifar100", cfg, device)

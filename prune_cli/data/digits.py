@@ -15,12 +15,13 @@ scikit-learn out of the dependencies; a test checks the arrays equal ``load_digi
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 import torch
 
-from prune_cli.data import DATASETS, DatasetConfig, DatasetCorrupt, check_val_size
+from prune_cli.data import DatasetConfig, DatasetCorrupt, check_test_size, check_val_size, register
 from prune_cli.data.base import InMemoryData, carve_splits, split_indices
 from prune_cli.spec import DataSpec
 
@@ -42,8 +43,20 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.float64), labels.astype(np.int64)
 
 
-@DATASETS.register("digits")
-def digits(cfg: DatasetConfig, device: torch.device) -> InMemoryData:
+@dataclass
+class DigitsConfig(DatasetConfig):
+    """Digits' settings: bundled, so no ``root``; no test split of its own, so ``test_size``."""
+
+    #: test split held out of all the images (a fraction), seeded by ``split_seed``
+    test_size: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_test_size(self.test_size)
+
+
+@register("digits", DigitsConfig)
+def digits(cfg: DigitsConfig, device: torch.device) -> InMemoryData:
     images, labels = _digits_arrays()
     x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0,1]
     y = torch.tensor(labels, dtype=torch.long)

@@ -29,13 +29,15 @@ import functools
 import hashlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import MISSING
 
-from prune_cli.data import DATA_IDS, DATASETS, DatasetConfig
-from prune_cli.data.imagenet import StreamingImageData
-from prune_cli.errors import DatasetNotFound
+from prune_cli.data import DATA_IDS, check_test_size, data_identity, register
+from prune_cli.data.imagenet import ImageNetConfig, StreamingImageData
+from prune_cli.errors import ConfigError, DatasetNotFound
 
 #: folders that hold the test split beside train/, in order of preference
 TEST_FOLDERS = ("test", "val")
@@ -88,8 +90,37 @@ def folder_identity(root: str) -> str | None:
     return f"files:{_digest(resolved, folders)}"
 
 
-@DATASETS.register("folder")
-def folder(cfg: DatasetConfig, device: torch.device) -> StreamingImageData:
+@dataclass
+class FolderConfig(ImageNetConfig):
+    """A folder dataset's settings: ImageNet's, a test split where there is no test folder, and
+    the identity of its files."""
+
+    #: DataLoader workers (fewer than ImageNet's: folders are usually small)
+    num_workers: int = 4
+    #: test split held out of the images where the root has no test folder (a fraction)
+    test_size: float = 0.2
+    #: what identifies the data in the config hash (``dataset.root`` is not in it: where files
+    #: are does not change results): a digest of the files' names and sizes, computed from the
+    #: root, not a setting
+    data_id: str | None = "${prune_data_id:${.name},${.root}}"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_test_size(self.test_size)
+        if self.name == MISSING:
+            return  # the schema's default instance: keep the interpolation for Hydra
+        identity = data_identity(self.name, self.root)
+        if self.data_id is None or self.data_id.startswith("${"):
+            self.data_id = identity  # built in Python, not composed by Hydra
+        elif self.data_id != identity:
+            raise ConfigError(
+                "dataset.data_id is computed from the dataset's files and cannot be set; set "
+                "dataset.root instead"
+            )
+
+
+@register("folder", FolderConfig)
+def folder(cfg: FolderConfig, device: torch.device) -> StreamingImageData:
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DatasetNotFound(
@@ -97,4 +128,5 @@ def folder(cfg: DatasetConfig, device: torch.device) -> StreamingImageData:
             "(PATH/<class>/<image>) or of train/ and test/ class folders"
         )
     train, test = _layout(root)
-    return StreamingImageData("folder", train, test, cfg, device, small=cfg.image_size < 64)
+    held_out = cfg.test_size if test is None else test
+    return StreamingImageData("folder", train, held_out, cfg, device, small=cfg.image_size < 64)

@@ -16,6 +16,7 @@ class at least one image. An image that cannot be decoded stops the run with one
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +24,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, Subset
 
-from prune_cli.data import DATASETS, DatasetConfig, DatasetCorrupt, check_val_size
+from prune_cli.data import DatasetCorrupt, FilesConfig, check_val_size, register
 from prune_cli.data.base import split_indices
 from prune_cli.distributed import shard_bounds
-from prune_cli.errors import DatasetNotFound
+from prune_cli.errors import ConfigError, DatasetNotFound
 from prune_cli.spec import Batch, DataSpec, ImageData
 
 if TYPE_CHECKING:
@@ -150,33 +151,54 @@ class ShardedBatches:
             yield batch[lo:hi]
 
 
+@dataclass
+class ImageNetConfig(FilesConfig):
+    """The settings of datasets streamed from image folders (ImageNet, ``folder``)."""
+
+    #: the standard augmentation (random resized crop and flip; small images: padded crop)
+    augment: bool = True
+    #: training and evaluation image size (height = width), in pixels
+    image_size: int = 224
+    #: DataLoader workers (not in the config hash: they change speed, not results)
+    num_workers: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size < 1:
+            raise ConfigError(f"dataset.image_size must be >= 1, got {self.image_size}")
+        if self.num_workers < 0:
+            raise ConfigError(f"dataset.num_workers must be >= 0, got {self.num_workers}")
+
+
 class StreamingImageData(ImageData):
-    """Image folders streamed through a DataLoader: ``train_dir`` and, when given, ``test_dir``
-    (class folders each); without ``test_dir``, ``dataset.test_size`` of the training folder's
-    images are the test split (seeded by ``split_seed``), as for digits. ``small``: the
-    transforms for small images (``transforms_for``)."""
+    """Image folders streamed through a DataLoader: ``train_dir`` and ``test``, the test
+    split's class folders or, as a fraction, how much of the training folder's images are held
+    out as the test split (seeded by ``split_seed``, as for digits). ``small``: the transforms
+    for small images (``transforms_for``)."""
 
     def __init__(
         self,
         name: str,
         train_dir: Path,
-        test_dir: Path | None,
-        cfg: DatasetConfig,
+        test: Path | float,
+        cfg: ImageNetConfig,
         device: torch.device,
         small: bool = False,
     ) -> None:
+        test_dir = test if isinstance(test, Path) else None
         size = cfg.image_size
         train_tf, eval_tf = transforms_for(size, small)
         check_folders(name, train_dir, test_dir)
         train_aug = image_folder(name, train_dir, train_tf if cfg.augment else eval_tf)
         train_eval = image_folder(name, train_dir, eval_tf)
+        test_set: Any
         if test_dir is not None:
-            test: Any = image_folder(name, test_dir, eval_tf)
+            test_set = image_folder(name, test_dir, eval_tf)
             pool = torch.arange(len(train_aug))
             val_seed = cfg.split_seed
         else:
-            pool, held_out = split_indices(len(train_aug), cfg.test_size, cfg.split_seed)
-            test = Subset(train_eval, held_out.tolist())
+            pool, held_out = split_indices(len(train_aug), float(test), cfg.split_seed)
+            test_set = Subset(train_eval, held_out.tolist())
             val_seed = cfg.split_seed + 1  # as digits: the test split's seed is split_seed
         check_val_size(name, cfg, len(pool))
         if cfg.val_size > 0:
@@ -190,7 +212,7 @@ class StreamingImageData(ImageData):
             "train": Subset(train_aug, keep.tolist()),
             "train_eval": Subset(train_eval, keep.tolist()),
             "val": Subset(train_eval, val.tolist()),
-            "test": test,
+            "test": test_set,
         }
         self.class_names = list(train_aug.classes)
         self.spec = DataSpec(3, len(self.class_names), size)
@@ -251,8 +273,8 @@ class StreamingImageData(ImageData):
             raise DatasetCorrupt(last.split("DatasetCorrupt: ", 1)[-1]) from None
 
 
-@DATASETS.register("imagenet")
-def imagenet(cfg: DatasetConfig, device: torch.device) -> StreamingImageData:
+@register("imagenet", ImageNetConfig)
+def imagenet(cfg: ImageNetConfig, device: torch.device) -> StreamingImageData:
     root = Path(cfg.root)
     for base in (root / "imagenet", root):
         if (base / "train").is_dir() and (base / "val").is_dir():

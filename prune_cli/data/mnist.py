@@ -15,12 +15,13 @@ from __future__ import annotations
 import gzip
 import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from prune_cli.data import DATASETS, DatasetConfig, DatasetCorrupt, check_val_size
+from prune_cli.data import DatasetCorrupt, FilesConfig, check_val_size, register
 from prune_cli.data.base import InMemoryData, carve_splits
 from prune_cli.errors import DatasetNotFound
 from prune_cli.spec import DataSpec
@@ -125,10 +126,18 @@ def _find(dirs: list[Path]) -> dict[str, Path] | None:
     return None
 
 
+@dataclass
+class MnistConfig(FilesConfig):
+    """The MNIST family's settings (no augmentation: none is standard for them)."""
+
+    #: download the idx files when they are missing and a network is there
+    download: bool = False
+
+
 def _load(
     name: str,
     folder: str,
-    cfg: DatasetConfig,
+    cfg: MnistConfig,
     device: torch.device,
     class_names: list[str],
     extra_dirs: list[Path],
@@ -167,8 +176,8 @@ def _load(
     )
 
 
-@DATASETS.register("mnist")
-def mnist(cfg: DatasetConfig, device: torch.device) -> InMemoryData:
+@register("mnist", MnistConfig)
+def mnist(cfg: MnistConfig, device: torch.device) -> InMemoryData:
     return _load(
         "mnist",
         "MNIST",
@@ -180,8 +189,8 @@ def mnist(cfg: DatasetConfig, device: torch.device) -> InMemoryData:
     )
 
 
-@DATASETS.register("fashion_mnist")
-def fashion_mnist(cfg: DatasetConfig, device: torch.device) -> InMemoryData:
+@register("fashion_mnist", MnistConfig)
+def fashion_mnist(cfg: MnistConfig, device: torch.device) -> InMemoryData:
     return _load(
         "fashion_mnist",
         "FashionMNIST",

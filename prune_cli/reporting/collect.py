@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from prune_cli.config import NON_RESULT_KEYS
+from prune_cli.config import NON_RESULT_KEYS, only_dataset_settings
 from prune_cli.paths import RunPaths
 
 #: dotted config keys (and their children) that never separate report rows: the seed (rows are
@@ -220,6 +220,7 @@ def _read_config(paths: RunPaths) -> dict[str, Any] | None:
         raise Unreadable("config.yaml is not a mapping")
     if not isinstance(config.get("method", {}), dict):
         raise Unreadable("config.yaml's method is not a mapping")
+    only_dataset_settings(config)
     # a null setting is an unset one, as in the config hash: a run made before a setting
     # existed (model.depth, dataset.data_id) is not told apart from one that leaves it null
     return {k: v for k, v in flatten(config).items() if not _ignored(k) and v is not None}
