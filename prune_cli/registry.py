@@ -2,8 +2,8 @@
 
 Entries are registered where they are defined, with a decorator (the timm pattern)::
 
-    @DATASETS.register("digits")
-    def digits(cfg: DatasetConfig, device: torch.device) -> ImageData: ...
+    @DATA_IDS.register("folder")
+    def folder_identity(root: str) -> str | None: ...
 
 An unknown name raises a ``UserError`` that lists the valid names, so the command line can print
 one line and exit with status 2.

@@ -24,7 +24,7 @@ from prune_cli.spec import ImageData
 @dataclass
 class DatasetConfig:
     """The settings every dataset reads. Each dataset extends this with the settings it reads
-    itself (its dataclass, registered with its builder: :func:`register`), so a setting that
+    itself (its dataclass, registered with its builder: :func:`register_dataset`), so a setting that
     does not apply to a dataset is neither shown for it nor accepted (``dataset.image_size``
     with digits fails when the config is composed)."""
 
@@ -97,7 +97,9 @@ DATASET_CONFIGS: Registry[type[DatasetConfig]] = Registry("dataset")
 DATA_IDS: Registry[Callable[[str], str | None]] = Registry("dataset identity")
 
 
-def register(name: str, config: type[DatasetConfig]) -> Callable[[DatasetBuilder], DatasetBuilder]:
+def register_dataset(
+    name: str, config: type[DatasetConfig]
+) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Register a dataset's builder under ``name`` with the dataclass of its settings."""
 
     def decorate(builder: DatasetBuilder) -> DatasetBuilder:

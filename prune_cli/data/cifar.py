@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prune_cli.data import DatasetCorrupt, FilesConfig, check_val_size, register
+from prune_cli.data import DatasetCorrupt, FilesConfig, check_val_size, register_dataset
 from prune_cli.data.base import InMemoryData, carve_splits
 from prune_cli.errors import DatasetNotFound
 from prune_cli.spec import DataSpec
@@ -250,11 +250,11 @@ def _load(name: str, cfg: CifarConfig, device: torch.device) -> InMemoryData:
     )
 
 
-@register("cifar10", CifarConfig)
+@register_dataset("cifar10", CifarConfig)
 def cifar10(cfg: CifarConfig, device: torch.device) -> InMemoryData:
     return _load("cifar10", cfg, device)
 
 
-@register("cifar100", CifarConfig)
+@register_dataset("cifar100", CifarConfig)
 def cifar100(cfg: CifarConfig, device: torch.device) -> InMemoryData:
     return _load("cifar100", cfg, device)

@@ -21,7 +21,13 @@ from importlib import resources
 import numpy as np
 import torch
 
-from prune_cli.data import DatasetConfig, DatasetCorrupt, check_test_size, check_val_size, register
+from prune_cli.data import (
+    DatasetConfig,
+    DatasetCorrupt,
+    check_test_size,
+    check_val_size,
+    register_dataset,
+)
 from prune_cli.data.base import InMemoryData, carve_splits, split_indices
 from prune_cli.spec import DataSpec
 
@@ -55,7 +61,7 @@ class DigitsConfig(DatasetConfig):
         check_test_size(self.test_size)
 
 
-@register("digits", DigitsConfig)
+@register_dataset("digits", DigitsConfig)
 def digits(cfg: DigitsConfig, device: torch.device) -> InMemoryData:
     images, labels = _digits_arrays()
     x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0,1]

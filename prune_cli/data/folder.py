@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from omegaconf import MISSING
 
-from prune_cli.data import DATA_IDS, check_test_size, data_identity, register
+from prune_cli.data import DATA_IDS, check_test_size, data_identity, register_dataset
 from prune_cli.data.imagenet import ImageNetConfig, StreamingImageData
 from prune_cli.errors import ConfigError, DatasetNotFound
 
@@ -119,7 +119,7 @@ class FolderConfig(ImageNetConfig):
             )
 
 
-@register("folder", FolderConfig)
+@register_dataset("folder", FolderConfig)
 def folder(cfg: FolderConfig, device: torch.device) -> StreamingImageData:
     root = Path(cfg.root).expanduser()
     if not root.is_dir():

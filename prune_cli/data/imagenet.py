@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, Subset
 
-from prune_cli.data import DatasetCorrupt, FilesConfig, check_val_size, register
+from prune_cli.data import DatasetCorrupt, FilesConfig, check_val_size, register_dataset
 from prune_cli.data.base import split_indices
 from prune_cli.distributed import shard_bounds
 from prune_cli.errors import ConfigError, DatasetNotFound
@@ -273,7 +273,7 @@ class StreamingImageData(ImageData):
             raise DatasetCorrupt(last.split("DatasetCorrupt: ", 1)[-1]) from None
 
 
-@register("imagenet", ImageNetConfig)
+@register_dataset("imagenet", ImageNetConfig)
 def imagenet(cfg: ImageNetConfig, device: torch.device) -> StreamingImageData:
     root = Path(cfg.root)
     for base in (root / "imagenet", root):

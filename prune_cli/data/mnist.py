@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prune_cli.data import DatasetCorrupt, FilesConfig, check_val_size, register
+from prune_cli.data import DatasetCorrupt, FilesConfig, check_val_size, register_dataset
 from prune_cli.data.base import InMemoryData, carve_splits
 from prune_cli.errors import DatasetNotFound
 from prune_cli.spec import DataSpec
@@ -176,7 +176,7 @@ def _load(
     )
 
 
-@register("mnist", MnistConfig)
+@register_dataset("mnist", MnistConfig)
 def mnist(cfg: MnistConfig, device: torch.device) -> InMemoryData:
     return _load(
         "mnist",
@@ -189,7 +189,7 @@ def mnist(cfg: MnistConfig, device: torch.device) -> InMemoryData:
     )
 
 
-@register("fashion_mnist", MnistConfig)
+@register_dataset("fashion_mnist", MnistConfig)
 def fashion_mnist(cfg: MnistConfig, device: torch.device) -> InMemoryData:
     return _load(
         "fashion_mnist",
