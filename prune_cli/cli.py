@@ -95,6 +95,31 @@ def _lock_sweep(sweep_dir: Path) -> None:
     _SWEEP_LOCKED = True
 
 
+def _not_a_dataset_setting(detail: str, where: str, overrides: list[str]) -> str | None:
+    """The error for a dataset setting the chosen dataset does not read (``dataset.image_size``
+    with digits), naming the settings it has; None for any other error."""
+    import dataclasses
+    import re
+
+    from prune_cli.data import DATASET_CONFIGS
+
+    found = re.match(r"Key '(\w+)' not in '(\w+)'", detail)
+    if not found or "full_key: dataset." not in where:
+        return None
+    key, schema = found.groups()
+    names = [n for n in DATASET_CONFIGS if DATASET_CONFIGS.get(n).__name__ == schema]
+    if not names:
+        return None
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")]
+    if chosen and chosen[-1] in names:
+        names = chosen[-1:]
+    fields = [f.name for f in dataclasses.fields(DATASET_CONFIGS.get(names[0])) if f.name != "name"]
+    return (
+        f"dataset {' / '.join(names)} does not read dataset.{key} (its settings: "
+        f"{', '.join(fields)}); remove it or choose a dataset that has it"
+    )
+
+
 def threads_per_job(cores: int, parallel_jobs: int) -> int:
     """CPU threads for one job when ``parallel_jobs`` share ``cores`` (at least one): jobs that
     each take every core oversubscribe the machine (two on 2 cores took 3.5x the wall time)."""
@@ -205,7 +230,10 @@ def precheck(
         cause = exc.__cause__ or exc
         detail = str(cause).splitlines()[0]
         where = next((f" ({ln.strip()})" for ln in str(cause).splitlines() if "full_key" in ln), "")
-        raise UserError(f"{detail}{where}; check the override's key and type") from None
+        raise UserError(
+            _not_a_dataset_setting(detail, where, overrides)
+            or f"{detail}{where}; check the override's key and type"
+        ) from None
     with read_write(cfg), open_dict(cfg):
         del cfg["hydra"]
     run_cfg = to_run_config(cfg)

@@ -120,7 +120,7 @@ def test_a_dataset_shows_and_accepts_only_the_settings_it_reads(name):
     shown = set(compose_config([f"dataset={name}"]).dataset)
     assert shown == EVERY_DATASET | DATASET_SETTINGS[name]
     for key in sorted({k for v in DATASET_SETTINGS.values() for k in v} - shown - {"data_id"}):
-        with pytest.raises(UserError, match=f"Key '{key}' not in .*dataset.{key}"):
+        with pytest.raises(UserError, match=f"dataset {name} does not read dataset.{key} "):
             precheck([f"dataset={name}", f"dataset.{key}=1"], multirun=False)
 
 
