@@ -86,7 +86,7 @@ RESULTS ?= outputs/results
 SEEDS ?= 0 1 2 3 4
 SWEEP = $(RUN) -m progress=false
 
-reproduce-sap-smoke: $(STAMP) ## SAP(0.5,1), SAP(1,2), LT, OS on Fashion-MNIST MLP, T=20, 8-epoch rounds, 2 seeds (CPU ~40 min)
+reproduce-sap-smoke: $(STAMP) ## SAP(0.5,1), SAP(1,2), LT, OS on Fashion-MNIST MLP, T=20, 8-epoch rounds, 2 seeds (CPU ~20 min with hydra/launcher=local)
 	$(SWEEP) sweep=sap_fmnist_mlp_smoke hydra.sweep.dir=$(RESULTS)/sap_fmnist_mlp/main
 	$(SWEEP) sweep=sap12_fmnist_mlp_smoke hydra.sweep.dir=$(RESULTS)/sap_fmnist_mlp/sap_1_2
 	$(REPORT) $(RESULTS)/sap_fmnist_mlp -o $(RESULTS)/sap_fmnist_mlp/report
@@ -97,7 +97,7 @@ reproduce-sap: $(STAMP) ## the SAP paper's CIFAR-10 grid: CNN T=30, ResNet-18 T=
 	  hydra.sweep.dir=$(RESULTS)/sap_cifar10/sap_1_2
 	$(REPORT) $(RESULTS)/sap_cifar10 -o $(RESULTS)/sap_cifar10/report
 
-reproduce-rd-smoke: $(STAMP) ## recall distortion: MP, GP, UP, RP on Fashion-MNIST LeNet-5, t=2..50, 5 seeds (CPU ~40 min)
+reproduce-rd-smoke: $(STAMP) ## recall distortion: MP, GP, UP, RP on Fashion-MNIST LeNet-5, t=2..50, 5 seeds (CPU ~50 min with hydra/launcher=local)
 	for s in $(SEEDS); do \
 	  $(RUN) experiment=rd_lenet5_fmnist method=magnitude method.levels=0 train.epochs=10 \
 	    seed=$$s progress=false hydra.run.dir=$(RESULTS)/rd_lenet5_fmnist/dense-s$$s || exit 1; \
@@ -132,7 +132,7 @@ reproduce-grda: $(STAMP) ## gRDA: VGG-16 and WRN-28-10 on CIFAR-10, 2 seeds (GPU
 	$(SWEEP) sweep=grda_cifar10 hydra.sweep.dir=$(RESULTS)/grda_cifar10
 	$(REPORT) $(RESULTS)/grda_cifar10 -o $(RESULTS)/grda_cifar10/report
 
-reproduce-dns-smoke: $(STAMP) ## DNS on Fashion-MNIST Caffe LeNet-5 with the paper's per-layer c_rate, 2 seeds (CPU ~15 min)
+reproduce-dns-smoke: $(STAMP) ## DNS on Fashion-MNIST Caffe LeNet-5 with the paper's per-layer c_rate, 2 seeds (CPU ~20 min)
 	$(SWEEP) sweep=dns_fmnist_lenet5_smoke hydra.sweep.dir=$(RESULTS)/dns_fmnist_lenet5
 	$(REPORT) $(RESULTS)/dns_fmnist_lenet5 -o $(RESULTS)/dns_fmnist_lenet5/report
 
