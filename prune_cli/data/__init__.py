@@ -90,7 +90,7 @@ def check_val_size(name: str, cfg: DatasetConfig, n_train: int) -> None:
 
 DatasetBuilder = Callable[[Any, torch.device], ImageData]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
-#: each dataset's settings dataclass, registered with its builder by :func:`register`
+#: each dataset's settings dataclass, registered with its builder by :func:`register_dataset`
 DATASET_CONFIGS: Registry[type[DatasetConfig]] = Registry("dataset")
 #: ``dataset.data_id`` of the datasets whose name does not identify their data: name -> function
 #: of ``dataset.root``, registered beside the dataset (``@DATA_IDS.register("folder")``)
