@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.linalg import eigh_tridiagonal
 from torch import Tensor, nn
 
 Batch = tuple[Tensor, Tensor]
@@ -113,6 +112,10 @@ def ritz(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     matrix's eigenvectors: they sum to 1)."""
     if len(alphas) == 1:
         return alphas.copy(), np.ones(1)
+    # imported here: scipy.linalg costs about 0.4 s of start-up, which every run would pay for
+    # a method (limit) that few runs use
+    from scipy.linalg import eigh_tridiagonal
+
     theta, vectors = eigh_tridiagonal(alphas, betas)
     return theta, vectors[0] ** 2
 
