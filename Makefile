@@ -140,7 +140,7 @@ reproduce-dns: $(STAMP) ## DNS on MNIST Caffe LeNet-5, the paper's setting, 3 se
 	$(SWEEP) sweep=dns_mnist_lenet5 hydra.sweep.dir=$(RESULTS)/dns_mnist_lenet5
 	$(REPORT) $(RESULTS)/dns_mnist_lenet5 -o $(RESULTS)/dns_mnist_lenet5/report
 
-reproduce-sapp-smoke: $(STAMP) ## SA++ vs ACDC vs block magnitude, Fashion-MNIST LeNet-5, 90% of 4x4 blocks, 3 seeds (CPU ~2 h; H100 ~3 min)
+reproduce-sapp-smoke: $(STAMP) ## SA++ vs ACDC vs block magnitude, Fashion-MNIST LeNet-5, 70% and 90% of 4x4 blocks, 3 seeds (CPU ~60 min; H100 ~6 min)
 	$(SWEEP) sweep=sapp_fmnist_lenet5_smoke hydra.sweep.dir=$(RESULTS)/sapp_fmnist_lenet5
 	$(REPORT) $(RESULTS)/sapp_fmnist_lenet5 -o $(RESULTS)/sapp_fmnist_lenet5/report
 
