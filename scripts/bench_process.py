@@ -14,10 +14,11 @@ CSV files, checkpoints, a summary), so the ratio measures what its start-up and 
 
 Each round also times two short processes that bound the ratio from below: the start-up that
 both pay (Python, ``import torch``, and the first ``torch.optim`` optimizer, which imports
-``torch._dynamo``: about 4 s of the script's 12 here) and that start-up plus the script's data
-loading (``sklearn.datasets``). The script less its data loading is the time of its training
-alone; a prune-run without any overhead of its own could not go below that, so
-``(plain - data loading) / plain`` is the best ratio this comparison admits.
+``torch._dynamo``: about 5 s of the script's 13.5 on this project's CPU machine) and that
+start-up plus the script's data loading (``sklearn.datasets``). The script less its data loading
+is its start-up and training; a prune-run without any overhead of its own could not go below
+that, so ``(plain - data loading) / plain`` is the best ratio this comparison admits.
+
 Needs scikit-learn (the ``dev`` extra). Run: ``python scripts/bench_process.py --rounds 3``.
 """
 

@@ -153,7 +153,11 @@ def test_the_demonstration_does_not_import_libraries_it_does_not_use(tmp_path):
     )
     args = ["train.epochs=1", "progress=false", f"hydra.run.dir={tmp_path / 'r'}"]
     result = subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("MODULES "))

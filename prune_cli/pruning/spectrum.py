@@ -112,8 +112,8 @@ def ritz(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     matrix's eigenvectors: they sum to 1)."""
     if len(alphas) == 1:
         return alphas.copy(), np.ones(1)
-    # imported here: scipy.linalg costs about 0.4 s of start-up, which every run would pay for
-    # a method (limit) that few runs use
+    # imported here: scipy.linalg adds a few tenths of a second to start-up, which every run
+    # would pay for a method (limit) that few runs use
     from scipy.linalg import eigh_tridiagonal
 
     theta, vectors = eigh_tridiagonal(alphas, betas)
