@@ -3,6 +3,7 @@
 Every file is written to a temporary sibling and moved into place with ``os.replace``, which is
 atomic on POSIX file systems, so a crash never leaves a half-written checkpoint, CSV or JSON.
 Files get the permissions the user's umask gives (``mkstemp`` alone would make them 0600).
+Ctrl-C during a write takes effect once the file is in place (``interrupts_deferred``).
 
 Every torch file is read with ``weights_only=True``: tensors, containers and plain values only,
 so a crafted pickle given as a checkpoint or a ``dense_from`` model cannot run code.
@@ -10,11 +11,14 @@ so a crafted pickle given as a checkpoint or a ``dense_from`` model cannot run c
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import signal
 import tempfile
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,39 @@ FILE_MODE = 0o666 & ~_current_umask()
 TMP_SUFFIX = ".tmp"
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block has run, then deliver it.
+
+    Why: a KeyboardInterrupt raised inside ``torch.save``'s zip writer leaves the writer in a
+    state where closing it raises a RuntimeError ("unexpected pos"), which hides the interrupt:
+    the run ended with a traceback and exit status 1 instead of being marked interrupted. Signal
+    handlers exist only in the main thread; elsewhere, or when SIGINT's handler was not set from
+    Python, the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:  # to the handler that was there: KeyboardInterrupt, by default
+            signal.raise_signal(signal.SIGINT)
+
+
 def _atomic(path: Path, write: Any, mode: str = "w", durable: bool = True) -> None:
+    with interrupts_deferred():
+        _write_and_replace(path, write, mode, durable)
+
+
+def _write_and_replace(path: Path, write: Any, mode: str, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:

@@ -429,6 +429,46 @@ def test_ctrl_c_is_one_line_and_marks_the_run_interrupted(tmp_path):
     assert summary["status"] == "interrupted" and "level 0" in summary["reason"]
 
 
+def test_ctrl_c_inside_torch_save_lands_after_the_file_is_written(tmp_path, monkeypatch):
+    """Ctrl-C while a checkpoint's zip is being written: torch.save's writer, interrupted,
+    raised "unexpected pos" on closing and hid the interrupt (exit 1 and a traceback). The
+    signal now lands once the file is in place, as a KeyboardInterrupt."""
+    from prune_cli import io
+
+    real_save = torch.save
+
+    def save_with_ctrl_c(obj, fh):  # the signal arrives while the storages are being written
+        real_save(obj, _InterruptOnWrite(fh))
+
+    monkeypatch.setattr(torch, "save", save_with_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        state = {"w": torch.arange(100_000, dtype=torch.float32)}
+        with pytest.raises(KeyboardInterrupt):
+            io.save_torch(state, tmp_path / "checkpoint.pt")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert torch.equal(load_torch(tmp_path / "checkpoint.pt")["w"], state["w"])
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+class _InterruptOnWrite:
+    """A file that raises SIGINT in the process at its second write (inside torch.save)."""
+
+    def __init__(self, fh) -> None:
+        self._fh, self._writes = fh, 0
+
+    def write(self, data) -> int:
+        self._writes += 1
+        if self._writes == 2:
+            signal.raise_signal(signal.SIGINT)
+        return self._fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
 def test_records_come_back_from_the_files_and_the_checkpoint_tail(tmp_path):
     """The checkpoint carries the rows past the finished levels; the rest is read back from the
     files with their types, and a file shorter than the checkpoint says is a one-line error."""
