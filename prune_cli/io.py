@@ -157,9 +157,9 @@ def save_csv(
 
 def append_csv(rows: Iterable[Sequence[Any]], path: Path, durable: bool = False) -> None:
     """Append rows to an existing CSV file (not atomic: a crash can leave a partial last line,
-    which the run store's rewrite at the start of the next session replaces). ``durable``:
-    flushed to the disk before returning."""
-    with open(path, "a", newline="") as fh:
+    which the run store's rewrite at the start of the next session replaces; Ctrl-C waits for
+    the rows). ``durable``: flushed to the disk before returning."""
+    with interrupts_deferred(), open(path, "a", newline="") as fh:
         csv.writer(fh, lineterminator="\n").writerows(rows)
         if durable:
             fh.flush()
