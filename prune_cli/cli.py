@@ -95,25 +95,25 @@ def _lock_sweep(sweep_dir: Path) -> None:
     _SWEEP_LOCKED = True
 
 
-def _not_a_dataset_setting(detail: str, where: str, overrides: list[str]) -> str | None:
+def _not_a_dataset_setting(cause: BaseException, overrides: list[str]) -> str | None:
     """The error for a dataset setting the chosen dataset does not read (``dataset.image_size``
-    with digits), naming the settings it has; None for any other error."""
+    with digits), naming the settings it has; None for any other error. Read from OmegaConf's
+    error itself (the key and the settings class it is not in), not from its wording."""
     import dataclasses
-    import re
 
     from prune_cli.data import DATASET_CONFIGS
 
-    found = re.match(r"Key '(\w+)' not in '(\w+)'", detail)
-    if not found or "full_key: dataset." not in where:
+    key, full_key = getattr(cause, "key", None), getattr(cause, "full_key", None)
+    schema = getattr(cause, "object_type", None)
+    if not key or full_key != f"dataset.{key}":
         return None
-    key, schema = found.groups()
-    names = [n for n in DATASET_CONFIGS if DATASET_CONFIGS.get(n).__name__ == schema]
+    names = [n for n in DATASET_CONFIGS if DATASET_CONFIGS.get(n) is schema]
     if not names:
         return None
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")]
     if chosen and chosen[-1] in names:
         names = chosen[-1:]
-    fields = [f.name for f in dataclasses.fields(DATASET_CONFIGS.get(names[0])) if f.name != "name"]
+    fields = [f.name for f in dataclasses.fields(schema) if f.name != "name"]
     return (
         f"dataset {' / '.join(names)} does not read dataset.{key} (its settings: "
         f"{', '.join(fields)}); remove it or choose a dataset that has it"
@@ -231,7 +231,7 @@ def precheck(
         detail = str(cause).splitlines()[0]
         where = next((f" ({ln.strip()})" for ln in str(cause).splitlines() if "full_key" in ln), "")
         raise UserError(
-            _not_a_dataset_setting(detail, where, overrides)
+            _not_a_dataset_setting(cause, overrides)
             or f"{detail}{where}; check the override's key and type"
         ) from None
     with read_write(cfg), open_dict(cfg):
