@@ -298,6 +298,9 @@ class Experiment:
         cfg = self.cfg
         try:
             device, data, method, model, dense = self._build()
+            # the method's ``prepare`` may refuse the model (filters it cannot group): before
+            # the directory is claimed, like every other set-up failure
+            self._make_state(device, data, method, model, dense)
         except UserError as exc:
             # A set-up failure is recorded in a directory that holds nothing (so a sweep's report
             # lists the job); an existing run, or one about to be overwritten, stays untouched.
@@ -307,7 +310,6 @@ class Experiment:
         if cfg.overwrite:
             self.store.clear()
         self.store.write_config(OmegaConf.to_yaml(OmegaConf.structured(cfg)), self.hydra_files)
-        self._make_state(device, data, method, model, dense)
         s = self._s
         model = s.model
         if dense is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from prune_cli.errors import ConfigError
 from prune_cli.experiment import Experiment
-from prune_cli.models import build_model, count_parameters
+from prune_cli.models import MODELS, build_model, count_parameters, model_config
 from prune_cli.paths import RunPaths
 from prune_cli.pruning.flow import (
     MEASURES,
@@ -141,36 +142,100 @@ def test_early_rounds_add_up_to_p(n, p):
     assert 1 - remaining == pytest.approx(p)
 
 
-@pytest.mark.parametrize("name", ["resnet56", "vgg11", "mobilenet_v1"])
-def test_thinner_network_equals_the_masked_one(name):
-    spec = DataSpec(3, 10, 32)
-    model = build_model(name, spec)
+#: settings that keep every coupling of the architecture but make it quick to trace and run
+SMALL = {
+    "width_mult": 0.25,  # VGG, MobileNet
+    "classifier_width": 32,  # VGG
+    "width_per_group": 16,  # ResNet-50/101 bottlenecks
+}
+SMALL_WIDTH = {"wrn28_10": 1, "wrn28_8": 1}  # widening factor; CIFAR ResNets: 4 channels
+
+
+def small_model(name: str, spec: DataSpec) -> nn.Module:
+    settings = model_config(name)
+    fields = {f.name for f in dataclasses.fields(settings)}
+    changes = {k: v for k, v in SMALL.items() if k in fields}
+    if "width" in fields:
+        changes["width"] = SMALL_WIDTH.get(name, 4)
+    if name == "resnet18":
+        changes.pop("width_per_group", None)  # a BasicBlock network: 64 only
+    return build_model(dataclasses.replace(settings, **changes), spec)
+
+
+#: models whose first convolution feeds residual streams joined by zero-padding shortcuts
+PADDED_STREAMS = {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110"}
+
+
+@pytest.mark.parametrize("prune_first", [False, True], ids=["first-kept", "first-pruned"])
+@pytest.mark.parametrize("name", [n for n in MODELS.names() if n != "custom"])
+def test_thinner_network_equals_the_masked_one(name, prune_first):
+    """For every registered model: the units' producers share the unit's width, 60% of the
+    filters go (each unit keeping its floor), and removing them gives the masked outputs; or,
+    where the first convolution's filters cannot form a unit, a one-line ConfigError."""
+    torch.manual_seed(0)
+    channels, side = (1, 28) if name in {"lenet5", "lenet5_caffe", "lenet300_100"} else (3, 32)
+    model = small_model(name, DataSpec(channels, 10, side))
     for m in model.modules():  # non-trivial BatchNorm statistics, so masking must be exact
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.3, 0.3)
             m.running_var.uniform_(0.5, 2.0)
             m.bias.data.uniform_(-0.3, 0.3)
-    batches = data(1, 32, 3, 10, 4)
+    batches = data(1, side, channels, 10, 4)
     ctx = context(batches, 10)
-    method = METHODS.get("filter")(FilterConfig(measure="magnitude", sparsity=0.6))
+    method = METHODS.get("filter")(
+        FilterConfig(measure="magnitude", sparsity=0.6, prune_first=prune_first)
+    )
+    if prune_first and name in PADDED_STREAMS:
+        with pytest.raises(ConfigError, match=r"method\.prune_first=false") as err:
+            method.prepare(model, ctx)
+        assert "\n" not in str(err.value)
+        return
+    method.prepare(model, ctx)
+    groups = method.groups
+    params = dict(model.named_parameters())
+    for unit in groups.units:
+        assert all(params[p].shape[0] == unit.channels for p in unit.weights + unit.vectors)
+    first_conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear))
+    assert any(f"{first_conv}.weight" in u.weights for u in groups.units) == prune_first
     masks = Masks.ones(method.prunable(model))
     masks.update(method.prune_fraction(model, masks, ctx, 0.6))
-    groups = method.groups
     keep = method.keep_from(masks, groups)
     for unit in groups.units:
         assert int(keep[unit.root].sum()) >= math.floor(0.05 * unit.channels) + 1
     assert sum(int((~k).sum()) for k in keep.values()) == round(
         0.6 * sum(u.channels for u in groups.units)
     )
-    first_conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    assert first_conv not in keep or bool(keep[first_conv].all())
     thin = groups.thin(keep, batches[0][0][:1])
     model.eval()
-    x = torch.randn(3, 3, 32, 32)
+    x = torch.randn(3, channels, side, side)
     with torch.no_grad():
         a, b = model(x), thin(x)
     assert torch.allclose(a, b, atol=1e-4 * max(1.0, float(a.abs().max())))
     assert count_parameters(thin) < count_parameters(model)
+
+
+def test_ignored_layers_keep_their_filters_and_the_groups_they_feed():
+    """``method.ignore`` holds for filter pruning: an ignored layer is no unit, keeps every
+    filter (even the smallest ones), and nothing coupled to it is pruned."""
+    torch.manual_seed(0)
+    model = small_model("resnet20", DataSpec(3, 10, 32))
+    with torch.no_grad():  # the smallest filters of the network: the ranking's first choice
+        model.layer1[0].conv1.weight.mul_(1e-3)
+    before = model.layer1[0].conv1.weight.detach().clone()
+    ctx = context(data(1, 32, 3, 10, 4), 10)
+    method = METHODS.get("filter")(
+        FilterConfig(measure="magnitude", sparsity=0.5, ignore=["layer1.0.conv1.weight"])
+    )
+    masks = Masks.ones(method.prunable(model))
+    masks.update(method.prune_fraction(model, masks, ctx, 0.5))
+    assert "layer1.0.conv1" not in {u.root for u in method.groups.units}
+    assert all("layer1.0.conv1.weight" not in u.weights for u in method.groups.units)
+    assert torch.equal(model.layer1[0].conv1.weight, before)
+    assert len(method.groups.units) == 8  # the other inner convolutions of ResNet-20
+    kept = method.keep_from(masks, method.groups)
+    total = sum(u.channels for u in method.groups.units)  # 2 x 4 + 3 x 8 + 3 x 16 filters
+    assert total == 80
+    assert sum(int((~k).sum()) for k in kept.values()) == 40
 
 
 def test_round_kept_rounds_to_the_nearest_multiple_without_regrowth():

@@ -8,10 +8,20 @@ pointwise convolution that feeds it, and the residual stream shared by the block
 A *unit* is one group of coupled output channels (rooted at a conv or linear layer). Masking a
 channel zeroes everything that produces it (conv filters and biases, BatchNorm gamma and beta,
 depthwise channels), so the masked network computes exactly zero there; the thinner network
-made by removing those channels then gives the same outputs (tested for ResNet-56, VGG and
-MobileNet). The classifier is never pruned; the first convolution is pruned only when asked
-(``prune_first``: Lubana and Dick prune it in VGG and MobileNet and exempt it in ResNet-56, whose
-residual stream it feeds).
+made by removing those channels then gives the same outputs (tested for every registered
+model, with and without the first convolution). The classifier is never pruned; the first
+convolution is pruned only when asked (``prune_first``: Lubana and Dick prune it in VGG and
+MobileNet and exempt it in ResNet-56, whose residual stream it feeds). Layers given as
+``fixed`` (those a method's ``ignore`` patterns leave dense) keep their filters, and so does
+every group they produce channels for.
+
+A group is a unit only if all its producers have the same number of channels. torch-pruning
+follows the data through elementwise operations, but it reads the channel-padding ``F.pad`` of
+the CIFAR ResNets' option-A shortcuts as one of them, and so couples a 16-channel residual stream
+to the 32- and 64-channel streams after it; such a group cannot be masked channel by channel.
+Without ``prune_first`` it contains the unpruned first convolution and is no unit anyway; with
+it, or with such an operation elsewhere in a custom model, ``FilterGroups`` raises a one-line
+``ConfigError`` that names the layers and what to set, rather than failing later in a multiply.
 
 The thinner network is stored without pickling a module (``thin_checkpoint``): its state dict plus
 the removed channel indices of each unit and the input shape, all plain tensors, lists, ints and
@@ -33,6 +43,8 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+
+from prune_cli.errors import ConfigError
 
 
 @dataclass
@@ -61,11 +73,41 @@ def _first_and_last(model: nn.Module, prune_first: bool = False) -> list[nn.Modu
     return layers[-1:] if prune_first else [layers[0], layers[-1]]
 
 
+def _check_widths(unit: Unit, params: Mapping[str, Tensor], first: str) -> None:
+    """Raise a ``ConfigError`` if the producers of a unit's channels differ in width (a
+    coupling torch-pruning followed wrongly, such as a channel-padding shortcut)."""
+    other = {
+        name.rsplit(".", 1)[0]: params[name].shape[0]
+        for name in unit.weights + unit.vectors
+        if params[name].shape[0] != unit.channels
+    }
+    if not other:
+        return
+    shown = ", ".join(f"{layer} ({n})" for layer, n in list(other.items())[:3])
+    remedy = (
+        "set method.prune_first=false, so that the first convolution keeps its filters"
+        if f"{first}.weight" in unit.weights
+        else f"add {unit.root}.weight to method.ignore, so that these channels stay"
+    )
+    raise ConfigError(
+        f"the {unit.channels} filters of {unit.root} are coupled to layers of other widths "
+        f"({shown}{', ...' if len(other) > 3 else ''}) through an operation torch-pruning "
+        f"does not split by channel (such as a zero-padding shortcut); {remedy}"
+    )
+
+
 class FilterGroups:
     """The prunable filter units of a model, found once from an example input; the first
-    layer's filters are a unit only with ``prune_first``."""
+    layer's filters are a unit only with ``prune_first``, and no group a ``fixed`` layer
+    produces channels for is one."""
 
-    def __init__(self, model: nn.Module, example: Tensor, prune_first: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example: Tensor,
+        prune_first: bool = False,
+        fixed: Sequence[nn.Module] = (),
+    ) -> None:
         self.model = model
         was_training = model.training
         model.eval()
@@ -74,7 +116,9 @@ class FilterGroups:
         modules = dict(model.named_modules())
         self.names = {m: n for n, m in modules.items()}
         self.units: list[Unit] = []
-        ignored = _first_and_last(model, prune_first)
+        first = _first_and_last(model)[0]
+        ignored = _first_and_last(model, prune_first) + list(fixed)
+        params = dict(model.named_parameters())
         for group in self.graph.get_all_groups(
             ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]
         ):
@@ -82,6 +126,7 @@ class FilterGroups:
             channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
             unit = Unit(self.names[root], channels)
             self._describe(unit, group)
+            _check_widths(unit, params, self.names[first])
             self.units.append(unit)
 
     def _describe(self, unit: Unit, group: tp.Group) -> None:

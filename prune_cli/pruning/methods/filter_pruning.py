@@ -6,7 +6,8 @@ Filters are scored per unit (a measure's filter score summed over the coupled la
 the lowest pruned first. ``scope``: null / ``global`` ranks all units' filters together, each unit
 keeping at least floor(``min_keep`` * channels) + 1 filters (Lubana and Dick); ``layer`` prunes
 the same fraction of every unit's filters, int(fraction * filters) as the FPGM and L1 authors
-count. The classifier is never pruned. The first convolution is pruned only with
+count. The classifier is never pruned, nor is a layer that ``ignore`` leaves dense (with
+whatever is coupled to its filters). The first convolution is pruned only with
 ``prune_first`` (null = false): Lubana and Dick prune it in VGG-13 and MobileNet-V1 and exempt it
 in ResNet-56 (their code pins its score above every other), which their experiment configs
 follow; without it, in a CIFAR ResNet, whose residual streams are coupled to the first
@@ -174,8 +175,24 @@ class FilterPruning(PruningMethod):
     def units(self, model: nn.Module, ctx: PruneContext) -> FilterGroups:
         if self.groups is None or self.groups.model is not model:
             x, _ = next(iter(ctx.batches(1)))
-            self.groups = FilterGroups(model, x[:2], prune_first=bool(self.cfg.prune_first))
+            x = x[:2].to(next(model.parameters()).device)
+            # layers that ``ignore`` leaves dense keep their filters, and the groups they feed
+            prunable = self.prunable(model)
+            fixed = [
+                m
+                for name, m in model.named_modules()
+                if isinstance(m, nn.Conv2d | nn.Linear) and f"{name}.weight" not in prunable
+            ]
+            self.groups = FilterGroups(
+                model, x, prune_first=bool(self.cfg.prune_first), fixed=fixed
+            )
         return self.groups
+
+    def prepare(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
+        # find the units before the first epoch: a model whose filters cannot be grouped
+        # (``FilterGroups``' ConfigError) fails at the start, not after a level of training
+        self.units(model, ctx)
+        return model
 
     def keep_from(self, masks: Masks, groups: FilterGroups) -> dict[str, Tensor]:
         """Kept channels of each unit, read off the mask of its root weight (no extra state).
