@@ -2,7 +2,8 @@
 
 For each model: rank filters by magnitude, remove ``--sparsity`` of the prunable filters
 (global ranking, each unit keeps floor(5%) + 1, first conv and classifier kept; ``--round-to``:
-each unit's kept count rounded to a multiple, ``method.round_to``) through
+each unit's kept count rounded to a multiple, ``method.round_to``; ``--scope layer``: the same
+fraction of every unit, residual streams included, ``method.scope=layer``) through
 prune-run's structured pruning, then time forward passes of the dense and the thinner network,
 alternating, and print parameters, MACs, the median latencies, their ratio, and the latency gain
 (dense / thin) as a share of the MACs reduction (dense MACs / thin MACs; 1.0 = the latency falls
@@ -43,6 +44,7 @@ def measure(
     size: int = 32,
     classes: int = 10,
     compiled: bool = False,
+    scope: str | None = None,
 ) -> dict:
     """Parameters, MACs and median latencies of the dense and the thinner ``name``."""
     spec = DataSpec(3, classes, size)
@@ -60,7 +62,7 @@ def measure(
         load_state=lambda s: {},
     )
     method = METHODS.get("filter")(
-        FilterConfig(measure="magnitude", sparsity=sparsity, round_to=round_to)
+        FilterConfig(measure="magnitude", sparsity=sparsity, round_to=round_to, scope=scope)
     )
     masks = Masks.ones(method.prunable(model))
     masks.update(method.prune_fraction(model, masks, ctx, sparsity))
@@ -75,6 +77,7 @@ def measure(
     return {
         "model": name,
         "round_to": round_to or 1,
+        "scope": scope or "global",
         "size": size,
         "batch": batch,
         "params_dense": params_d,
@@ -92,14 +95,15 @@ def measure(
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| model | input, batch | channels rounded to | params dense -> thin "
+        "| model | input, batch | ranking | channels rounded to | params dense -> thin "
         "| MACs dense -> thin | dense ms | thin ms | thin/dense latency | thin/dense MACs "
         "| latency gain / MACs reduction |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['size']}x{r['size']}, {r['batch']} | {r['round_to']} "
+            f"| {r['model']} | {r['size']}x{r['size']}, {r['batch']} | {r['scope']} "
+            f"| {r['round_to']} "
             f"| {r['params_dense'] / 1e6:.2f} M -> {r['params_thin'] / 1e6:.2f} M "
             f"| {r['macs_dense'] / 1e6:.1f} M -> {r['macs_thin'] / 1e6:.1f} M "
             f"| {r['dense_ms']:.3f} | {r['thin_ms']:.3f} | **{r['latency_ratio']:.2f}** "
@@ -124,6 +128,14 @@ def main() -> None:
     ap.add_argument(
         "--round-to", type=int, nargs="+", default=[1, 8], help="kept-filter multiples to time"
     )
+    ap.add_argument(
+        "--scope",
+        nargs="+",
+        default=["global"],
+        choices=["global", "layer"],
+        help="global: one ranking (wide coupled streams keep their width); layer: the same "
+        "fraction of every unit",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -133,23 +145,25 @@ def main() -> None:
     )
     results = []
     for name in args.models:
-        for r in args.round_to:
-            results.append(
-                measure(
-                    name,
-                    device,
-                    args.sparsity,
-                    args.batch,
-                    args.rounds,
-                    args.graphs,
-                    args.bf16,
-                    r,
-                    args.size,
-                    args.classes,
-                    args.compiled,
+        for scope in args.scope:
+            for r in args.round_to:
+                results.append(
+                    measure(
+                        name,
+                        device,
+                        args.sparsity,
+                        args.batch,
+                        args.rounds,
+                        args.graphs,
+                        args.bf16,
+                        r,
+                        args.size,
+                        args.classes,
+                        args.compiled,
+                        scope,
+                    )
                 )
-            )
-            print(table(results[-1:]).splitlines()[-1])
+                print(table(results[-1:]).splitlines()[-1])
     print()
     print(table(results))
 

@@ -10,7 +10,8 @@ Runs, in order (on an H100 in about 5-8 minutes):
    batches; the cost of one mask multiply;
 3. ``bench_thin``: structured pruning (50% of the filters) of ResNet-56, VGG-16 and
    MobileNet-V1, latency of the dense and the thinner network at batch 256 (channel counts
-   rounded to multiples of 8 and not);
+   rounded to multiples of 8 and not), and of ResNet-50 at 224x224 (rounded to 8; the global
+   ranking and the per-layer one, which also thins the residual streams);
 4. only if 1-3 took less than ``--budget-s``: compiled kernels (``torch.compile`` default mode)
    with the whole step as one CUDA graph, and the compiled forward/backward with CUDA graphs of
    their own (``reduce-overhead``), bf16, masks 90%, added to the training table
@@ -131,21 +132,25 @@ def thin_section(args: argparse.Namespace) -> str:
             )
             log(bench_thin.table(results[-1:]).splitlines()[-1])
     # a network large enough to keep the GPU busy: at 32x32 the small CIFAR networks use a few
-    # percent of an H100, and their latency follows kernel count more than MACs
+    # percent of an H100, and their latency follows kernel count more than MACs. Both rankings:
+    # the global one spares ResNet-50's wide residual streams (their coupled filters' scores
+    # add up), the per-layer one thins them too
     for name, size, classes in args.thin_large:
-        results.append(
-            bench_thin.measure(
-                name,
-                torch.device(args.device),
-                0.5,
-                args.thin_batch,
-                3,
-                round_to=8,
-                size=size,
-                classes=classes,
+        for scope in ("global", "layer"):
+            results.append(
+                bench_thin.measure(
+                    name,
+                    torch.device(args.device),
+                    0.5,
+                    args.thin_batch,
+                    3,
+                    round_to=8,
+                    size=size,
+                    classes=classes,
+                    scope=scope,
+                )
             )
-        )
-        log(bench_thin.table(results[-1:]).splitlines()[-1])
+            log(bench_thin.table(results[-1:]).splitlines()[-1])
     return bench_thin.table(results)
 
 
@@ -189,7 +194,8 @@ def main() -> None:
         type=lambda v: (v.split(":")[0], int(v.split(":")[1]), int(v.split(":")[2])),
         nargs="*",
         default=[("resnet50", 224, 1000)],
-        help="MODEL:SIZE:CLASSES timed with channels rounded to 8 (none: --thin-large)",
+        help="MODEL:SIZE:CLASSES timed with channels rounded to 8, ranked globally and per layer "
+        "(none: --thin-large)",
     )
     ap.add_argument("--model", default="resnet56", help="training benchmark model")
     ap.add_argument("--device", default="cuda", help="cpu: a quick dry run of this script")
