@@ -317,6 +317,32 @@ def test_grda_with_c_zero_is_sgd_without_momentum():
         assert torch.allclose(pa, pb, atol=1e-6)
 
 
+def test_grda_leaves_ignored_parameters_dense():
+    """``method.ignore`` holds for gRDA: matching parameters get no threshold (so no zeros)
+    and are trained exactly as plain SGD would, the others are thresholded."""
+    from prune_cli.pruning.methods.grda_method import GrdaConfig
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    twin = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    twin.load_state_dict(net.state_dict())
+    method = METHODS.get("grda")(GrdaConfig(c=2.0, mu=0.6, ignore=["2.*"]))
+    opt = method.optimizer(net, 0.1)
+    sgd = torch.optim.SGD(twin[2].parameters(), lr=0.1)  # the ignored layer, trained alone
+    for _ in range(5):
+        x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+        twin[0].load_state_dict(net[0].state_dict())  # the same thresholded first layer
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        sgd.zero_grad()
+        nn.functional.cross_entropy(twin(x), y).backward()
+        sgd.step()
+    assert int((net[0].weight == 0).sum()) > net[0].weight.numel() // 2  # c = 2: mostly zeros
+    assert bool((net[2].weight != 0).all()) and bool((net[2].bias != 0).all())
+    assert torch.allclose(net[2].weight, twin[2].weight, atol=1e-6)
+
+
 def test_dns_masks_follow_the_thresholds_and_splice_back():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 10))

@@ -1,11 +1,13 @@
 """Directional pruning with gRDA (Chao et al., NeurIPS 2020): train with the gRDA optimizer
 instead of SGD; no mask, no target sparsity, no retraining. The exact zeros it produces are
 counted and reported like any run's sparsity (per layer, PQI over all weights, per-class recall).
-The optimizer applies to all parameters, as in the paper; ``train.lr`` and its schedule apply.
+The optimizer thresholds all parameters, as in the paper, except those matching ``ignore``
+(which it trains without a threshold); ``train.lr`` and its schedule apply.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
 import torch
@@ -37,4 +39,12 @@ class DirectionalPruning(PruningMethod):
     cfg: GrdaConfig
 
     def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-        return GRDA(model.parameters(), lr=lr, c=self.cfg.c, mu=self.cfg.mu)
+        # parameters matching ``ignore`` stay dense: their group has no threshold (c = 0, plain
+        # SGD without momentum, the same dual averaging), the others are thresholded
+        named = list(model.named_parameters())
+        dense = [p for k, p in named if any(fnmatch.fnmatch(k, pat) for pat in self.cfg.ignore)]
+        kept = {id(p) for p in dense}
+        groups: list[dict] = [{"params": [p for _, p in named if id(p) not in kept]}]
+        if dense:
+            groups.append({"params": dense, "c": 0.0})
+        return GRDA(groups, lr=lr, c=self.cfg.c, mu=self.cfg.mu)
