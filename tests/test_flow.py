@@ -214,6 +214,45 @@ def test_thinner_network_equals_the_masked_one(name, prune_first):
     assert count_parameters(thin) < count_parameters(model)
 
 
+class PaddedSkip(nn.Module):
+    """A custom model with a channel-padding skip in the middle: ``mid``'s 4 channels join
+    ``wide``'s 8 through ``F.pad``, which torch-pruning reads as elementwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.mid = nn.Conv2d(4, 4, 3, padding=1)
+        self.wide = nn.Conv2d(4, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.mid(torch.relu(self.stem(x))))
+        x = self.wide(x) + nn.functional.pad(x, (0, 0, 0, 0, 2, 2))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_filters_coupled_across_widths_are_refused_and_ignore_is_the_way_out():
+    """A group whose producers differ in width (not the first layer's) is a one-line
+    ConfigError naming the layer to ignore; ignoring it, as it says, is accepted, and that
+    group then stays whole when the method prunes."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    ctx = context([(x, torch.arange(4))], 10)
+    with pytest.raises(ConfigError) as err:
+        METHODS.get("filter")(FilterConfig(measure="magnitude")).prepare(PaddedSkip(), ctx)
+    message = str(err.value)
+    assert "\n" not in message and "prune_first" not in message
+    named = next(w for w in ("mid.weight", "wide.weight") if f"add {w} to method.ignore" in message)
+    model = PaddedSkip().eval()
+    method = METHODS.get("filter")(FilterConfig(measure="magnitude", ignore=[named]))
+    method.prepare(model, ctx)
+    assert method.groups.units == []  # mid and wide are one group: ignoring either keeps both
+    masks = Masks.ones(method.prunable(model))
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    masks.update(method.prune_fraction(model, masks, ctx, 0.5))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_ignored_layers_keep_their_filters_and_the_groups_they_feed():
     """``method.ignore`` holds for filter pruning: an ignored layer is no unit, keeps every
     filter (even the smallest ones), and nothing coupled to it is pruned."""

@@ -8,7 +8,8 @@ hook                   used by
 =====================  ========================================================================
 ``num_levels``         iterative methods (SAP, lottery ticket: T levels); 0 for train-only ones
 ``prepare``            extra trainable parameters or re-parametrisation (SequentialAttention++
-                       block logits, DNS's masked forward) before training starts
+                       block logits, DNS's masked forward) before training starts; checks of
+                       the model that should fail before any training (filter pruning's units)
 ``optimizer``          a sparsifying optimizer in place of SGD/Adam (gRDA, no mask at all)
 ``callbacks``          masks that change during training (gradual magnitude, DNS with splicing),
                        training phases (SequentialAttention++ dense/sparse phases)

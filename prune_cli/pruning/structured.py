@@ -66,11 +66,11 @@ def _out_fn(module: nn.Module):
     )
 
 
-def _first_and_last(model: nn.Module, prune_first: bool = False) -> list[nn.Module]:
-    """The layers whose output channels stay: the classifier (the classes), and the first
-    layer unless ``prune_first``."""
+def _first_and_last(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The first layer (its filters stay unless ``prune_first``) and the classifier (the
+    classes: its outputs always stay)."""
     layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    return layers[-1:] if prune_first else [layers[0], layers[-1]]
+    return layers[0], layers[-1]
 
 
 def _check_widths(unit: Unit, params: Mapping[str, Tensor], first: str) -> None:
@@ -116,8 +116,8 @@ class FilterGroups:
         modules = dict(model.named_modules())
         self.names = {m: n for n, m in modules.items()}
         self.units: list[Unit] = []
-        first = _first_and_last(model)[0]
-        ignored = _first_and_last(model, prune_first) + list(fixed)
+        first, last = _first_and_last(model)
+        ignored = [last, *fixed] if prune_first else [first, last, *fixed]
         params = dict(model.named_parameters())
         for group in self.graph.get_all_groups(
             ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]

@@ -43,8 +43,8 @@ class DirectionalPruning(PruningMethod):
         # SGD without momentum, the same dual averaging), the others are thresholded
         named = list(model.named_parameters())
         dense = [p for k, p in named if any(fnmatch.fnmatch(k, pat) for pat in self.cfg.ignore)]
-        kept = {id(p) for p in dense}
-        groups: list[dict] = [{"params": [p for _, p in named if id(p) not in kept]}]
+        dense_ids = {id(p) for p in dense}
+        groups: list[dict] = [{"params": [p for _, p in named if id(p) not in dense_ids]}]
         if dense:
             groups.append({"params": dense, "c": 0.0})
         return GRDA(groups, lr=lr, c=self.cfg.c, mu=self.cfg.mu)
