@@ -614,6 +614,9 @@ class Experiment:
         return self._write_header(
             status,
             device=str(s.device),
+            # CPU results are bit-for-bit repeatable only at the same thread count (it changes
+            # the order of float reductions); a parallel launcher gives each job its share
+            threads=torch.get_num_threads(),
             params_total=count_parameters(s.model),
             params_prunable=sum(p.numel() for p in s.params.values()),
             **extra,

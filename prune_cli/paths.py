@@ -3,7 +3,8 @@
 Layout of a run directory::
 
     config.yaml            the resolved config this run was started with (its hash is in summary)
-    summary.json           status, config hash, sizes, one entry per level, wall time, versions
+    summary.json           status, config hash, sizes, one entry per level, wall time, versions,
+                           device and CPU threads
     metrics.csv            level,epoch,split,metric,value
     per_class_recall.csv   level,stage,class,class_name,support,recall
     pqi.csv                level,stage,scope,name,p,q,pqi

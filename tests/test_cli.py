@@ -42,6 +42,8 @@ def test_a_run_writes_every_result_file(tmp_path):
         "params_prunable",
         "wall_time_s",
         "versions",
+        "device",
+        "threads",
     ):
         assert key in summary
     assert summary["versions"]["torch"] == torch.__version__

@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import FAST, run_cli, run_config
 
+from prune_cli.cli import threads_per_job
 from prune_cli.config import config_hash, differing_keys
 from prune_cli.errors import UserError
 from prune_cli.experiment import Experiment
@@ -204,6 +205,9 @@ def test_a_parallel_launchers_workers_run_inside_the_owners_sweep_lock(tmp_path)
     summaries = sorted(sweep.glob("*/summary.json"))
     assert len(summaries) == 2
     assert {json.loads(p.read_text())["status"] for p in summaries} == {"completed"}
+    # each of the launcher's two jobs ran on its share of the cores, not on all of them
+    share = threads_per_job(len(os.sched_getaffinity(0)), 2)
+    assert {json.loads(p.read_text())["threads"] for p in summaries} == {share}
     with directory_lock(sweep, "sweep"):  # released when the sweep ended
         pass
 
