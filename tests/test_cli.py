@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import FAST, run_cli, run_config
 
+from prune_cli.config import group_options
 from prune_cli.experiment import Experiment
 from prune_cli.paths import RunPaths
 from prune_cli.training.loop import Trainer
@@ -220,7 +221,44 @@ RESUME_CASES = {
         ],
         3,
     ),
+    # the methods that prune while training: the crash lands in the middle of their schedule
+    # (ACDC between a sparse and a dense phase, GMP between two prunes, gRDA with its
+    # accumulated gradients and step count, the limit run in its L1-regularised training)
+    "acdc": (["method=acdc", "method.phases=[0.5,1,1.5,2,2.5]"], 2),
+    "gmp": (["method=gmp", "method.start_epoch=0", "method.end_epoch=3", "method.frequency=2"], 2),
+    "grda": (["method=grda"], 2),
+    "limit": (
+        [
+            "method=limit",
+            "method.grid=20",
+            "method.hessian_samples=32",
+            "method.lanczos_iter=8",
+            "method.probes=1",
+        ],
+        2,
+    ),
+    # iterative methods: the crash in level 1's second epoch (SAP's next rate depends on the
+    # PQ index of the weights it rewound from; LT and OS rewind to the initialisation)
+    "sap": (["method=sap", "method.levels=2"], 5),
+    "lt": (["method=lt", "method.levels=2"], 5),
+    "os": (["method=os", "method.levels=2"], 5),
+    "random": (["method=random", "method.levels=2"], 5),
+    "flow": (
+        ["method=flow", "method.measure=grasp", "method.samples=64", "method.levels=2"],
+        5,
+    ),
+    # one level after dense training: the crash in the first epoch after pruning (the scores
+    # came from gradients, the search from a metric search, neither run again on resume)
+    "undecayed": (["method=undecayed", "method.grad_batches=2"], 4),
+    "gradient": (["method=gradient", "method.grad_batches=2"], 4),
+    "block_magnitude": (["method=block_magnitude", "method.min_blocks=1"], 4),
+    "crossword": (["method=crossword", "method.budget=20", "method.accuracy_sample=4"], 4),
 }
+
+
+def test_every_method_has_a_resume_case():
+    methods = {run_config(extra).method.name for extra, _ in RESUME_CASES.values()}
+    assert methods == set(group_options("method"))
 
 
 @pytest.mark.parametrize("case", list(RESUME_CASES))
