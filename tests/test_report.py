@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import struct
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +20,7 @@ from prune_cli.paths import RunPaths
 from prune_cli.report_cli import main as report_main
 from prune_cli.reporting import figures
 from prune_cli.reporting.collect import collect
+from prune_cli.reporting.pivot import pivots
 from prune_cli.reporting.report import accuracy_table
 from prune_cli.reporting.stats import alpha_intervals, consecutive_ratio_tests, method_pair_tests
 
@@ -390,3 +393,61 @@ def test_search_table_shows_the_chosen_metrics_and_the_premise_check():
     assert row["objective"] == "2.000 ± 1.000"
     assert row["objective vs accuracy (Spearman)"] == "0.000 ± 0.100"
     assert search_table(levels.drop(columns="search_objective_accuracy_spearman")).empty
+
+
+def test_each_dense_model_counts_once_and_each_run_once(tmp_path, monkeypatch):
+    """gradient at t = 2 and t = 10, seeds 0 and 1: the two runs of a seed share its dense
+    model (96% for seed 0, 90% for seed 1); an SA++ run, sparse from level 0 on (50%), is no
+    dense model; the sweep given twice (relative and absolute) and one of its runs a third
+    time is still five runs."""
+    root = tmp_path / "sweep"
+    for ratio in (2, 10):
+        for seed, dense in enumerate([0.96, 0.90]):
+            make_run(
+                root / f"gp-{ratio}-{seed}",
+                "gradient",
+                seed,
+                [(0.0, 0.95, dense, None), (1 - 1 / ratio, 0.9, dense - 0.05, 1.0)],
+                method_cfg={"ratio": ratio},
+            )
+    make_run(root / "sapp", "sapp", 0, [(0.9, 0.5, 0.5, None)], method_cfg={"sparsity": 0.9})
+    monkeypatch.chdir(tmp_path)
+    c = collect([Path("sweep"), root, root / "gp-2-0"])
+    assert len(c.runs) == 5 and sorted(c.levels.seed.unique()) == [0, 1]
+    (cells,) = [v for (_, _, shape), v in pivots(c.levels).items() if shape == "by_target"]
+    dense = cells[(cells.column == "dense") & (cells.quantity == "test accuracy %")]
+    assert dense.n.tolist() == [2]  # one dense model per seed, not one per target
+    assert dense["std"].iloc[0] == pytest.approx(np.std([0.96, 0.90], ddof=1))
+    fig, ax = plt.subplots()
+    figures._dense_line(ax, c.levels)
+    assert ax.lines[0].get_ydata()[0] == pytest.approx(93.0)  # the SA++ run is not in it
+    plt.close(fig)
+
+
+def test_alpha_without_a_target_is_an_interval_only_and_collapse_is_counted():
+    """SAP and DNS reach their sparsity by training: no ratio to test them at, and a run that
+    lost a class is counted beside its interval and in every test it is part of."""
+    data = alpha_data().assign(collapsed=False)
+    data.loc[(data.label == "undecayed") & (data.target == 10) & (data.seed == 0), "collapsed"] = (
+        True
+    )
+    untargeted = pd.DataFrame(
+        [
+            {"dataset": "d", "model": "m", "label": m, "target": math.nan, "seed": s, "alpha": a}
+            for m, base in (("sap", 1.0), ("dns", 2.0))
+            for s, a in enumerate(base + np.array([0.1, 0.3, 0.2]))
+        ]
+    ).assign(collapsed=False)
+    data = pd.concat([data, untargeted], ignore_index=True)
+    intervals = alpha_intervals(data)
+    sap = intervals[intervals.label == "sap"].iloc[0]
+    assert math.isnan(sap.target) and sap.n == 3 and sap.confidence == pytest.approx(0.99)
+    assert sap.alpha_mean == pytest.approx(1.2) and sap.collapsed == 0
+    assert intervals.set_index(["label", "target"]).loc[("undecayed", 10), "collapsed"] == 1
+    pairs = method_pair_tests(data)
+    assert pairs.target.notna().all() and not {"sap", "dns"} & set(pairs.method_a)
+    assert pairs.set_index("target").loc[10, "collapsed"] == 1
+    assert pairs.set_index("target").loc[2, "collapsed"] == 0
+    consecutive = consecutive_ratio_tests(data)
+    assert set(consecutive.series) == {"magnitude", "undecayed"}
+    assert consecutive.set_index(["series", "t_to"]).loc[("undecayed", 10), "collapsed"] == 1

@@ -36,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from pandas.api.types import is_numeric_dtype
 
 from prune_cli.config import NON_RESULT_KEYS, only_dataset_settings
 from prune_cli.paths import RunPaths
@@ -122,14 +123,46 @@ class Collection:
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    found: set[Path] = set()
+    """Run directories under ``paths``, each once: one run given under two spellings (relative
+    and absolute, a symlink, a sweep and a run inside it) is one run, not two seeds; it keeps
+    the spelling it was first found under."""
+    found: dict[Path, Path] = {}
     for path in paths:
         path = Path(path)
         if (path / "summary.json").is_file():
-            found.add(path)
+            runs = [path]
         elif path.is_dir():
-            found.update(p.parent for p in path.rglob("summary.json"))
-    return sorted(found)
+            runs = sorted(p.parent for p in path.rglob("summary.json"))
+        else:
+            runs = []
+        for run in runs:
+            found.setdefault(run.resolve(), run)
+    return sorted(found.values())
+
+
+def _any_true(values: pd.Series) -> bool:
+    return any(v is True or v == 1.0 for v in values)
+
+
+def dense_baselines(levels: pd.DataFrame) -> pd.DataFrame:
+    """The dense models among level rows, each once.
+
+    Level 0 is the dense model only where nothing is pruned yet: SA++, ACDC, gRDA and filter
+    pruning early in training sparsify while they train, so their level 0 is the sparse result.
+    The runs of a series at one seed (one per target) share one dense training: one row per
+    (series, seed), averaged where they trained it apart (another device or thread count), or
+    a series at five targets would count each seed's dense model five times.
+    """
+    dense = levels[(levels["level"] == 0) & (levels["remaining"] >= 1.0 - 1e-9)]
+    keys = ["series", "seed"]
+    if dense.empty or not set(keys) <= set(dense):
+        return dense
+    how = {
+        c: _any_true if c == "collapsed" else "mean" if is_numeric_dtype(dense[c]) else "first"
+        for c in dense.columns
+        if c not in keys
+    }
+    return dense.groupby(keys, as_index=False, sort=False, dropna=False).agg(how)
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:

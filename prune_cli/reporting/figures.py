@@ -26,7 +26,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
 
-from prune_cli.reporting.collect import Collection
+from prune_cli.reporting.collect import Collection, dense_baselines
 
 #: candidate labelled ticks of the remaining-weights axis, in percent
 REMAINING_TICKS = (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
@@ -119,7 +119,8 @@ def _errorbar(ax: Axes, x, y, std, n, label: str) -> None:
 
 
 def _dense_line(ax: Axes, levels: pd.DataFrame) -> None:
-    dense = levels[levels["level"] == 0]["test_accuracy"].mean()
+    """The dense models' mean test accuracy (each once; none where every level 0 is sparse)."""
+    dense = dense_baselines(levels)["test_accuracy"].mean()
     if dense == dense:
         ax.axhline(100 * dense, color="0.35", ls="--", lw=1, label=f"dense {100 * dense:.2f}%")
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from prune_cli.io import save_text
+from prune_cli.reporting.collect import dense_baselines
 
 #: shown in Markdown and LaTeX at most (the CSV has every level)
 MAX_LEVEL_COLUMNS = 7
@@ -123,10 +124,8 @@ def pivots(levels: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
             finals = by_target[by_target["level"] == last[by_target.index]].assign(
                 column=lambda f: f["target"].astype(float)
             )
-            # level 0 is the dense baseline only where it is dense: SA++, ACDC, gRDA and the
-            # like sparsify while they train, so their (only) level 0 is the sparse result
             unpruned = by_target["remaining"] >= 1.0 - 1e-9
-            dense = by_target[(by_target["level"] == 0) & unpruned].assign(column="dense")
+            dense = dense_baselines(by_target).assign(column="dense")
             sparse_finals = finals[(finals["level"] > 0) | ~unpruned[finals.index]]
             cells = _cells(pd.concat([dense, sparse_finals]), "series", "column")
             out[(dataset, model, "by_target")] = cells

@@ -29,6 +29,12 @@ from prune_cli.reporting.stats import (
 
 #: the row key; ``target`` follows from ``label`` (it is in the key to be shown beside it)
 KEYS = ["dataset", "model", "label", "target", "level"]
+ALPHA_NOTE = (
+    "`collapsed`: runs that collapsed (a class at test recall 0 or a layer with no weight left); "
+    "their alpha describes a network that lost a class. Target '-': the method reaches its "
+    "sparsity by training (SAP, DNS, ...), not at a fixed ratio, so it has an interval but no "
+    "test between ratios or against other methods."
+)
 TEST_NOTES = {
     "alpha_consecutive_tests": "One-sided paired t-tests over seeds, "
     "H1: alpha(t_to) > alpha(t_from).",
@@ -271,9 +277,21 @@ def alpha_frame(c: Collection) -> pd.DataFrame:
         return pd.DataFrame()
     final = lv[lv["level"] == lv.groupby("run")["level"].transform("max")]
     final = final[(final["level"] > 0) & final.alpha.notna()]
-    frame = final[["dataset", "model", "series", "label", "target", "seed", "alpha"]].copy()
-    frame["target"] = frame["target"].fillna(-1)
+    columns = ["dataset", "model", "series", "label", "target", "seed", "alpha"]
+    frame = final[columns].copy()
+    # a method whose sparsity comes out of training (SAP, DNS, ...) has no target: NaN, so it
+    # is never paired with another such method "at the same ratio"
+    frame["target"] = frame["target"].astype(float)
+    collapsed = final["collapsed"] if "collapsed" in final else pd.Series(False, final.index)
+    frame["collapsed"] = [v is True or v == 1.0 for v in collapsed]
     return frame
+
+
+def _shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """For Markdown: no target is '-', not 'nan'."""
+    if "target" not in frame:
+        return frame
+    return frame.assign(target=[t if t == t else "-" for t in frame["target"]])
 
 
 def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -> Path:
@@ -356,9 +374,10 @@ def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -
         lines += [
             "## Recall distortion: alpha (99% CI, Bonferroni over ratios)",
             "",
-            f"`warning`: {FEW_RUNS} (an interval or test from so few runs is not reliable).",
+            f"`warning`: {FEW_RUNS} (an interval or test from so few runs is not reliable). "
+            f"{ALPHA_NOTE}",
             "",
-            markdown_plain(intervals),
+            markdown_plain(_shown(intervals)),
             "",
         ]
         for name, frame in (

@@ -8,10 +8,12 @@
 Pairs are runs of the same dataset, model and seed (the same dense model when ``dense_from``
 was used).
 
-``alphas`` has columns dataset, model, series, label, target, seed, alpha (one row per run):
-``label`` is a report row (runs whose configs differ only in seed), ``series`` the same without
-the pruning target (a method's curve over ratios t), ``target`` the ratio t. Without a
-``series`` column the label is the series. A seed that a row holds twice (the same run
+``alphas`` has columns dataset, model, series, label, target, seed, alpha and, optionally,
+collapsed (one row per run): ``label`` is a report row (runs whose configs differ only in seed),
+``series`` the same without the pruning target (a method's curve over ratios t), ``target`` the
+ratio t (NaN for a method that reaches its sparsity by training: an interval, no test).
+Without a ``series`` column the label is the series. Every interval and test counts the runs
+that collapsed (``collapsed``). A seed that a row holds twice (the same run
 reported from two directories) is averaged before pairing, so that a pair is one per seed.
 """
 
@@ -43,6 +45,13 @@ def _with_series(alphas: pd.DataFrame) -> pd.DataFrame:
     return alphas.assign(series=alphas["label"])
 
 
+def _with_target(alphas: pd.DataFrame) -> pd.DataFrame:
+    """The rows a test between ratios or methods can use: a method that reaches its sparsity
+    by training has no target ratio to be compared at."""
+    alphas = _with_series(alphas)
+    return alphas[alphas["target"].notna()]
+
+
 def alpha_intervals(alphas: pd.DataFrame, level: float = 0.99) -> pd.DataFrame:
     """Per (dataset, model, label): n, mean alpha and its Bonferroni-corrected interval.
 
@@ -51,9 +60,9 @@ def alpha_intervals(alphas: pd.DataFrame, level: float = 0.99) -> pd.DataFrame:
     rows = []
     alphas = _with_series(alphas)
     for (dataset, model, _), group in alphas.groupby(["dataset", "model", "series"]):
-        m = group["target"].nunique()
+        m = max(1, group["target"].nunique())  # a series with no target is one interval
         confidence = 1 - (1 - level) / m
-        for (label, target), sub in group.groupby(["label", "target"]):
+        for (label, target), sub in group.groupby(["label", "target"], dropna=False):
             mean, low, high = t_interval(sub["alpha"].dropna().to_numpy(), confidence)
             rows.append(
                 {
@@ -62,6 +71,7 @@ def alpha_intervals(alphas: pd.DataFrame, level: float = 0.99) -> pd.DataFrame:
                     "label": label,
                     "target": target,
                     "n": int(sub["alpha"].notna().sum()),
+                    "collapsed": _collapsed_runs(sub),
                     "alpha_mean": mean,
                     "ci_low": low,
                     "ci_high": high,
@@ -69,6 +79,11 @@ def alpha_intervals(alphas: pd.DataFrame, level: float = 0.99) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _collapsed_runs(*groups: pd.DataFrame) -> int:
+    """Runs among ``groups`` that collapsed (0 where the frame does not say)."""
+    return sum(int(g["collapsed"].sum()) for g in groups if "collapsed" in g)
 
 
 def _by_seed(group: pd.DataFrame) -> pd.Series:
@@ -89,15 +104,12 @@ def _paired(a: pd.Series, b: pd.Series, alternative: str) -> tuple[int, float, f
 def consecutive_ratio_tests(alphas: pd.DataFrame) -> pd.DataFrame:
     """One-sided paired t-tests, alpha(t_next) > alpha(t), per series and consecutive ratios."""
     rows = []
-    alphas = _with_series(alphas)
+    alphas = _with_target(alphas)
     for (dataset, model, series), group in alphas.groupby(["dataset", "model", "series"]):
         # one point per report row, in target order (two rows at one target: both, by label)
-        points = sorted(
-            (((t, label), _by_seed(g)) for (t, label), g in group.groupby(["target", "label"])),
-            key=lambda point: point[0],
-        )
-        for ((t0, label0), a), ((t1, label1), b) in itertools.pairwise(points):
-            n, statistic, p = _paired(a, b, "greater")
+        points = sorted(((t, label), g) for (t, label), g in group.groupby(["target", "label"]))
+        for ((t0, label0), g0), ((t1, label1), g1) in itertools.pairwise(points):
+            n, statistic, p = _paired(_by_seed(g0), _by_seed(g1), "greater")
             rows.append(
                 {
                     "dataset": dataset,
@@ -108,6 +120,7 @@ def consecutive_ratio_tests(alphas: pd.DataFrame) -> pd.DataFrame:
                     "t_from": t0,
                     "t_to": t1,
                     "n": n,
+                    "collapsed": _collapsed_runs(g0, g1),
                     "t_statistic": statistic,
                     "p_value": p,
                 }
@@ -121,15 +134,16 @@ def method_pair_tests(alphas: pd.DataFrame) -> pd.DataFrame:
     A series is named by its report row's label where it has two rows at one ratio.
     """
     rows = []
-    alphas = _with_series(alphas)
+    alphas = _with_target(alphas)
     for (dataset, model, target), group in alphas.groupby(["dataset", "model", "target"]):
         one_row_each = group.groupby("series")["label"].nunique().max() == 1
         names = group["series"] if one_row_each else group["label"]
-        series = {name: _by_seed(g) for name, g in group.groupby(names)}
+        series = dict(list(group.groupby(names)))
         labels = sorted(series)
         for i, a in enumerate(labels):
             for b in labels[i + 1 :]:
-                n, statistic, p = _paired(series[a], series[b], "two-sided")
+                pair = (series[a], series[b])
+                n, statistic, p = _paired(_by_seed(pair[0]), _by_seed(pair[1]), "two-sided")
                 rows.append(
                     {
                         "dataset": dataset,
@@ -138,6 +152,7 @@ def method_pair_tests(alphas: pd.DataFrame) -> pd.DataFrame:
                         "method_a": a,
                         "method_b": b,
                         "n": n,
+                        "collapsed": _collapsed_runs(*pair),
                         "t_statistic": statistic,
                         "p_value": p,
                     }
