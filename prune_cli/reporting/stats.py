@@ -107,7 +107,7 @@ def consecutive_ratio_tests(alphas: pd.DataFrame) -> pd.DataFrame:
     alphas = _with_target(alphas)
     for (dataset, model, series), group in alphas.groupby(["dataset", "model", "series"]):
         # one point per report row, in target order (two rows at one target: both, by label)
-        points = sorted(((t, label), g) for (t, label), g in group.groupby(["target", "label"]))
+        points = sorted(group.groupby(["target", "label"]), key=lambda point: point[0])
         for ((t0, label0), g0), ((t1, label1), g1) in itertools.pairwise(points):
             n, statistic, p = _paired(_by_seed(g0), _by_seed(g1), "greater")
             rows.append(
