@@ -17,6 +17,7 @@ import copy
 import functools
 import itertools
 import logging
+import math
 import platform
 import subprocess
 import time
@@ -252,6 +253,12 @@ class Experiment:
             raise UserError("device=cuda was asked for but no CUDA GPU is visible; use device=auto")
         torch.manual_seed(cfg.seed)
         data = build_dataset(cfg.dataset, device)
+        if cfg.train.select != "last" and data.size("val") == 0:
+            # it would fall back to the last epoch while the config says otherwise
+            raise ConfigError(
+                f"train.select={cfg.train.select} needs a validation split, and this dataset "
+                "has none (dataset.val_size); set dataset.val_size > 0 or train.select=last"
+            )
         method = METHODS.get(cfg.method.name)(cfg.method)
         rewind = method.rewind()
         if rewind.kind == "epoch" and rewind.epoch > cfg.train.epochs:
@@ -354,6 +361,8 @@ class Experiment:
             return self.store.load_level(int(name.removeprefix("level_")), s.device)["model"]
 
         def evaluate_split(model: nn.Module, split: str) -> tuple[float, float]:
+            if s.data.size(split) == 0:  # not (0, 0): that would read as a measured accuracy
+                return math.nan, math.nan
             result = evaluate(model, s.data, split, self.cfg.train)
             return result.loss, result.accuracy
 

@@ -180,6 +180,7 @@ def test_the_demonstration_does_not_import_libraries_it_does_not_use(tmp_path):
         (["pqi_grid=[[2.0,1.0]]"], "0 < p < q"),
         (["method.sparsty=0.5"], "sparsty"),
         (["dataset=mnist", "dataset.root=/nonexistent"], "idx files not found"),
+        (["dataset.val_size=0"], "train.select=val_accuracy needs a validation split"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

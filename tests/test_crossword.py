@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -253,6 +254,28 @@ def test_the_method_logs_every_candidate_and_checks_the_premise(tmp_path):
     again = METHODS.get("crossword")(cfg)
     again.load_state_dict(method.state_dict())
     assert again.found == found
+
+
+def test_without_a_validation_split_there_is_no_accuracy_check(tmp_path):
+    """The run's evaluate gives (nan, nan) for a split with no samples (dataset.val_size=0):
+    the search is unchanged, and no candidate shows a pruned accuracy of 0 that was never
+    measured."""
+    net = conv_net()
+    calls = []
+
+    def evaluate(model, split):
+        calls.append(split)
+        return math.nan, math.nan
+
+    cfg = CrosswordConfig(samples=12, budget=12, accuracy_sample=6, latency_repeats=1)
+    method = METHODS.get("crossword")(cfg)
+    masks = Masks.ones(method.prunable(net))
+    masks.update(method.prune(net, masks, context(tmp_path, evaluate)))
+    info = method.finalize(net, masks, context(tmp_path, evaluate))
+    assert calls == ["val"]  # tried once, then given up
+    assert info["accuracy_candidates"] == 0 and info["objective_accuracy_spearman"] is None
+    assert info["pruned_val_accuracy"] is None
+    assert info["filter_sparsity"] == pytest.approx(0.5, abs=0.05)
 
 
 @pytest.mark.parametrize(

@@ -309,6 +309,29 @@ def test_bare_method_limit_runs_and_writes_its_analysis(tmp_path):
     assert (tmp_path / "limit.png").stat().st_size > 0
 
 
+def test_the_limit_on_a_split_with_no_samples_is_refused(tmp_path):
+    """dataset.val_size=0 (selection by the last epoch): the sweep on method.split=val would
+    measure nothing; one line says what to use instead."""
+    from prune_cli.experiment import Experiment
+
+    cfg = run_config(
+        [
+            "method=limit",
+            "model=mlp",
+            "progress=false",
+            "train.epochs=1",
+            "train.select=last",
+            "dataset.val_size=0",
+            "method.grid=5",
+            "method.lanczos_iter=4",
+            "method.probes=1",
+            "method.hessian_samples=16",
+        ]
+    )
+    with pytest.raises(ConfigError, match=r"method\.split=val holds no samples"):
+        Experiment(cfg, tmp_path).run()
+
+
 # --- the limit as an analysis of any run ------------------------------------------------------
 def test_analysis_names_and_settings_are_validated_when_composed():
     assert run_config(["analysis=[limit]"]).analysis["limit"]["grid"] == 200

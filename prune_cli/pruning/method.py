@@ -66,7 +66,8 @@ class PruneContext:
     ``artifact_path(name)`` is where the method may write a file of its own in the run directory.
     ``evaluate(model, split)`` returns the (mean loss, accuracy) of ``model`` on a split
     (``"val"`` or ``"test"``) as the run evaluates it, for analyses of pruned copies without
-    fine-tuning (the pruning-limit sweep); None where no data is at hand (unit tests).
+    fine-tuning (the pruning-limit sweep), (nan, nan) for a split with no samples; None where
+    no data is at hand (unit tests).
     """
 
     level: int

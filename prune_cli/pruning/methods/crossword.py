@@ -23,6 +23,8 @@ expression and the correlation under ``method_info``.
 from __future__ import annotations
 
 import csv
+import logging
+import math
 import random
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,6 +56,8 @@ from prune_cli.seeds import derive_seed
 
 SEARCHES = ("anneal", "genetic")
 LOG = "crossword_search.csv"
+
+log = logging.getLogger("prune_cli.experiment")
 
 
 @dataclass
@@ -287,8 +291,12 @@ class CrosswordPruning(FilterPruning):
                 assert cand.values is not None
                 keep = self.choose(groups, device_keep, blocks.split(cand.values), fraction)
                 groups.zero_channels(keep)
-                out[cand.index] = float(ctx.evaluate(model, "val")[1])
+                accuracy = float(ctx.evaluate(model, "val")[1])
                 model.load_state_dict(backup)
+                if math.isnan(accuracy):  # no validation split: nothing to check against
+                    log.info("crossword: no validation split, so no accuracy check")
+                    return {}
+                out[cand.index] = accuracy
         finally:
             model.load_state_dict(backup)
         return out

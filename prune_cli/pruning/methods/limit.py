@@ -28,6 +28,7 @@ applied as its subgradient l1 * sign(w) added to the gradients after the backwar
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +236,7 @@ def measure_limit(
 
     rows = magnitude_sweep(params, masks, cfg.grid, lambda: evaluate(model, cfg.split))
     dense_loss, dense_accuracy = rows[0][2], rows[0][3]
-    if dense_loss == 0 and dense_accuracy == 0:
+    if math.isnan(dense_accuracy):
         raise ConfigError(f"method.split={cfg.split} holds no samples here; use a split with data")
     limits = actual_limits([r[0] for r in rows], [r[3] for r in rows], cfg.tolerance)
     table = []
