@@ -140,8 +140,19 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return sorted(found.values())
 
 
-def _any_true(values: pd.Series) -> bool:
-    return any(v is True or v == 1.0 for v in values)
+def is_collapsed(value: Any) -> bool:
+    """A level's ``collapsed`` entry as read back: True, 1.0 after pandas mixed it with missing
+    values, or None / NaN for levels measured before it existed."""
+    return value is True or value == 1.0
+
+
+def unpruned(levels: pd.DataFrame) -> pd.Series:
+    """Rows with every weight left (up to rounding of the stored sparsity)."""
+    return levels["remaining"] >= 1.0 - 1e-9
+
+
+def _any_collapsed(values: pd.Series) -> bool:
+    return any(map(is_collapsed, values))
 
 
 def dense_baselines(levels: pd.DataFrame) -> pd.DataFrame:
@@ -153,12 +164,12 @@ def dense_baselines(levels: pd.DataFrame) -> pd.DataFrame:
     (series, seed), averaged where they trained it apart (another device or thread count), or
     a series at five targets would count each seed's dense model five times.
     """
-    dense = levels[(levels["level"] == 0) & (levels["remaining"] >= 1.0 - 1e-9)]
+    dense = levels[(levels["level"] == 0) & unpruned(levels)]
     keys = ["series", "seed"]
-    if dense.empty or not set(keys) <= set(dense):
+    if dense.empty:
         return dense
     how = {
-        c: _any_true if c == "collapsed" else "mean" if is_numeric_dtype(dense[c]) else "first"
+        c: _any_collapsed if c == "collapsed" else "mean" if is_numeric_dtype(dense[c]) else "first"
         for c in dense.columns
         if c not in keys
     }

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from prune_cli.io import save_text
-from prune_cli.reporting.collect import dense_baselines
+from prune_cli.reporting.collect import dense_baselines, is_collapsed, unpruned
 
 #: shown in Markdown and LaTeX at most (the CSV has every level)
 MAX_LEVEL_COLUMNS = 7
@@ -88,7 +88,7 @@ def _cells(frame: pd.DataFrame, row: str, column: str) -> pd.DataFrame:
         if q.column not in frame:
             frame[q.column] = np.nan
     collapsed = frame["collapsed"] if "collapsed" in frame else pd.Series(False, frame.index)
-    frame["_collapsed"] = collapsed.map(lambda v: v is True or v == 1.0)
+    frame["_collapsed"] = collapsed.map(is_collapsed)
     rows = []
     for (r, col), g in frame.groupby([row, column], sort=False):
         for q in QUANTITIES:
@@ -125,9 +125,8 @@ def pivots(levels: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
                 column=lambda f: f["target"].astype(float)
             )
             # a level 0 already sparse (SA++, ACDC, gRDA) is the series' result, not its dense
-            unpruned = by_target["remaining"] >= 1.0 - 1e-9
             dense = dense_baselines(by_target).assign(column="dense")
-            sparse_finals = finals[(finals["level"] > 0) | ~unpruned[finals.index]]
+            sparse_finals = finals[(finals["level"] > 0) | ~unpruned(finals)]
             cells = _cells(pd.concat([dense, sparse_finals]), "series", "column")
             out[(dataset, model, "by_target")] = cells
         by_level = study[~one_shot.astype(bool)]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from prune_cli.io import save_text
-from prune_cli.reporting.collect import Collection
+from prune_cli.reporting.collect import Collection, is_collapsed
 from prune_cli.reporting.figures import FORMATS, slug, study_plots
 from prune_cli.reporting.pivot import COLLAPSED, FEW, write_pivots
 from prune_cli.reporting.stats import (
@@ -89,7 +89,7 @@ STRUCTURED = ("macs_thin", "params_thin", "latency_dense_ms", "latency_thin_ms")
 
 
 def _collapsed(values: pd.Series) -> int:
-    return int(sum(v is True or v == 1.0 for v in values))
+    return int(sum(map(is_collapsed, values)))
 
 
 def accuracy_table(levels: pd.DataFrame, varying: list[str] | None = None) -> pd.DataFrame:
@@ -283,7 +283,7 @@ def alpha_frame(c: Collection) -> pd.DataFrame:
     # is never paired with another such method "at the same ratio"
     frame["target"] = frame["target"].astype(float)
     collapsed = final["collapsed"] if "collapsed" in final else pd.Series(False, final.index)
-    frame["collapsed"] = [v is True or v == 1.0 for v in collapsed]
+    frame["collapsed"] = collapsed.map(is_collapsed)
     return frame
 
 

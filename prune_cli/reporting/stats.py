@@ -138,12 +138,13 @@ def method_pair_tests(alphas: pd.DataFrame) -> pd.DataFrame:
     for (dataset, model, target), group in alphas.groupby(["dataset", "model", "target"]):
         one_row_each = group.groupby("series")["label"].nunique().max() == 1
         names = group["series"] if one_row_each else group["label"]
-        series = dict(list(group.groupby(names)))
+        by_name = dict(list(group.groupby(names)))
+        series = {name: _by_seed(g) for name, g in by_name.items()}
+        collapsed = {name: _collapsed_runs(g) for name, g in by_name.items()}
         labels = sorted(series)
         for i, a in enumerate(labels):
             for b in labels[i + 1 :]:
-                pair = (series[a], series[b])
-                n, statistic, p = _paired(_by_seed(pair[0]), _by_seed(pair[1]), "two-sided")
+                n, statistic, p = _paired(series[a], series[b], "two-sided")
                 rows.append(
                     {
                         "dataset": dataset,
@@ -152,7 +153,7 @@ def method_pair_tests(alphas: pd.DataFrame) -> pd.DataFrame:
                         "method_a": a,
                         "method_b": b,
                         "n": n,
-                        "collapsed": _collapsed_runs(*pair),
+                        "collapsed": collapsed[a] + collapsed[b],
                         "t_statistic": statistic,
                         "p_value": p,
                     }
