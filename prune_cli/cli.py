@@ -139,7 +139,7 @@ def _share_cores(hydra_cfg: DictConfig) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> None:
     from prune_cli.experiment import run_experiment
-    from prune_cli.reporting.console import show_overrides
+    from prune_cli.recording.console import show_overrides
 
     hydra_cfg = HydraConfig.get()
     try:

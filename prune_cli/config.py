@@ -2,7 +2,7 @@
 
 This module sits beside the CLI, above the experiment: it gathers the settings dataclasses that
 ``models``, ``data``, ``training`` and ``pruning`` define and composes them into ``RunConfig``;
-it also owns the config hash, which names run directories and guards resumes.
+it names run directories by the config hash (:mod:`prune_cli.identity`).
 
 ``dataset`` and ``train`` are single dataclasses; each model and each method has its own config
 dataclass (registered with it), which its YAML extends through its defaults list
@@ -15,8 +15,6 @@ anything runs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,6 +27,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from prune_cli.data import DATASET_CONFIGS, DatasetConfig, data_identity
 from prune_cli.errors import ConfigError, UserError
+from prune_cli.identity import (  # noqa: F401  (re-exported: the entry layer's names)
+    NON_RESULT_KEYS,
+    config_hash,
+    differing_keys,
+    only_dataset_settings,
+    result_settings,
+)
 from prune_cli.models import MODELS, ModelConfig, weights_id
 from prune_cli.pruning.method import METHODS, MethodConfig
 from prune_cli.pruning.methods import __name__ as _methods  # noqa: F401  (registers methods)
@@ -41,28 +46,6 @@ CONF_DIR = Path(os.environ.get("PRUNE_RUN_CONF", Path(__file__).resolve().parent
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     """The options of a config group: its YAML files' names."""
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-
-
-#: keys (dotted paths) that do not change results: left out of the config hash, so changing
-#: them never blocks a resume (where files are, how fast they load, what is displayed)
-NON_RESULT_KEYS = (
-    "overwrite",
-    "progress",
-    "output_root",
-    "device",
-    "dataset.root",
-    # where the weights file lies; what it holds is model.weights_id (its SHA-256)
-    "model.weights",
-    "dataset.download",
-    "dataset.num_workers",
-    "train.eval_batch_size",
-    "train.compile",
-    "train.compile_mode",
-    "train.cudnn_benchmark",
-    "train.cuda_graphs",
-    "logger",
-    "checkpoint_every",
-)
 
 
 @dataclass
@@ -179,80 +162,6 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
         raise ConfigError(str(exc).splitlines()[0]) from exc
     assert isinstance(run, RunConfig)
     return run
-
-
-def _without_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
-
-
-def _canonical(value: Any) -> Any:
-    """Numbers as floats: ``[[1, 2]]`` and the validated ``[[1.0, 2.0]]`` hash alike."""
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def only_dataset_settings(container: dict[str, Any]) -> None:
-    """Keep of ``dataset`` the settings its dataset reads. Runs stored before each dataset had
-    its own settings carry some it never read (digits' ``image_size``); compared on what the
-    dataset reads, such a run shows no false differences (a refusal, a report's varied keys)."""
-    dataset = container.get("dataset")
-    if isinstance(dataset, dict) and dataset.get("name") in DATASET_CONFIGS:
-        reads = {f.name for f in dataclasses.fields(DATASET_CONFIGS.get(dataset["name"]))}
-        container["dataset"] = {k: v for k, v in dataset.items() if k in reads}
-
-
-def result_settings(cfg: DictConfig | RunConfig | dict) -> dict[str, Any]:
-    """The settings that change results, as a plain nested dict (no nulls, no Hydra node)."""
-    if isinstance(cfg, dict):
-        container: Any = json.loads(json.dumps(cfg, default=str))
-    else:
-        node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
-        container = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
-    only_dataset_settings(container)
-    for dotted in NON_RESULT_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = container
-        for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return _canonical(_without_nulls(container))
-
-
-def config_hash(cfg: DictConfig | RunConfig | dict) -> str:
-    """Short hash of everything that changes results (not device, paths, speed or display).
-
-    Null values are left out, so a new setting whose default is null (changes nothing) keeps
-    the hashes of existing runs valid (open_lth's rule).
-    """
-    blob = json.dumps(result_settings(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): value}
-
-
-def differing_keys(a: DictConfig | RunConfig | dict, b: DictConfig | RunConfig | dict) -> list[str]:
-    """The dotted keys whose result-relevant values differ between two configs."""
-    fa, fb = _flatten(result_settings(a)), _flatten(result_settings(b))
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
 def run_name(cfg: DictConfig) -> str:

@@ -4,7 +4,7 @@ The loop reads like open_lth's runner: for each level, prune if not done, train 
 done, then record the level. It knows nothing of any particular method (it calls the hooks of
 :class:`~prune_cli.pruning.method.PruningMethod`, docs/ARCHITECTURE.md) and nothing of files:
 the :class:`~prune_cli.store.RunStore` owns the run directory (lock, checkpoints, resume,
-``dense_from``, results) and :mod:`prune_cli.reporting.measure` turns evaluations into rows.
+``dense_from``, results) and :mod:`prune_cli.recording.measure` turns evaluations into rows.
 
 Every epoch ends in an atomic checkpoint, so re-running the same command continues where a
 crash stopped and reaches the same results as an uninterrupted run: all randomness of an epoch
@@ -41,9 +41,9 @@ from prune_cli.errors import ConfigError, RunFailed, UserError
 from prune_cli.models import build_model, count_parameters
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, PruneContext, PruningMethod
-from prune_cli.reporting.console import ProgressBars, console, make_progress, show_results
-from prune_cli.reporting.measure import record_level, record_stage
-from prune_cli.reporting.records import RunRecords
+from prune_cli.recording.console import ProgressBars, console, make_progress, show_results
+from prune_cli.recording.measure import record_level, record_stage
+from prune_cli.recording.records import RunRecords
 from prune_cli.seeds import derive_seed
 from prune_cli.spec import ImageData
 from prune_cli.store import DenseSource, RunStore

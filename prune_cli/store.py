@@ -36,8 +36,8 @@ from typing import Any
 import torch
 import yaml
 
-from prune_cli.config import config_hash, differing_keys
 from prune_cli.errors import UserError
+from prune_cli.identity import config_hash, differing_keys
 from prune_cli.io import (
     FILE_MODE,
     load_json_mapping,

@@ -487,7 +487,7 @@ def test_records_come_back_from_the_files_and_the_checkpoint_tail(tmp_path):
     """The checkpoint carries the rows past the finished levels; the rest is read back from the
     files with their types, and a file shorter than the checkpoint says is a one-line error."""
     from prune_cli.errors import UserError
-    from prune_cli.reporting.records import RunRecords
+    from prune_cli.recording.records import RunRecords
 
     paths = RunPaths(tmp_path)
     records = RunRecords(

@@ -23,9 +23,9 @@ from prune_cli.errors import UserError
 from prune_cli.experiment import Experiment
 from prune_cli.metrics import gini_index, unconnected_units
 from prune_cli.paths import RunPaths
-from prune_cli.reporting.cost import level_cost
-from prune_cli.reporting.measure import THIN_LAYER, collapse
-from prune_cli.reporting.records import RunRecords
+from prune_cli.recording.cost import level_cost
+from prune_cli.recording.measure import THIN_LAYER, collapse
+from prune_cli.recording.records import RunRecords
 from prune_cli.training.loop import evaluate
 
 

@@ -17,7 +17,7 @@ from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, PruneContext
 from prune_cli.pruning.methods.gmp import GmpConfig, GradualMagnitude, cubic_sparsity
 from prune_cli.pruning.methods.sap import SapConfig
-from prune_cli.reporting.distortion import alpha, distortion_rows
+from prune_cli.recording.distortion import alpha, distortion_rows
 
 
 def ctx(level=1, batches=(), states=None, weight_decay=0.0) -> PruneContext:

@@ -116,7 +116,7 @@ def test_what_keeps_a_step_out_of_a_cuda_graph():
     """Callbacks acting inside or after the step, or a foreign optimizer, block the capture;
     progress bars (host-side books) do not; the graphed step is only used on CUDA."""
     from prune_cli.callbacks import Callback
-    from prune_cli.reporting.console import ProgressBars, make_progress
+    from prune_cli.recording.console import ProgressBars, make_progress
     from prune_cli.training.graph import graph_blocker
 
     class EditsGrads(Callback):

@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 from pandas.api.types import is_numeric_dtype
 
-from prune_cli.config import NON_RESULT_KEYS, only_dataset_settings
+from prune_cli.identity import NON_RESULT_KEYS, only_dataset_settings
 from prune_cli.paths import RunPaths
 
 #: dotted config keys (and their children) that never separate report rows: the seed (rows are

@@ -13,7 +13,7 @@ Markdown and LaTeX (booktabs). Two shapes:
 
 Marks: ``†`` beside a spread from fewer than 3 runs (a standard deviation of two runs is not a
 reliable interval); ``‡`` where a run of the cell collapsed (a class at recall 0 or a layer with
-no weight left, see :mod:`prune_cli.reporting.measure`). One run: the mean alone.
+no weight left, see :mod:`prune_cli.recording.measure`). One run: the mean alone.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ over those runs (completed runs only; ``n`` counts them, ``seeds`` lists their s
 running and unreadable runs are listed with the reason. Rows are never averaged across pruning
 targets or any other setting; the settings that vary are named in the tables and ``index.md``.
 A spread computed from fewer than 3 runs is marked (``†``), and so is a row that holds a run
-that collapsed (``collapsed`` counts them; :mod:`prune_cli.reporting.measure` says what that is).
+that collapsed (``collapsed`` counts them; :mod:`prune_cli.recording.measure` says what that is).
 """
 
 from __future__ import annotations

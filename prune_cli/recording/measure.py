@@ -33,9 +33,9 @@ from prune_cli.metrics import (
     pq_index_rows,
     unconnected_units,
 )
-from prune_cli.reporting.cost import level_cost
-from prune_cli.reporting.distortion import distortion_rows
-from prune_cli.reporting.records import RunRecords
+from prune_cli.recording.cost import level_cost
+from prune_cli.recording.distortion import distortion_rows
+from prune_cli.recording.records import RunRecords
 
 if TYPE_CHECKING:  # types only: reporting does not depend on training or pruning
     from prune_cli.pruning.mask import Masks

@@ -16,7 +16,7 @@ from typing import Any
 
 from prune_cli.io import append_csv, save_csv
 from prune_cli.paths import RunPaths
-from prune_cli.reporting.distortion import DISTORTION_HEADER
+from prune_cli.recording.distortion import DISTORTION_HEADER
 
 METRICS_HEADER = ("level", "epoch", "split", "metric", "value")
 RECALL_HEADER = ("level", "stage", "class", "class_name", "support", "recall")

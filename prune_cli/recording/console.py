@@ -11,7 +11,7 @@ from rich.table import Table
 from torch import nn
 
 from prune_cli.callbacks import Callback
-from prune_cli.reporting.measure import THIN_LAYER
+from prune_cli.recording.measure import THIN_LAYER
 
 console = Console(stderr=True)
 
