@@ -171,10 +171,23 @@ class Run:
         return cls(cfg).prepare(model, None)  # type: ignore[arg-type]  # prepare needs no data
 
     def thin_model(self) -> nn.Module:
-        """A structured method's thinner network (``final_model.pt``), on the CPU in eval mode."""
+        """A structured method's thinner network (the ``thin`` network its declaration names in
+        ``summary.json``), on the CPU in eval mode."""
+        from prune_cli.pruning.results import stored_results
         from prune_cli.thin import load_thin_model
 
-        return load_thin_model(self.paths.extra("final_model.pt"))
+        info = self.summary.get("method_info") or {}
+        try:
+            networks = stored_results(self.summary).networks
+        except ValueError as exc:
+            raise UserError(f"{self.paths.summary}: {exc}") from None
+        for network in networks:
+            if network.kind == "thin" and isinstance(info.get(network.key), str):
+                return load_thin_model(self.paths.root / info[network.key])
+        raise UserError(
+            f"{self.paths.root} holds no thinner network: its method saved none (only structured "
+            "methods do, after their last level)"
+        )
 
 
 class Runs(list):
@@ -230,7 +243,7 @@ def load_run(path: str | Path) -> Run:
 def load_runs(paths: str | Path | Iterable[str | Path]) -> Runs:
     """Every run under ``paths`` (run directories, or multirun directories searched
     recursively), in path order."""
-    from prune_cli.reporting.collect import find_runs
+    from prune_cli.reporting.runs import find_runs
 
     if isinstance(paths, str | Path):
         paths = [paths]

@@ -4,9 +4,10 @@ The model of level k is rebuilt from its level file (``levels/level_<k>/model.pt
 the mask and the run's config, whose ``model`` settings rebuild the architecture, a custom
 model's included), the masked weights are set to zero (DNS keeps training its masked weights:
 the mask is what defines its network), and the network is exported in eval mode with a dynamic
-batch size. A structured run's last level is exported as the thinner network the method saved
-(``method_info.final_model`` in ``summary.json``, rebuilt by ``thin.load_thin_model``), a
-SequentialAttention++ run's as its folded plain network (``method_info.folded_model``).
+batch size. Where the method saved a plain network for its last level (its declaration's
+``networks``, in ``summary.json``), that level is exported as that network: the thinner network
+of a structured method (rebuilt by ``thin.load_thin_model``), or the folded plain network of a
+method that re-parametrises the weights.
 
 The exported model takes the images as the run fed them: (B, C, H, W) float32, normalised with
 the dataset's mean and std; it returns (B, classes) logits.
@@ -34,6 +35,7 @@ from prune_cli.errors import UserError
 from prune_cli.io import load_torch
 from prune_cli.models import build_model, model_config
 from prune_cli.paths import RunPaths
+from prune_cli.pruning.results import stored_results
 from prune_cli.spec import DataSpec
 
 FORMATS = ("onnx", "torch_export")
@@ -52,7 +54,7 @@ class Exported:
     format: str
     level: int
     #: "masked" (the level's network, masked weights zero), "thin" (a structured run's thinner
-    #: network) or "folded" (SequentialAttention++'s plain network)
+    #: network) or "folded" (a re-parametrised network folded into plain weights)
     network: str
     params: int
     params_nonzero: int
@@ -108,14 +110,23 @@ def _masked_model(state: dict[str, Any], level: int) -> nn.Module:
 
 
 def _final_network(paths: RunPaths, summary: dict[str, Any]) -> tuple[nn.Module, str] | None:
-    """The plain network a method saved for its last level: thin (structured) or folded."""
+    """The plain network a method saved for its last level, as its declaration names it
+    (:class:`~prune_cli.pruning.results.Network`): thin (structured) or folded."""
     info = summary.get("method_info") or {}
-    if isinstance(info.get("final_model"), str):
+    try:
+        networks = stored_results(summary).networks
+    except ValueError as exc:
+        raise ExportError(f"{paths.summary}: {exc}") from None
+    saved = [n for n in networks if isinstance(info.get(n.key), str)]
+    if not saved:
+        return None
+    network = saved[0]
+    path = paths.root / info[network.key]
+    if network.kind == "thin":
         from prune_cli.thin import load_thin_model
 
-        return load_thin_model(paths.root / info["final_model"]), "thin"
-    if isinstance(info.get("folded_model"), str):
-        path = paths.root / info["folded_model"]
+        return load_thin_model(path), "thin"
+    if network.kind == "folded":
         folded = load_torch(path, what="folded model")
         if not isinstance(folded, dict) or not isinstance(folded.get("state_dict"), dict):
             raise ExportError(f"{path} is not a folded model (no state_dict entry)")

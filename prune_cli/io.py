@@ -20,11 +20,12 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from prune_cli.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _current_umask() -> int:
@@ -87,6 +88,8 @@ def _write_and_replace(path: Path, write: Any, mode: str, durable: bool) -> None
 
 
 def save_torch(obj: Any, path: Path) -> None:
+    import torch  # here, not at the top: the report side writes text files without torch
+
     _atomic(Path(path), lambda fh: torch.save(obj, fh), mode="wb")
 
 
@@ -103,6 +106,8 @@ def load_torch(
 
     ``mmap=True`` maps the tensors' storage instead of reading it: for a look at a file's small
     entries (a checkpoint's config hash) without reading its weights."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(

@@ -16,8 +16,9 @@ Layout of a run directory::
     rewind.pt              the weights at the rewind epoch, when rewinding to an epoch
     levels/level_<k>/model.pt, mask.pt   the selected model and mask at the end of level k
     levels/level_<k>/model.onnx, .pt2    the level's network exported by prune-export
-    final_model.pt, .pt2   a structured method's thinner network (state dict + removed channels,
-                           loadable with weights_only; torch.export program)
+    <the method's files>   what the method declares it writes (its ``results.files``: a
+                           structured method's thinner network, a folded network, a search
+                           log...), through ``extra(name)``
     run.log                one line per epoch and level (appended across resumed sessions)
     .hydra/                Hydra's copy of the config and overrides (written after the checks)
     .lock                  held (flock) by the run that writes this directory
@@ -28,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Files that belong to a run's results; ``overwrite=true`` removes exactly these.
+#: Files that belong to every run's results; ``overwrite=true`` removes these, the method's
+#: declared files (``PruningMethod.results.files``) and the directories below.
 RESULT_FILES = (
     "config.yaml",
     "summary.json",
@@ -41,8 +43,6 @@ RESULT_FILES = (
     "checkpoint.pt",
     "init.pt",
     "rewind.pt",
-    "final_model.pt",
-    "final_model.pt2",
     "run.log",
 )
 RESULT_DIRS = ("levels", "analysis")
@@ -121,5 +121,5 @@ class RunPaths:
         return self.root / "analysis" / name
 
     def extra(self, name: str) -> Path:
-        """A method's own artifact (for example ``final_model.pt`` of a structured method)."""
+        """A method's own artifact (one of the files its results declaration names)."""
         return self.root / name

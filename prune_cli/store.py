@@ -13,7 +13,11 @@ or opens a file itself. The store keeps a run directory whole:
 - **nothing stale**: leftover temporaries are removed, a completed run keeps no checkpoint, and
   the level models' sizes and digests are recorded so that a truncated one is detected;
 - **safe reads**: every torch file goes through :func:`prune_cli.io.load_torch`
-  (``weights_only=True``).
+  (``weights_only=True``);
+- **one format**: a checkpoint is written and read as a typed
+  :class:`~prune_cli.checkpoint.Checkpoint`, stored as the plain dict every earlier version
+  wrote; every ``summary.json`` starts with the run's identity (config hash, model, dataset,
+  method, seed) and the versions that produced it (:mod:`prune_cli.provenance`).
 
 Layout: see :mod:`prune_cli.paths`.
 """
@@ -36,6 +40,7 @@ from typing import Any
 import torch
 import yaml
 
+from prune_cli.checkpoint import Checkpoint
 from prune_cli.errors import UserError
 from prune_cli.identity import config_hash, differing_keys
 from prune_cli.io import (
@@ -48,6 +53,8 @@ from prune_cli.io import (
     save_torch,
 )
 from prune_cli.paths import RESULT_DIRS, RESULT_FILES, RunPaths
+from prune_cli.provenance import versions
+from prune_cli.pruning.results import stored_results
 
 LOCK_NAME = ".lock"
 
@@ -171,6 +178,18 @@ class RunStore:
             return config_hash(stored_config), stored_config
         return None
 
+    def completed(self) -> dict[str, Any] | None:
+        """The summary of the completed run this directory holds, its level files checked as
+        written; None for an empty directory or an unfinished run of this config (tidied, to be
+        resumed). A run of another config is refused."""
+        self.refuse_other_config()
+        self.tidy()
+        summary = self.summary()
+        if summary is None or summary.get("status") != "completed":
+            return None
+        self.verify(summary)
+        return summary
+
     def refuse_other_config(self) -> None:
         owner = self.owner()
         if owner is None or owner[0] == self.hash:
@@ -193,10 +212,18 @@ class RunStore:
             (self.root / d).exists() for d in RESULT_DIRS
         )
 
-    def clear(self) -> None:
-        """Delete the results of the run this directory held (``overwrite=true``)."""
-        for name in RESULT_FILES:
-            (self.root / name).unlink(missing_ok=True)
+    def clear(self, declared: tuple[str, ...] = ()) -> None:
+        """Delete the results of the run this directory held (``overwrite=true``): every run's
+        files, the files the new run's method declares, and those the old run's declared."""
+        names = [*RESULT_FILES, *declared]
+        old = self.summary()
+        with contextlib.suppress(ValueError):  # a declaration that is not one names nothing
+            names += stored_results(old).files if old is not None else ()
+        for name in dict.fromkeys(names):
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                continue  # a crafted summary does not delete outside the run directory
+            with contextlib.suppress(IsADirectoryError):  # not a file the run wrote
+                (self.root / name).unlink(missing_ok=True)
         for name in (*RESULT_DIRS, ".hydra"):
             shutil.rmtree(self.root / name, ignore_errors=True)
 
@@ -250,21 +277,20 @@ class RunStore:
     def load_rewind(self, device: torch.device) -> dict[str, torch.Tensor]:
         return load_torch(self.paths.rewind_state, device, what="rewind weights")
 
-    def save_checkpoint(self, payload: dict[str, Any]) -> None:
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         save_torch(
-            {**payload, "config_hash": self.hash, "config": self.config}, self.paths.checkpoint
+            {**checkpoint.to_dict(), "config_hash": self.hash, "config": self.config},
+            self.paths.checkpoint,
         )
 
-    def load_checkpoint(self, device: torch.device) -> dict[str, Any] | None:
-        """The resumable state, if this config wrote one (another config's is refused)."""
+    def load_checkpoint(self, device: torch.device) -> Checkpoint | None:
+        """The resumable state, if this config wrote one (another config's is refused); a
+        file of this or an earlier version (:meth:`Checkpoint.from_dict`)."""
         if not self.paths.checkpoint.exists():
             return None
         ck = load_torch(self.paths.checkpoint, device, what="checkpoint")
         if not isinstance(ck, dict) or "cursor" not in ck:
-            raise UserError(
-                f"checkpoint {self.paths.checkpoint} is not a prune-run checkpoint; delete it or "
-                "re-run with overwrite=true"
-            )
+            raise self._not_a_checkpoint()
         if ck.get("config_hash") != self.hash:
             differ = differing_keys(ck.get("config") or {}, self.config)
             raise UserError(
@@ -272,7 +298,16 @@ class RunStore:
                 f"({', '.join(differ[:6]) or 'hash ' + str(ck.get('config_hash'))} differ); "
                 "choose another hydra.run.dir or pass overwrite=true"
             )
-        return ck
+        try:
+            return Checkpoint.from_dict(ck)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise self._not_a_checkpoint(f" ({type(exc).__name__}: {exc})") from None
+
+    def _not_a_checkpoint(self, detail: str = "") -> UserError:
+        return UserError(
+            f"checkpoint {self.paths.checkpoint} is not a prune-run checkpoint{detail}; delete "
+            "it or re-run with overwrite=true"
+        )
 
     def discard_checkpoint(self) -> None:
         self.paths.checkpoint.unlink(missing_ok=True)
@@ -378,8 +413,24 @@ class RunStore:
             records.append(self.paths, self._written, durable)
         self._written = records.counts()
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def write_summary(self, status: str, wall_time_s: float, **fields: Any) -> dict[str, Any]:
+        """``summary.json``: the status, the run's identity and provenance, then ``fields``
+        (what the experiment knows: device, sizes, levels, ...); returns what it wrote."""
+        config = self.config
+        summary = {
+            "status": status,
+            "config_hash": self.hash,
+            "model": config["model"]["name"],
+            "dataset": config["dataset"]["name"],
+            "method": config["method"]["name"],
+            "seed": config["seed"],
+            "wall_time_s": wall_time_s,
+            "versions": dict(versions()),
+            **fields,
+        }
+        summary.setdefault("levels", [])
         save_json(summary, self.paths.summary)
+        return summary
 
     def artifact(self, name: str) -> Path:
         return self.paths.extra(name)

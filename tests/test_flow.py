@@ -19,9 +19,6 @@ from prune_cli.pruning.flow import (
     MEASURES,
     early_round_fraction,
     filter_score,
-    gradient,
-    hessian_gradient,
-    squared_gradient,
     unstructured_score,
 )
 from prune_cli.pruning.grda import GRDA
@@ -29,6 +26,7 @@ from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, PruneContext
 from prune_cli.pruning.methods.dns import DnsConfig, surgery_probability, thresholds
 from prune_cli.pruning.methods.filter_pruning import FilterConfig
+from prune_cli.pruning.providers.gradients import gradient, hessian_gradient, squared_gradient
 from prune_cli.pruning.structured import thin_checkpoint
 from prune_cli.spec import DataSpec
 from prune_cli.thin import ThinModelError, load_thin_model

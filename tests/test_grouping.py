@@ -21,8 +21,9 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 
 from prune_cli.paths import RunPaths
+from prune_cli.pruning.results import target_ratio
 from prune_cli.report_cli import main as report_main
-from prune_cli.reporting.collect import collect, target_ratio
+from prune_cli.reporting.collect import collect
 from prune_cli.reporting.report import accuracy_table, alpha_frame
 from prune_cli.reporting.stats import alpha_intervals
 

@@ -1,9 +1,14 @@
 """Issue 13: the registry of importance measures, each against a hand computation on a tiny
-model; L1-norm and FPGM filter pruning (per-layer rate, soft pruning); SynFlow's rounds."""
+model; L1-norm and FPGM filter pruning (per-layer rate, soft pruning); SynFlow's rounds.
+Issue 22: the registry of the statistics they need (a new one is one registration), and the
+scoring settings declared once and handed to the measures."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -11,13 +16,25 @@ from conftest import conv_bn_net, prune_context
 from scipy.spatial.distance import cdist
 from torch import nn
 
-from prune_cli.errors import ConfigError
-from prune_cli.pruning.derivatives import Derivatives, Sample, compute
+from prune_cli.errors import ConfigError, UserError
+from prune_cli.pruning.derivatives import NEEDS, Derivatives, Provider, Request, Sample, compute
 from prune_cli.pruning.mask import Masks
-from prune_cli.pruning.measures import IMPORTANCE, Site, UnitSites, build, check, sites
+from prune_cli.pruning.measures import (
+    IMPORTANCE,
+    Measure,
+    MeasureSettings,
+    Site,
+    UnitSites,
+    build,
+    check,
+    sites,
+    weight_scores,
+)
 from prune_cli.pruning.method import METHODS, PruneContext
+from prune_cli.pruning.methods.crossword import CrosswordConfig
 from prune_cli.pruning.methods.filter_pruning import ChannelSchedule, FilterConfig
 from prune_cli.pruning.methods.flow_pruning import FlowConfig
+from prune_cli.pruning.methods.magnitude import MagnitudeConfig
 
 
 def context(batches, num_classes=3) -> PruneContext:
@@ -113,7 +130,7 @@ def test_activation_measure_is_the_mean_absolute_output_per_channel():
     d = compute(frozenset({"activations"}), net, params, context(batches), Sample(batches=1))
     with torch.no_grad():
         out = net[3](net[2](net[1](net[0](batches[0][0]))))  # (B, 5, 4, 4)
-    assert torch.allclose(d.activations["3.weight"], out.abs().mean(dim=(0, 2, 3)), atol=1e-6)
+    assert torch.allclose(d.activation["3.weight"], out.abs().mean(dim=(0, 2, 3)), atol=1e-6)
     assert not net[3]._forward_hooks  # the hooks are gone
 
 
@@ -206,3 +223,109 @@ def test_soft_pruning_chooses_afresh_after_every_epoch():
 def test_derivatives_of_weights_need_no_data():
     assert compute(frozenset({"weights"}), nn.Linear(2, 2), {}, None, Sample()) == Derivatives()
     assert math.isclose(build("undecayed", eps=0.25).eps, 0.25)
+
+
+# --- issue 22: the needs vocabulary -----------------------------------------------------------
+def input_norms(r: Request) -> dict[str, dict[str, torch.Tensor]]:
+    """Wanda's statistic: ||X_j||_2 of every input feature j of each linear layer, over the
+    sample's rows."""
+    modules = dict(r.model.named_modules())
+    seen: dict[str, list[torch.Tensor]] = {}
+    handles = [
+        modules[k.rpartition(".")[0]].register_forward_hook(
+            lambda m, inputs, out, k=k: seen.setdefault(k, []).append(inputs[0].detach())
+        )
+        for k in r.params
+    ]
+    with torch.no_grad():
+        for x, _ in r.batches:
+            r.model(x)
+    for h in handles:
+        h.remove()
+    return {"input_norm": {k: torch.cat(xs).norm(dim=0) for k, xs in seen.items()}}
+
+
+@dataclass
+class Wanda(Measure):
+    """|W_ij| ||X_j||_2 (Sun et al. 2024), written as a user would add it."""
+
+    needs: ClassVar[frozenset[str]] = frozenset({"input_norm"})
+
+    def weight(self, site: Site) -> torch.Tensor:
+        return site.theta.abs() * site.input_norm[None, :]
+
+
+def test_a_new_statistic_is_one_registration(monkeypatch):
+    """A provider registered under a new need (nothing else edited) is validated, computed on
+    the sample, handed to the sites under its field and read by a measure that needs it."""
+    provider = Provider("input_norm", ("input_norm",), input_norms)
+    monkeypatch.setitem(NEEDS._entries, "input_norm", provider)
+    monkeypatch.setitem(IMPORTANCE._entries, "wanda", Wanda)
+    check("wanda", "weight")
+    model = nn.Linear(3, 2, bias=False)
+    batches = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1])), (torch.randn(2, 3), torch.zeros(2))]
+    ctx = context(batches, num_classes=2)
+    params = dict(model.named_parameters())
+    scores = weight_scores(build("wanda"), model, params, ctx, Sample(batches=2))
+    norms = torch.cat([x for x, _ in batches]).norm(dim=0)
+    assert torch.allclose(scores["weight"], model.weight.detach().abs() * norms)
+    assert "input_norm" in NEEDS.names()
+    assert Site(model.weight, input_norm=norms).input_norm is norms
+
+
+def test_an_unknown_need_is_one_line_naming_the_valid_ones(monkeypatch):
+    with pytest.raises(UserError, match="unknown need 'input_norm'; valid needs: activations, bn"):
+        compute(frozenset({"input_norm"}), nn.Linear(2, 2), {}, None, Sample())
+    monkeypatch.setitem(IMPORTANCE._entries, "wanda", Wanda)  # its provider is not registered
+    with pytest.raises(ConfigError, match="needs input_norm, which no provider computes") as err:
+        check("wanda", "weight")
+    assert "\n" not in str(err.value) and "valid needs: activations" in str(err.value)
+
+
+def test_a_site_holds_the_statistics_providers_fill_and_no_misspelt_one():
+    w = torch.ones(2, 3)
+    site = Site(w, g=w * 2)
+    assert torch.equal(site.g, w * 2) and site.hg is None and site.activation is None
+    with pytest.raises(AttributeError, match="no statistic 'gg'"):
+        _ = site.gg
+    with pytest.raises(TypeError, match="no statistic"):
+        Site(w, gg=w)
+    d = Derivatives({"g": {"weight": w}})
+    assert d.g == {"weight": w} and d.hg is None and d.of("weight") == {"g": w}
+    with pytest.raises(AttributeError, match="no provider computes 'gg'"):
+        _ = d.gg
+
+
+def test_hessian_grad_serves_the_g_of_grad(monkeypatch):
+    """Asked together, g is computed once, by hessian_grad: grad's provider is not called."""
+
+    def fails(r: Request) -> dict:
+        raise AssertionError("grad computed although hessian_grad gives g")
+
+    model = nn.Linear(3, 2, bias=False)
+    ctx = context([(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))], num_classes=2)
+    params = dict(model.named_parameters())
+    alone = compute(frozenset({"grad"}), model, params, ctx, Sample(batches=1))
+    monkeypatch.setitem(NEEDS._entries, "grad", dataclasses.replace(NEEDS.get("grad"), fn=fails))
+    both = compute(frozenset({"grad", "hessian_grad"}), model, params, ctx, Sample(batches=1))
+    assert set(both.tables) == {"g", "hg"}
+    assert torch.equal(both.g["weight"], alone.g["weight"])
+
+
+def test_scoring_settings_are_declared_once_and_handed_to_the_measure():
+    names = {f.name for f in dataclasses.fields(MeasureSettings)}
+    assert names == {"samples", "score_temperature", "grasp_temperature", "samples_per_class"}
+    for config in (FlowConfig, FilterConfig, CrosswordConfig):
+        assert issubclass(config, MeasureSettings)
+        # inherited, not declared again (the class body's own annotations)
+        assert not names & set(vars(config).get("__annotations__", {}))
+    grasp = build("grasp", FlowConfig(grasp_temperature=50.0, samples_per_class=3, samples=30))
+    assert type(grasp.settings) is MeasureSettings  # the settings alone, not the method config
+    assert grasp.sample(FlowConfig(samples=30).scoring_sample()) == Sample(
+        per_class=3, balanced=True, temperature=50.0
+    )
+    assert FilterConfig(samples=7, score_temperature=5.0).scoring_sample() == Sample(
+        samples=7, temperature=5.0
+    )
+    # a method config without scoring settings (a level method's) leaves the defaults
+    assert build("grasp", MagnitudeConfig()).settings == MeasureSettings()

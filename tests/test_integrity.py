@@ -273,6 +273,94 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
     )
 
 
+#: the keys of a checkpoint file as prune-run has always written it (the store adds the last two)
+CHECKPOINT_KEYS = [
+    "cursor",
+    "model",
+    "masks",
+    "optimizer",
+    "scheduler",
+    "callbacks",
+    "best_state",
+    "records",
+    "method",
+    "wall_time_s",
+    "config_hash",
+    "config",
+]
+
+
+def test_a_checkpoint_in_the_old_format_resumes_to_the_same_results(tmp_path, monkeypatch):
+    """A checkpoint is a plain dict with fixed keys; one built by hand in that format (as the
+    code before the typed checkpoint wrote it, saved with torch.save) resumes in the middle of a
+    level's training and ends where an uninterrupted run ends."""
+    overrides = [*QUICK, "train.epochs=2", "train.retrain.epochs=2"]
+    straight = Experiment(run_config(overrides), tmp_path / "straight").run()
+    original, calls = Trainer.train_epoch, []
+
+    def interrupt_in_level_1(self, epoch, generator):
+        calls.append(epoch)
+        if len(calls) == 4:  # level 1's second epoch: its first is checkpointed with the optimizer
+            raise KeyboardInterrupt
+        return original(self, epoch, generator)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_level_1)
+    run = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        Experiment(run_config(overrides), run).run()
+    monkeypatch.undo()
+    path = RunPaths(run).checkpoint
+    written = torch.load(path, weights_only=True)
+    assert list(written) == CHECKPOINT_KEYS
+    cursor = written["cursor"]
+    assert cursor == {"level": 1, "epoch": 1, "pruned": True, "best": cursor["best"]}
+    assert set(cursor["best"]) == {"score", "epoch"} and cursor["best"]["epoch"] == 1
+    assert written["optimizer"] is not None and written["best_state"] is not None
+    # the same run as plain values under the literal keys, without the store's help
+    old = {
+        "cursor": {
+            "level": 1,
+            "epoch": 1,
+            "pruned": True,
+            "best": {"score": float(cursor["best"]["score"]), "epoch": 1},
+        },
+        "model": dict(written["model"]),
+        "masks": dict(written["masks"]),
+        "optimizer": written["optimizer"],
+        "scheduler": dict(written["scheduler"]),
+        "callbacks": list(written["callbacks"]),
+        "best_state": dict(written["best_state"]),
+        "records": dict(written["records"]),
+        "method": {},
+        "wall_time_s": 12.5,
+        "config_hash": config_hash(run_config(overrides)),
+        "config": _container(run_config(overrides)),
+    }
+    path.unlink()
+    torch.save(old, path)
+    resumed = Experiment(run_config(overrides), run).run()
+    assert resumed["status"] == "completed" and resumed["wall_time_s"] >= 12.5
+    keys = ("sparsity", "params_nonzero", "selected_epoch", "val_accuracy", "test_accuracy")
+    for a, b in zip(straight["levels"], resumed["levels"], strict=True):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    assert list(resumed) == list(straight)  # the summary keeps its keys, in their order
+    for name in ("metrics", "per_class_recall", "pqi", "sparsity"):
+        assert (
+            getattr(RunPaths(run), name).read_text()
+            == getattr(RunPaths(tmp_path / "straight"), name).read_text()
+        )
+
+
+def test_a_checkpoint_without_its_weights_is_one_line(tmp_path):
+    cfg = run_config(QUICK)
+    store = RunStore(tmp_path / "run", _container(cfg))
+    store.paths.checkpoint.parent.mkdir(parents=True)
+    cursor = {"level": 0, "epoch": 1, "pruned": False, "best": {}}
+    torch.save({"cursor": cursor, "config_hash": store.hash}, store.paths.checkpoint)
+    with pytest.raises(UserError, match=r"not a prune-run checkpoint \(KeyError: 'model'\)"):
+        store.load_checkpoint(torch.device("cpu"))
+
+
 @pytest.mark.slow
 def test_overwrite_with_bad_data_keeps_the_old_run(tmp_path, done_run):
     before = snapshot(done_run)

@@ -9,7 +9,7 @@ import torch
 from conftest import run_config
 from torch import nn
 
-from prune_cli.errors import UserError
+from prune_cli.errors import ConfigError, UserError
 from prune_cli.experiment import Experiment
 from prune_cli.io import load_torch
 from prune_cli.paths import RunPaths
@@ -187,6 +187,32 @@ def test_ratio_sets_the_sparsity():
     cfg = METHODS.get("magnitude").Config(ratio=4.0, levels=1)
     assert cfg.final_sparsity == 0.75
     assert METHODS.get("magnitude")(cfg).target(1) == pytest.approx(0.75)
+
+
+#: a setting out of its range, per method, and the one line that refuses it (one validator,
+#: ``method.check_range``, writes them all)
+OUT_OF_RANGE = [
+    ("magnitude", {"sparsity": 1.0}, "method.sparsity must be in [0, 1), got 1.0"),
+    ("gmp", {"sparsity": math.nan}, "method.sparsity must be in [0, 1), got nan"),
+    ("random", {"rate": 1.0}, "method.rate must be in (0, 1), got 1.0"),
+    ("lt", {"ratio": 0.5}, "method.ratio must be >= 1, got 0.5"),
+    ("sap", {"beta": 0.0}, "method.beta must be in (0, 1], got 0.0"),
+    ("filter", {"min_keep": 1.0}, "method.min_keep must be in [0, 1), got 1.0"),
+    ("filter", {"round_to": 0}, "method.round_to must be >= 1 or null, got 0"),
+    ("sapp", {"sparsify_fraction": 1.5}, "method.sparsify_fraction must be in [0, 1], got 1.5"),
+    ("sapp", {"c": 0.0}, "method.c must be > 0, got 0.0"),
+    ("block_magnitude", {"block_size": 0}, "method.block_size must be >= 1, got 0"),
+    ("grda", {"mu": 0.0}, "method.mu must be > 0, got 0.0"),
+    ("limit", {"eps_batches": 1}, "method.eps_batches must be >= 2 or null, got 1"),
+    ("gradient", {"grad_batches": 0}, "method.grad_batches must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("name", "settings", "message"), OUT_OF_RANGE)
+def test_a_setting_out_of_range_is_refused_in_one_line_with_its_interval(name, settings, message):
+    with pytest.raises(ConfigError) as info:
+        METHODS.get(name).Config(**settings)
+    assert str(info.value) == message
 
 
 def test_alpha_and_distortion_rows_on_a_constructed_example():

@@ -354,7 +354,12 @@ def test_a_run_with_only_its_dense_level_is_read(tmp_path):
 
 
 def test_limit_table_summarises_predicted_and_actual_limits():
-    from prune_cli.reporting.report import limit_table
+    """method=limit's declared table (``PruningLimit.results``), as the report makes it."""
+    from prune_cli.pruning.methods.limit import PruningLimit
+    from prune_cli.reporting.declared import method_table
+
+    def limit_table(levels: pd.DataFrame) -> pd.DataFrame:
+        return method_table(levels, PruningLimit.results.tables[0])
 
     levels = pd.DataFrame(
         {
@@ -375,7 +380,12 @@ def test_limit_table_summarises_predicted_and_actual_limits():
 
 
 def test_search_table_shows_the_chosen_metrics_and_the_premise_check():
-    from prune_cli.reporting.report import search_table
+    """method=crossword's declared table (``CrosswordPruning.results``), as the report makes it."""
+    from prune_cli.pruning.methods.crossword import CrosswordPruning
+    from prune_cli.reporting.declared import method_table
+
+    def search_table(levels: pd.DataFrame) -> pd.DataFrame:
+        return method_table(levels, CrosswordPruning.results.tables[0])
 
     levels = pd.DataFrame(
         {

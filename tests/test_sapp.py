@@ -15,15 +15,13 @@ from prune_cli.errors import ConfigError
 from prune_cli.pruning.blocks import BlockLayout, blocks_to_prune, from_matrix, matrix_view
 from prune_cli.pruning.mask import Masks, prunable_parameters
 from prune_cli.pruning.methods.sapp import (
-    PAPER_PHASES,
-    BlockPhases,
-    PhaseSchedule,
     SappConfig,
     SequentialAttentionPP,
     attention_modules,
     exponential_sparsity,
     fold,
 )
+from prune_cli.pruning.phases import PAPER_PHASES, BlockPhases, PhaseSchedule
 
 
 def small_net() -> nn.Module:
@@ -311,37 +309,28 @@ def test_block_magnitude_prunes_the_weakest_blocks_per_layer():
     assert masks["0.weight"].all()  # 42 blocks < 50: dense
 
 
-# --- the demo, shortened ------------------------------------------------------------------------
-SHORT_DEMO = {
-    # the YAML's phase fractions; a dense third, then sparse / dense, final 30% sparse
-    "sapp": ["method=sapp"],
-    # the same proportions in epochs
-    "acdc": ["method=acdc", "method.phases=[1.8,2.4,3,3.6,4.2]"],
-}
+# --- the demos ----------------------------------------------------------------------------------
+#: the demos as they are (15 epochs; 1.5-3 s each at one thread). A 6-epoch version gave SA++ 0.32
+#: to 0.83 and ACDC 0.50 to 0.92 test accuracy by seed and thread count: too short to assert a
+#: floor on. The demos gave SA++ 0.735-0.939 and ACDC 0.914-0.961 over seeds 0-3 at 1 and 2
+#: threads (2026-12-06).
+SHORT_DEMO = {"sapp": ["method=sapp"], "acdc": ["method=acdc"]}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SHORT_DEMO))
-def test_the_shortened_demo_gives_a_sparse_accurate_lenet5(tmp_path, name):
+def test_the_demo_gives_a_sparse_accurate_lenet5(tmp_path, name):
     from conftest import run_config
 
     from prune_cli.experiment import Experiment
 
-    overrides = [
-        *SHORT_DEMO[name],
-        "progress=false",
-        "train.epochs=6",
-        "train.warmup_epochs=0",
-        "train.lr=0.2",
-    ]
-    summary = Experiment(run_config(overrides), tmp_path).run()
+    summary = Experiment(run_config([*SHORT_DEMO[name], "progress=false"]), tmp_path).run()
     level = summary["levels"][-1]
     # sapp: the classifier and the first convolution stay dense (< 100 blocks of 4 x 4)
     low = {"sapp": 0.84, "acdc": 0.899}[name]
     assert low <= level["sparsity"] <= 0.9
-    # 6 epochs are few for LeNet-5 on digits (dense: about 0.9 here, 0.96 after the demo's 15);
-    # SA++'s uniform 4x4 blocks cost more than ACDC's global single weights in so short a run
-    # (the full demo: SA++ 0.93, ACDC 0.95 against 0.96 dense)
+    # floors well below the lowest of seeds 0-3 at 1 and 2 threads (another CPU sums in another
+    # order: a floor a few points under one machine's number fails there)
     floor = {"sapp": 0.6, "acdc": 0.8}[name]
     assert level["test_accuracy"] >= floor, level["test_accuracy"]
     if name == "sapp":
@@ -364,7 +353,7 @@ def test_the_shortened_demo_gives_a_sparse_accurate_lenet5(tmp_path, name):
 def test_block_methods_share_one_scope_setting_and_the_phase_hooks_are_required():
     from prune_cli.errors import ConfigError
     from prune_cli.pruning.methods.acdc import AcdcConfig, BlockMagnitudeConfig
-    from prune_cli.pruning.methods.sapp import BlockPhaseConfig, BlockPhaseMethod, SappConfig
+    from prune_cli.pruning.phases import BlockPhaseConfig, BlockPhaseMethod
 
     assert (SappConfig().scope, AcdcConfig().scope, BlockMagnitudeConfig().scope) == (
         "layer",

@@ -205,6 +205,8 @@ def _class_names(meta_path: Path, names_key: bytes, num_classes: int) -> list[st
 class CifarConfig(FilesConfig):
     """CIFAR's settings."""
 
+    #: 5,000 of the 50,000 training images validate, the usual split for CIFAR
+    val_size: float = 5000
     #: download the python version when it is missing and a network is there
     download: bool = False
     #: the standard augmentation (4-pixel padded crop and horizontal flip) on training batches

@@ -95,6 +95,8 @@ class FolderConfig(ImageNetConfig):
     """A folder dataset's settings: ImageNet's, a test split where there is no test folder, and
     the identity of its files."""
 
+    #: a fraction of the training images, not ImageNet's count: folders come in any size
+    val_size: float = 0.1
     #: DataLoader workers (fewer than ImageNet's: folders are usually small)
     num_workers: int = 4
     #: test split held out of the images where the root has no test folder (a fraction)

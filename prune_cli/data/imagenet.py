@@ -155,6 +155,8 @@ class ShardedBatches:
 class ImageNetConfig(FilesConfig):
     """The settings of datasets streamed from image folders (ImageNet, ``folder``)."""
 
+    #: 10,000 of ImageNet's 1.28 million training images validate (its own val/ is the test)
+    val_size: float = 10000
     #: the standard augmentation (random resized crop and flip; small images: padded crop)
     augment: bool = True
     #: training and evaluation image size (height = width), in pixels

@@ -130,6 +130,8 @@ def _find(dirs: list[Path]) -> dict[str, Path] | None:
 class MnistConfig(FilesConfig):
     """The MNIST family's settings (no augmentation: none is standard for them)."""
 
+    #: 5,000 of the 60,000 training images validate, the usual split for these sets
+    val_size: float = 5000
     #: download the idx files when they are missing and a network is there
     download: bool = False
 

@@ -1,41 +1,32 @@
-"""The derivative machinery of the importance measures, in one place.
+"""The statistics the importance measures read, computed once per scoring for what they need.
 
-A measure (``prune_cli.pruning.measures``) declares what it needs; ``compute`` computes exactly
-that, once, for a set of prunable tensors:
+A measure (``prune_cli.pruning.measures``) declares what it ``needs``: names in ``NEEDS``, the
+registry of *providers*. A provider is a function registered under its need's name with
+``@provider(name, *fields)`` in a module of ``prune_cli.pruning.providers`` (all of them are
+imported with this module): it gets a ``Request`` (the model, the scored tensors, the context,
+the sample and its drawn batches) and returns one table per field, ``{field: {param: tensor}}``;
+a measure reads ``site.<field>``. So a new statistic is one new module there, and
+``compute`` / ``Site`` / config validation know it by its registration alone.
 
-============  =================================================================================
-need          what is computed
-============  =================================================================================
-weights       nothing: theta itself
-grad          g: the mean gradient of the (temperature-scaled) cross-entropy over a ``Sample``
-grad_sq       g2: the mean over the sample's batches of the squared batch gradient, each batch
-              weighted by its size (Fisher, as Lubana and Dick's ``cal_grad_fisher``; not g^2)
-hessian_grad  g and H g by double back-propagation: H g = d/dtheta (g . stop_gradient(g)),
-              one batch at a time: H g = mean over batches b of d/dtheta (g_b . stop(g))
-synflow       dR/dtheta of R = 1^T f(1; |theta|): the all-ones input through the network with
-              every parameter and buffer replaced by its absolute value, in eval mode and in
-              float64 (Tanaka et al. 2020; data-free: only the input's shape is read)
-activations   the mean |output| of each channel of the modules whose weights are scored
-bn            nothing here: the BatchNorm scales are read off the model by the filter method
-============  =================================================================================
-
-Scoring never changes the model: its mode and every buffer (BatchNorm running statistics) are
-restored, and ``.grad`` of the parameters is left untouched (``torch.autograd.grad``).
+``compute(needs, ...)`` draws the scoring sample once for every provider that reads it, runs
+those with the model in the sample's mode (then restores the mode and every buffer, BatchNorm
+running statistics included), and the others after them; a need whose fields another need asked
+for also computes is not computed twice (``hessian_grad`` gives the ``g`` of ``grad``). ``.grad``
+of the parameters is never touched (providers use ``torch.autograd.grad``). The needs that exist
+are ``NEEDS.names()``; each provider's docstring says what it computes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from prune_cli.pruning.method import Batch, PruneContext
-
-NEEDS = ("weights", "grad", "grad_sq", "hessian_grad", "synflow", "activations", "bn")
+from prune_cli.registry import Registry, import_submodules
 
 
 @dataclass(frozen=True)
@@ -70,19 +61,6 @@ class Sample:
         if self.per_class is not None:
             return self.per_class
         return max(1, (self.samples or 2560) // num_classes)
-
-
-@dataclass
-class Derivatives:
-    """What ``compute`` found, by parameter name (None where not needed)."""
-
-    g: dict[str, Tensor] | None = None
-    #: mean of the squared batch gradients (Fisher)
-    g2: dict[str, Tensor] | None = None
-    hg: dict[str, Tensor] | None = None
-    synflow: dict[str, Tensor] | None = None
-    #: (out,) mean |output| per channel of the module owning the weight
-    activations: dict[str, Tensor] | None = None
 
 
 @contextlib.contextmanager
@@ -132,138 +110,124 @@ def class_balanced_batches(ctx: PruneContext, per_class: int) -> list[Batch]:
     ]
 
 
-def _loss(model: nn.Module, batch: Batch, temperature: float, ctx: PruneContext) -> Tensor:
+def batch_mean(
+    batches: Sequence[Batch],
+    terms: Callable[[Batch], Sequence[Tensor]],
+    by_size: bool = False,
+) -> list[Tensor]:
+    """The mean over ``batches`` of ``terms(batch)`` (a list of tensors per batch), each batch
+    counting once, or with ``by_size`` as many times as it has examples (sum n_b t_b / sum n_b).
+
+    The running sum keeps one list of tensors whatever the number of batches, so only one
+    batch's graph is alive at a time."""
+    total: list[Tensor] | None = None
+    weight = 0
+    for batch in batches:
+        n = len(batch[1]) if by_size else 1
+        parts = [t * n for t in terms(batch)] if by_size else list(terms(batch))
+        total = parts if total is None else [t + p for t, p in zip(total, parts, strict=True)]
+        weight += n
+    assert total is not None, "no batches to compute the statistic on"
+    return [t / weight for t in total]
+
+
+def scoring_loss(model: nn.Module, batch: Batch, temperature: float, ctx: PruneContext) -> Tensor:
+    """The scoring loss of one batch: the run's loss of logits / ``temperature``."""
     x, y = batch
     return ctx.loss_fn(model(x) / temperature, y)
 
 
-def gradient(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    batches: list[Batch],
-    temperature: float,
-    ctx: PruneContext,
-    create_graph: bool = False,
-) -> dict[str, Tensor]:
-    """g: the mean over ``batches`` of the gradient of the batch-mean loss."""
-    names = list(params)
-    total: list[Tensor] | None = None
-    for batch in batches:
-        grads = torch.autograd.grad(
-            _loss(model, batch, temperature, ctx),
-            [params[k] for k in names],
-            create_graph=create_graph,
-        )
-        total = list(grads) if total is None else [t + g for t, g in zip(total, grads, strict=True)]
-    assert total is not None, "no batches to compute the gradient on"
-    return {k: t / len(batches) for k, t in zip(names, total, strict=True)}
+# --- the providers' registry ----------------------------------------------------------------
+#: one table per field: ``{field: {parameter name: tensor}}``
+Tables = Mapping[str, dict[str, Tensor]]
 
 
-def squared_gradient(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    batches: list[Batch],
-    temperature: float,
-    ctx: PruneContext,
-) -> dict[str, Tensor]:
-    """g2: sum over ``batches`` of n_b g_b^2 / sum n_b, g_b the gradient of batch b's mean loss
-    (the empirical Fisher of Lubana and Dick's ``cal_grad_fisher``). Not (mean g)^2: gradients
-    that disagree across batches cancel in the mean but not in the mean of squares."""
-    names = list(params)
-    total: list[Tensor] | None = None
-    seen = 0
-    for batch in batches:
-        grads = torch.autograd.grad(
-            _loss(model, batch, temperature, ctx), [params[k] for k in names]
-        )
-        n = len(batch[1])
-        squares = [g.pow(2) * n for g in grads]
-        total = squares if total is None else [t + q for t, q in zip(total, squares, strict=True)]
-        seen += n
-    assert total is not None, "no batches to compute the gradient on"
-    return {k: t / seen for k, t in zip(names, total, strict=True)}
+@dataclass(frozen=True)
+class Request:
+    """What a provider computes from."""
+
+    model: nn.Module
+    #: the scored tensors by parameter name (the provider's tables are keyed by these)
+    params: Mapping[str, Tensor]
+    ctx: PruneContext | None
+    sample: Sample
+    #: the drawn scoring sample; empty for a provider that does not read it
+    batches: list[Batch] = field(default_factory=list)
+
+    @property
+    def context(self) -> PruneContext:
+        """The pruning context, which a provider registered with ``context=True`` always has."""
+        assert self.ctx is not None, "this statistic reads training data from the context"
+        return self.ctx
 
 
-def hessian_gradient(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    batches: list[Batch],
-    temperature: float,
-    ctx: PruneContext,
-) -> tuple[dict, dict]:
-    """(g, H g) by double back-propagation, H g = d/dtheta (g . stop_gradient(g)) with g the
-    mean over ``batches`` of the batch gradients g_b. Since g is linear in the g_b, H g is the
-    mean over batches of d/dtheta (g_b . stop(g)): computed one batch at a time (as Lubana and
-    Dick's ``cal_hg``), so only one batch's graph is held, after a first pass for g."""
-    g = gradient(model, params, batches, temperature, ctx)
-    names = list(params)
-    total: list[Tensor] | None = None
-    for batch in batches:
-        gb = torch.autograd.grad(
-            _loss(model, batch, temperature, ctx),
-            [params[k] for k in names],
-            create_graph=True,
-        )
-        dot = sum((a * g[k]).sum() for a, k in zip(gb, names, strict=True))
-        hg = torch.autograd.grad(dot, [params[k] for k in names])
-        total = list(hg) if total is None else [t + h for t, h in zip(total, hg, strict=True)]
-    assert total is not None, "no batches to compute the gradient on"
-    return g, {k: t / len(batches) for k, t in zip(names, total, strict=True)}
+ProviderFn = Callable[[Request], Tables]
 
 
-def synflow_gradient(
-    model: nn.Module, params: Mapping[str, Tensor], input_shape: torch.Size
-) -> dict[str, Tensor]:
-    """dR/dtheta for R = sum of the outputs of the all-ones input through |theta| (SynFlow).
+@dataclass(frozen=True)
+class Provider:
+    """How one need is computed: the ``Site`` fields it fills, and from what."""
 
-    A float64 copy of the model in eval mode, every floating parameter and buffer replaced by its
-    absolute value (the authors linearise in place and restore the signs; a copy leaves the model
-    as it was). float64 because R is a product over the depth: 100 rounds on a deep network
-    overflow float32.
-    """
-    net = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        for t in net.state_dict().values():
-            if t.is_floating_point():
-                t.abs_()
-    own = dict(net.named_parameters())
-    names = list(params)
-    device = next(iter(params.values())).device
-    ones = torch.ones((1, *input_shape), dtype=torch.float64, device=device)
-    grads = torch.autograd.grad(net(ones).sum(), [own[k] for k in names])
-    return {k: g.to(params[k].dtype) for k, g in zip(names, grads, strict=True)}
+    name: str
+    fields: tuple[str, ...]
+    #: None: nothing to compute (read off the model or the weights by the measure itself)
+    fn: ProviderFn | None
+    #: reads the scoring sample (drawn once for every such need, the model in its mode)
+    sample: bool = True
+    #: reads the pruning context (training data, even if only an input's shape)
+    context: bool = True
+
+    def run(self, request: Request) -> Tables:
+        assert self.fn is not None
+        tables = self.fn(request)
+        # a provider that fills other fields than it declared would hide them from ``Site``
+        assert set(tables) == set(self.fields), f"need {self.name} gave {sorted(tables)}"
+        return tables
 
 
-def channel_activations(
-    model: nn.Module, params: Mapping[str, Tensor], batches: list[Batch]
-) -> dict[str, Tensor]:
-    """Mean |output| of every output channel of the modules owning ``params`` (conv: over batch
-    and positions; linear: over the batch), by weight name."""
-    modules = dict(model.named_modules())
-    sums: dict[str, Tensor] = {}
-    counts: dict[str, int] = {}
+#: the need vocabulary: name -> provider (``"grad" in NEEDS``, ``NEEDS.names()``)
+NEEDS: Registry[Provider] = Registry("need")
 
-    def hook(name: str):
-        def record(module: nn.Module, inputs: object, output: Tensor) -> None:
-            a = output.detach().abs().transpose(0, 1).reshape(output.shape[1], -1)  # (out, rest)
-            sums[name] = sums.get(name, 0) + a.sum(dim=1)
-            counts[name] = counts.get(name, 0) + a.shape[1]
 
-        return record
+def provider(
+    name: str, *fields: str, sample: bool = True, context: bool = True
+) -> Callable[[ProviderFn], ProviderFn]:
+    """Decorator: register the function as the provider of need ``name``, which returns the
+    tables of ``fields`` (the names measures read them by: ``site.<field>``)."""
 
-    handles = [
-        modules[k.rsplit(".", 1)[0]].register_forward_hook(hook(k))
-        for k in params
-        if k.endswith(".weight")
-    ]
-    try:
-        with torch.no_grad():
-            for x, _ in batches:
-                model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return {k: sums[k] / counts[k] for k in sums}
+    def register(fn: ProviderFn) -> ProviderFn:
+        NEEDS.register(name)(Provider(name, tuple(fields), fn, sample=sample, context=context))
+        return fn
+
+    return register
+
+
+def statistic_fields() -> frozenset[str]:
+    """Every field some provider fills: the statistics a ``Site`` may hold."""
+    return frozenset(f for n in NEEDS for f in NEEDS.get(n).fields)
+
+
+@dataclass
+class Derivatives:
+    """What ``compute`` found: per field, the tensor of each parameter it was computed for.
+
+    ``d.g`` is the table of field ``g``, or None where no need asked for it; a name that no
+    provider fills is an ``AttributeError`` (a misspelt statistic, not a missing one)."""
+
+    tables: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> dict[str, Tensor] | None:
+        if name.startswith("__") or name == "tables":  # copy / pickle probe before __init__
+            raise AttributeError(name)
+        if name in self.tables:
+            return self.tables[name]
+        if name in statistic_fields():
+            return None
+        raise AttributeError(f"no provider computes {name!r}; fields: {sorted(statistic_fields())}")
+
+    def of(self, param: str) -> dict[str, Tensor]:
+        """The statistics computed for one parameter, by field."""
+        return {f: t[param] for f, t in self.tables.items() if param in t}
 
 
 def compute(
@@ -273,25 +237,25 @@ def compute(
     ctx: PruneContext | None,
     sample: Sample,
 ) -> Derivatives:
-    """The derivatives ``needs`` asks for, on ``sample``; the model is left as it was."""
-    unknown = set(needs) - set(NEEDS)
-    if unknown:
-        raise ValueError(f"unknown needs {sorted(unknown)}; valid: {', '.join(NEEDS)}")
-    out = Derivatives()
-    if needs - {"weights", "bn"}:
+    """The statistics ``needs`` asks for, on ``sample``; the model is left as it was. An unknown
+    need is a one-line ``UserError`` that names the valid ones."""
+    wanted = [NEEDS.get(n) for n in sorted(needs)]
+    # a need whose fields another asked need computes as well is served by that one
+    served = [p for p in wanted if p.fn and not any(set(p.fields) < set(q.fields) for q in wanted)]
+    if any(p.context for p in wanted):
         assert ctx is not None, f"needs {sorted(needs)} read training data from the context"
-    if needs & {"grad", "grad_sq", "hessian_grad", "activations"}:
+    tables: dict[str, dict[str, Tensor]] = {}
+    sampled = [p for p in served if p.sample]
+    if sampled:
+        assert ctx is not None, f"needs {sorted(needs)} read the scoring sample"
         batches = sample.draw(ctx)
         with preserved(model, train=sample.mode == "train"):
-            if "hessian_grad" in needs:
-                out.g, out.hg = hessian_gradient(model, params, batches, sample.temperature, ctx)
-            elif "grad" in needs:
-                out.g = gradient(model, params, batches, sample.temperature, ctx)
-            if "grad_sq" in needs:
-                out.g2 = squared_gradient(model, params, batches, sample.temperature, ctx)
-            if "activations" in needs:
-                out.activations = channel_activations(model, params, batches)
-    if "synflow" in needs:
-        x, _ = next(iter(ctx.batches(1)))
-        out.synflow = synflow_gradient(model, params, x.shape[1:])
-    return out
+            for p in sampled:
+                tables.update(p.run(Request(model, params, ctx, sample, batches)))
+    for p in served:
+        if not p.sample:
+            tables.update(p.run(Request(model, params, ctx, sample)))
+    return Derivatives(tables)
+
+
+import_submodules("prune_cli.pruning.providers")

@@ -2,8 +2,9 @@
 Pruning", ICLR 2021; METHODS.md section 6): the paper's measures and its early-pruning schedule.
 
 The measures are registered classes of ``prune_cli.pruning.measures`` (``gradient_flow.py`` and
-``basic.py``), their derivatives come from ``prune_cli.pruning.derivatives``; this module names the
-paper's table (``MEASURES``) and keeps the per-tensor functions ``filter_score`` and
+``basic.py``), their derivatives come from the providers of ``prune_cli.pruning.derivatives``
+(``prune_cli.pruning.providers.gradients``: g, H g, Fisher's g2); this module names the paper's
+table (``MEASURES``) and keeps the per-tensor functions ``filter_score`` and
 ``unstructured_score`` for callers that already hold g and H g.
 """
 
@@ -13,14 +14,6 @@ import math
 
 from torch import Tensor
 
-from prune_cli.pruning.derivatives import (  # noqa: F401  (the machinery's old home)
-    class_balanced_batches,
-    gradient,
-    hessian_gradient,
-    preserved,
-    scoring_batches,
-    squared_gradient,
-)
 from prune_cli.pruning.measures import IMPORTANCE, Site
 
 #: the measures of the paper's table (all registered in ``prune_cli.pruning.measures``)
@@ -40,14 +33,14 @@ def filter_score(
     measure: str, theta: Tensor, g: Tensor | None, hg: Tensor | None, g2: Tensor | None = None
 ) -> Tensor:
     """Score of each output filter (row of theta.view(out, -1)) by a registered measure."""
-    return IMPORTANCE.get(measure)().filter(Site(theta.detach(), g, hg, g2=g2))
+    return IMPORTANCE.get(measure)().filter(Site(theta.detach(), g=g, hg=hg, g2=g2))
 
 
 def unstructured_score(
     measure: str, theta: Tensor, g: Tensor | None, hg: Tensor | None, g2: Tensor | None = None
 ) -> Tensor:
     """Score of each weight by a registered measure."""
-    return IMPORTANCE.get(measure)().weight(Site(theta.detach(), g, hg, g2=g2))
+    return IMPORTANCE.get(measure)().weight(Site(theta.detach(), g=g, hg=hg, g2=g2))
 
 
 def early_round_fraction(k: int, n: int, p: float) -> float:

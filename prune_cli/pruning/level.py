@@ -24,7 +24,7 @@ from prune_cli.errors import ConfigError
 from prune_cli.pruning.derivatives import Sample
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.measures import Measure, build, weight_scores
-from prune_cli.pruning.method import MethodConfig, PruneContext, PruningMethod
+from prune_cli.pruning.method import MethodConfig, PruneContext, PruningMethod, check_range
 from prune_cli.pruning.schedule import RewindPoint, level_target
 from prune_cli.pruning.scope import SCOPES, CountRule, fraction_of_total, select
 
@@ -41,8 +41,7 @@ class IterativeConfig(MethodConfig):
     rewind: str = "none"
 
     def __post_init__(self) -> None:
-        if self.levels < 0:
-            raise ConfigError(f"method.levels must be >= 0, got {self.levels}")
+        check_range("levels", self.levels, 0)
         if self.scope not in SCOPES:
             raise ConfigError(
                 f"method.scope must be one of {', '.join(SCOPES)}, got {self.scope!r}"
@@ -64,12 +63,11 @@ class LevelConfig(IterativeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ConfigError(f"method.sparsity must be in [0, 1), got {self.sparsity}")
-        if self.ratio is not None and self.ratio < 1.0:
-            raise ConfigError(f"method.ratio must be >= 1, got {self.ratio}")
-        if self.rate is not None and not 0.0 < self.rate < 1.0:
-            raise ConfigError(f"method.rate must be in (0, 1), got {self.rate}")
+        check_range("sparsity", self.sparsity, 0.0, 1.0)
+        if self.ratio is not None:
+            check_range("ratio", self.ratio, 1.0)
+        if self.rate is not None:
+            check_range("rate", self.rate, 0.0, 1.0, low_open=True)
         if self.ratio is not None and self.rate is not None:
             raise ConfigError("set method.ratio or method.rate, not both")
 

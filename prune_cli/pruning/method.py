@@ -40,7 +40,9 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from prune_cli.callbacks import Callback
+from prune_cli.errors import ConfigError
 from prune_cli.pruning.mask import Masks, prunable_parameters
+from prune_cli.pruning.results import Results, target_of
 from prune_cli.pruning.schedule import RewindPoint
 from prune_cli.registry import Registry
 
@@ -54,6 +56,48 @@ class MethodConfig:
     name: str = MISSING
     #: shell-style patterns of parameter names that stay dense (``["conv1.weight", "fc.*"]``)
     ignore: list[str] = field(default_factory=list)
+
+
+def _bound(value: float) -> str:
+    """A bound as the messages write it: ``0`` and ``1``, not ``0.0`` and ``1.0``."""
+    return f"{value:g}"
+
+
+def check_range(
+    key: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = True,
+    nullable: bool = False,
+) -> None:
+    """Refuse ``method.<key>`` outside the interval from ``low`` to ``high`` in one line.
+
+    The interval is half open by default, ``[low, high)``, the shape of every sparsity; a
+    missing bound leaves that side free (``low=1`` alone: ``>= 1``). ``nullable`` admits None,
+    a setting's "not set". The comparisons are written so that NaN fails every one of them,
+    and the message names the setting as the user spells it in an override.
+    """
+    if value is None:
+        if nullable:
+            return
+        raise ConfigError(f"method.{key} must be set, got null")
+    above = low is None or (value > low if low_open else value >= low)
+    below = high is None or (value < high if high_open else value <= high)
+    if above and below:
+        return
+    if low is not None and high is not None:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        wanted = f"in {left}{_bound(low)}, {_bound(high)}{right}"
+    elif low is not None:
+        wanted = f"{'>' if low_open else '>='} {_bound(low)}"
+    else:
+        assert high is not None, "check_range needs a bound"
+        wanted = f"{'<' if high_open else '<='} {_bound(high)}"
+    null = " or null" if nullable else ""
+    raise ConfigError(f"method.{key} must be {wanted}{null}, got {value}")
 
 
 @dataclass
@@ -93,9 +137,20 @@ class PruningMethod:
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     #: False for methods whose masked weights must keep receiving updates (DNS splicing)
     enforce_masks: ClassVar[bool] = True
+    #: what the method adds to the results: its report columns, tables and figure lines, the
+    #: files it writes, the networks it saves, what its target counts (``pruning/results.py``);
+    #: written into every summary.json, so the report side reads it from the run
+    results: ClassVar[Results] = Results()
 
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
+
+    def nominal_target(self) -> dict[str, Any]:
+        """The run's nominal target for ``summary.json``: ``{"unit": ..., "ratio": t}``, t the
+        ratio before / after of the final level in the declared unit (``sparsity``, ``ratio``,
+        ``rate`` and ``levels`` of the method's settings; None without a target)."""
+        settings = {k: getattr(self.cfg, k) for k in vars(self.cfg)}
+        return target_of(self.results.target, settings)
 
     def num_levels(self) -> int:
         """Pruning levels after the dense level 0 (one-shot = 1)."""

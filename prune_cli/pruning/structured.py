@@ -136,8 +136,11 @@ class FilterGroups:
             if module not in self.names:
                 continue
             name = self.names[module]
-            handler = getattr(item.dep.handler, "__name__", "")
-            produces = "out" in handler or (isinstance(module, nn.Conv2d) and module.groups > 1)
+            # torch-pruning's own test of its handler functions (a set of the registered
+            # pruners' bound ``prune_out_channels``), not a guess from the function's name
+            produces = self.graph.is_out_channel_pruning_fn(item.dep.handler) or (
+                isinstance(module, nn.Conv2d) and module.groups > 1
+            )
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 if module.affine:
                     unit.vectors += [f"{name}.weight", f"{name}.bias"]

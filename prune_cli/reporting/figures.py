@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
 
+from prune_cli.pruning.results import Marker
 from prune_cli.reporting.collect import Collection, dense_baselines
 
 #: candidate labelled ticks of the remaining-weights axis, in percent
@@ -125,20 +126,21 @@ def _dense_line(ax: Axes, levels: pd.DataFrame) -> None:
         ax.axhline(100 * dense, color="0.35", ls="--", lw=1, label=f"dense {100 * dense:.2f}%")
 
 
-def _limit_lines(ax: Axes, levels: pd.DataFrame) -> None:
-    """analysis=[limit]: a vertical line at each row's predicted limit (remaining weights %)."""
-    if "analysis_predicted_limit" not in levels:
+def _marker_lines(ax: Axes, levels: pd.DataFrame, marker: Marker) -> None:
+    """A declared marker (an analysis's predicted limit, say): a vertical line at each row's
+    mean of the marker's column, a fraction removed, drawn as remaining weights %."""
+    if marker.column not in levels:
         return
-    limits = levels.groupby("label")["analysis_predicted_limit"].mean().dropna()
-    if limits.round(4).nunique() == 1:  # one dense model (dense_from) under every row
-        limits = limits.iloc[:1]
-    for i, (label, rho) in enumerate(limits.items()):
+    values = levels.groupby("label")[marker.column].mean().dropna()
+    if values.round(4).nunique() == 1:  # one dense model (dense_from) under every row
+        values = values.iloc[:1]
+    for i, (label, rho) in enumerate(values.items()):
         ax.axvline(
             100 * (1 - rho),
             color="0.2",  # neutral: the label, not a colour, names the row it belongs to
             ls=(0, (1, 1 + i)),
             lw=1,
-            label=f"predicted limit {label}" if len(limits) > 1 else "predicted limit",
+            label=f"{marker.label} {label}" if len(values) > 1 else marker.label,
         )
 
 
@@ -190,7 +192,8 @@ def study_plots(
                 ax, 100 * g.index.to_numpy(), 100 * g["test"], 100 * g["test_std"], g["n"], name
             )
         _dense_line(ax, levels)
-        _limit_lines(ax, levels)
+        for marker in c.declared.markers:
+            _marker_lines(ax, levels, marker)
         remaining_axis(ax, 100 * mean["remaining"].to_numpy())
 
     names.append(
@@ -318,8 +321,10 @@ def _layer_plots(c: Collection, dataset: str, model: str, out: FigureDir) -> lis
                         "PQI",
                     )
                 )
-    sparsity = c.sparsity[(c.sparsity.dataset == dataset) & (c.sparsity.model == model)]
-    for label, g in sparsity.groupby("label"):
+    sparsity = c.sparsity
+    if not sparsity.empty:  # runs without sparsity.csv (none written yet) draw nothing here
+        sparsity = sparsity[(sparsity.dataset == dataset) & (sparsity.model == model)]
+    for label, g in sparsity.groupby("label") if not sparsity.empty else ():
         if g["level"].nunique() < 2:
             continue
 

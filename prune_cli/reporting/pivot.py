@@ -124,7 +124,8 @@ def pivots(levels: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
             finals = by_target[by_target["level"] == last[by_target.index]].assign(
                 column=lambda f: f["target"].astype(float)
             )
-            # a level 0 already sparse (SA++, ACDC, gRDA) is the series' result, not its dense
+            # a level 0 already sparse (sparsified while training) is the series' result, not
+            # its dense baseline
             dense = dense_baselines(by_target).assign(column="dense")
             sparse_finals = finals[(finals["level"] > 0) | ~unpruned(finals)]
             cells = _cells(pd.concat([dense, sparse_finals]), "series", "column")

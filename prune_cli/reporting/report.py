@@ -18,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from prune_cli.io import save_text
+from prune_cli.pruning.results import Column
 from prune_cli.reporting.collect import Collection, is_collapsed
+from prune_cli.reporting.declared import declared_shown, declared_tables
 from prune_cli.reporting.figures import FORMATS, slug, study_plots
 from prune_cli.reporting.pivot import COLLAPSED, FEW, write_pivots
 from prune_cli.reporting.stats import (
@@ -32,8 +34,8 @@ KEYS = ["dataset", "model", "label", "target", "level"]
 ALPHA_NOTE = (
     "`collapsed`: runs that collapsed (a class at test recall 0 or a layer with no weight left); "
     "their alpha describes a network that lost a class. Target '-': the method reaches its "
-    "sparsity by training (SAP, DNS, ...), not at a fixed ratio, so it has an interval but no "
-    "test between ratios or against other methods."
+    "sparsity by training, not at a fixed ratio of weights (or its target counts filters), so "
+    "it has an interval but no test between ratios or against other methods."
 )
 TEST_NOTES = {
     "alpha_consecutive_tests": "One-sided paired t-tests over seeds, "
@@ -84,19 +86,20 @@ OPTIONAL = (
     "units_no_incoming",
     "units_no_outgoing",
 )
-#: a structured method's measurements of its thinner network (final level only)
-STRUCTURED = ("macs_thin", "params_thin", "latency_dense_ms", "latency_thin_ms")
 
 
 def _collapsed(values: pd.Series) -> int:
     return int(sum(map(is_collapsed, values)))
 
 
-def accuracy_table(levels: pd.DataFrame, varying: list[str] | None = None) -> pd.DataFrame:
+def accuracy_table(
+    levels: pd.DataFrame, varying: list[str] | None = None, columns: tuple[Column, ...] = ()
+) -> pd.DataFrame:
     """Mean and std over the runs of each (dataset, model, label, target, level).
 
     ``varying``: the dotted settings that vary across the report (columns of ``levels``); each
     becomes a column of the table, its value in the row (constant within a row by construction).
+    ``columns``: what the runs' methods and analyses declare (numbers: ``<column>_mean``).
     ``collapsed`` counts the row's runs that collapsed at that level.
     """
     frame = levels.copy()
@@ -126,7 +129,7 @@ def accuracy_table(levels: pd.DataFrame, varying: list[str] | None = None) -> pd
         units_no_outgoing_mean=("units_no_outgoing", "mean"),
         collapsed=("collapsed", _collapsed),
     ).reset_index()
-    for column in (*STRUCTURED, "analysis_predicted_limit"):
+    for column in (c.column for c in columns if not c.text):
         if column in frame:
             table[f"{column}_mean"] = grouped[column].mean().to_numpy()
     for key in varying or []:
@@ -144,9 +147,10 @@ def _macs(value: float) -> str:
     return f"{value:.0f}"
 
 
-def markdown(table: pd.DataFrame) -> str:
+def markdown(table: pd.DataFrame, columns: tuple[Column, ...] = ()) -> str:
     """A Markdown table: accuracies as 'mean ± std' in percent, marked as :func:`_fmt` does;
-    MACs as 1.23M; columns that no run measured are left out."""
+    MACs as 1.23M; columns that no run measured are left out; then the declared ``columns``
+    that have a heading, as they say."""
     # the varying settings' own columns (dotted names) are for the CSV: the label shows them
     shown = table[
         [c for c in ("dataset", "model", "label", "target", "level", "n", "seeds") if c in table]
@@ -177,26 +181,16 @@ def markdown(table: pd.DataFrame) -> str:
         shown["collapsed"] = [
             f"{c}/{n}" if c else "" for c, n in zip(collapsed, table["n"], strict=True)
         ]
-    if "analysis_predicted_limit_mean" in table:
-        # analysis=[limit]: the predicted limit as remaining weights, beside "remaining %"
-        shown["predicted limit, remaining %"] = (
-            100 * (1 - table["analysis_predicted_limit_mean"])
-        ).round(2)
-    if "macs_thin_mean" in table:
-        shown["thin network MACs"] = table["macs_thin_mean"].map(_macs)
-    if "latency_thin_ms_mean" in table:
-        shown["latency ms (dense -> thin)"] = [
-            "" if t != t else f"{d:.3g} -> {t:.3g}"
-            for d, t in zip(
-                table["latency_dense_ms_mean"], table["latency_thin_ms_mean"], strict=True
-            )
-        ]
+    for heading, values in declared_shown(table, columns, _macs):
+        shown[heading] = values
     return shown.to_markdown(index=False, floatfmt=".4g")
 
 
-def _save_table(table: pd.DataFrame, out: Path, name: str, note: str = "") -> str:
+def _save_table(
+    table: pd.DataFrame, out: Path, name: str, note: str = "", columns: tuple[Column, ...] = ()
+) -> str:
     table.to_csv(out / f"{name}.csv", index=False)
-    text = markdown(table)
+    text = markdown(table, columns)
     save_text((f"{note}\n\n" if note else "") + text + "\n", out / f"{name}.md")
     return text
 
@@ -279,7 +273,7 @@ def alpha_frame(c: Collection) -> pd.DataFrame:
     final = final[(final["level"] > 0) & final.alpha.notna()]
     columns = ["dataset", "model", "series", "label", "target", "seed", "alpha"]
     frame = final[columns].copy()
-    # a method whose sparsity comes out of training (SAP, DNS, ...) has no target: NaN, so it
+    # a method whose sparsity comes out of training has no target: NaN, so it
     # is never paired with another such method "at the same ratio"
     frame["target"] = frame["target"].astype(float)
     collapsed = final["collapsed"] if "collapsed" in final else pd.Series(False, final.index)
@@ -305,7 +299,7 @@ def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -
         lines += ["## Runs left out (not completed, or unreadable: see reason)", ""]
         lines += [markdown_plain(not_done[["run", "status", "reason"]]), ""]
     if not c.levels.empty:
-        table = accuracy_table(c.levels, list(c.varying))
+        table = accuracy_table(c.levels, list(c.varying), c.declared.columns)
         notes = [varying_note(c.varying), marks_note(table), duplicate_note(table)]
         note = "\n\n".join(n for n in notes if n)
         lines += [
@@ -313,7 +307,7 @@ def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -
             "",
             note,
             "",
-            _save_table(table, out, "accuracy", note),
+            _save_table(table, out, "accuracy", note, c.declared.columns),
             "",
         ]
         collapsed = collapse_note(c.levels)
@@ -335,29 +329,9 @@ def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -
                     f"Files: `{stem}.csv`, `{stem}.md`, `{stem}.tex`.",
                     "",
                 ]
-        limits = limit_table(c.levels)
-        if not limits.empty:
-            limits.to_csv(out / "limit.csv", index=False)
-            lines += [
-                "## Pruning limit: predicted against actual (fraction of weights removed)",
-                "",
-                LIMIT_NOTE,
-                "",
-                markdown_plain(limits),
-                "",
-            ]
-        searches = search_table(c.levels)
-        if not searches.empty:
-            searches.to_csv(out / "search.csv", index=False)
-            lines += [
-                "## Metric search (Crossword): what was chosen, and does the objective predict "
-                "accuracy?",
-                "",
-                SEARCH_NOTE,
-                "",
-                markdown_plain(searches),
-                "",
-            ]
+        for declared, frame in declared_tables(c.levels, c.declared.tables):
+            frame.to_csv(out / f"{declared.name}.csv", index=False)
+            lines += [f"## {declared.title}", "", declared.note, "", markdown_plain(frame), ""]
         for (dataset, model), _ in c.levels.groupby(["dataset", "model"]):
             lines += [
                 f"## {dataset} / {model}",
@@ -398,79 +372,6 @@ def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -
     index = out / "index.md"
     save_text("\n".join(lines), index)
     return index
-
-
-LIMIT_NOTE = (
-    "Mean ± std over seeds. `predicted`: the limit rho* from the weight magnitudes and the "
-    "Hessian spectrum; `actual`: the largest rho whose one-shot pruned accuracy (no fine-tuning) "
-    "is not below the dense one; `actual (tolerance)`: within `method.tolerance` of it; "
-    "`dense acc`: on the split the limit is measured on."
-)
-
-
-def limit_table(levels: pd.DataFrame) -> pd.DataFrame:
-    """One row per report row of runs that measured the pruning limit (``method=limit``)."""
-    if "predicted_limit" not in levels:
-        return pd.DataFrame()
-    runs = levels[levels["predicted_limit"].notna()]
-    rows = []
-    for (dataset, model, label), g in runs.groupby(["dataset", "model", "label"], sort=True):
-        row = {"dataset": dataset, "model": model, "label": label, "n": len(g)}
-        for column, title in (
-            ("predicted_limit", "predicted"),
-            ("actual_limit", "actual"),
-            ("actual_limit_tolerance", "actual (tolerance)"),
-            ("limit_dense_accuracy", "dense acc"),
-        ):
-            values = g[column].dropna() if column in g else pd.Series(dtype=float)
-            std = values.std(ddof=1) if len(values) > 1 else math.nan
-            row[title] = (
-                "-"
-                if values.empty
-                else f"{values.mean():.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
-            ) + (" †" if 1 < len(values) < 3 else "")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-SEARCH_NOTE = (
-    "Per row: the metric each seed's search chose (its count), and over the runs the mean ± std "
-    "of the chosen metric's objective and of the premise check, the Spearman correlation across "
-    "the search's candidates between the objective and the pruned validation accuracy (near 0 "
-    "or below: the objective does not tell good metrics from bad ones here)."
-)
-
-
-def search_table(levels: pd.DataFrame) -> pd.DataFrame:
-    """One row per report row of runs that searched a metric (``method=crossword``)."""
-    column = "search_objective_accuracy_spearman"
-    if column not in levels:
-        return pd.DataFrame()
-    runs = levels[levels[column].notna()].drop_duplicates("run")
-    rows = []
-    for (dataset, model, label), g in runs.groupby(["dataset", "model", "label"], sort=True):
-        chosen = g["search_expression"].value_counts()
-        rows.append(
-            {
-                "dataset": dataset,
-                "model": model,
-                "label": label,
-                "n": len(g),
-                "chosen": "; ".join(f"{e} ({k})" for e, k in chosen.items()),
-                "objective": _mean_std(g["search_objective"]),
-                "objective vs accuracy (Spearman)": _mean_std(g[column]),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _mean_std(values: pd.Series) -> str:
-    values = values.dropna()
-    if values.empty:
-        return "-"
-    std = values.std(ddof=1) if len(values) > 1 else math.nan
-    mark = " †" if 1 < len(values) < 3 else ""
-    return f"{values.mean():.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}") + mark
 
 
 def markdown_plain(frame: pd.DataFrame) -> str:

@@ -1,18 +1,21 @@
 """Importance measures: one registered class each (as Torch-Pruning's ``Importance`` classes).
 
-A measure declares what it ``needs`` (``weights``, ``grad`` g, ``hessian_grad`` H g, ``synflow``,
-``activations``, ``bn``: see ``prune_cli.pruning.derivatives``, which computes them) and how it
-reduces:
+A measure declares what it ``needs`` (names in ``prune_cli.pruning.derivatives.NEEDS``: the
+registered providers, one module each in ``prune_cli.pruning.providers``, which compute them)
+and how it reduces what they computed, read off a ``Site`` by field (``site.g``, ``site.hg``):
 
 - ``weight(site)``: a score per weight, the shape of theta (unstructured pruning);
 - ``filter(site)``: a score per output filter, i.e. per row of ``theta.view(out, -1)``
   (structured pruning); by default the row sums of ``weight``.
 
-Higher = more important; the lowest are pruned first. Settings of a measure are dataclass fields
-(undecayed's ``eps``, GraSP's temperature); ``build(name, settings)`` takes them from a method's
-config by name. Adding a measure is one class in one of this package's modules, registered with
-``@IMPORTANCE.register(name)``: the methods that score by a named measure (``flow``, ``filter``,
-``crossword``) and their config validation find it there.
+Higher = more important; the lowest are pruned first. The settings of the scoring sample and of
+the measures that read any are declared once, in ``MeasureSettings``, which the configs of
+``flow``, ``filter`` and ``crossword`` inherit; ``build(name, settings)`` hands them to the
+measure as ``measure.settings``. A measure's own settings that no method config holds
+(undecayed's ``eps``) are dataclass fields, given to ``build`` by keyword. Adding a measure is
+one class in one of this package's modules, registered with ``@IMPORTANCE.register(name)``: the
+methods that score by a named measure (``flow``, ``filter``, ``crossword``) and their config
+validation find it there.
 """
 
 from __future__ import annotations
@@ -25,24 +28,45 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import Tensor, nn
 
 from prune_cli.errors import ConfigError
-from prune_cli.pruning.derivatives import Derivatives, Sample, compute
+from prune_cli.pruning.derivatives import NEEDS, Derivatives, Sample, compute, statistic_fields
 from prune_cli.registry import Registry, import_submodules
 
 if TYPE_CHECKING:
     from prune_cli.pruning.method import PruneContext
 
 
-@dataclass
 class Site:
-    """One prunable weight tensor and what was computed for it (detached)."""
+    """One prunable weight tensor ``theta`` and the statistics computed for it (detached), by
+    the field names their providers fill: ``Site(theta, g=..., hg=...)``, read as ``site.g``.
 
-    theta: Tensor
-    g: Tensor | None = None
-    hg: Tensor | None = None
-    synflow: Tensor | None = None
-    activation: Tensor | None = None  # (out,)
-    #: mean of the squared batch gradients (``grad_sq``), theta's shape
-    g2: Tensor | None = None
+    A statistic that some provider fills but that was not computed for this site reads as None;
+    a name no provider fills is an error, at construction and when read."""
+
+    __slots__ = ("stats", "theta")
+
+    def __init__(self, theta: Tensor, **stats: Tensor | None) -> None:
+        unknown = set(stats) - statistic_fields()
+        if unknown:
+            raise TypeError(
+                f"Site has no statistic {sorted(unknown)}; fields: {sorted(statistic_fields())}"
+            )
+        self.theta = theta
+        self.stats = {k: v for k, v in stats.items() if v is not None}
+
+    def __getattr__(self, name: str) -> Tensor | None:
+        # reached only for names that are not slots: the statistics
+        if name.startswith("__") or name in Site.__slots__:  # copy / pickle probes
+            raise AttributeError(name)
+        if name in self.stats:
+            return self.stats[name]
+        if name in statistic_fields():
+            return None
+        raise AttributeError(
+            f"Site has no statistic {name!r}; fields: {sorted(statistic_fields())}"
+        )
+
+    def __repr__(self) -> str:
+        return f"Site(theta={tuple(self.theta.shape)}, stats={sorted(self.stats)})"
 
     def rows(self, t: Tensor) -> Tensor:
         """``t`` as (filters, weights per filter)."""
@@ -59,11 +83,41 @@ class UnitSites:
 
 
 @dataclass
+class MeasureSettings:
+    """The scoring settings of the methods that score by a named measure, declared once: the
+    configs of ``flow``, ``filter`` and ``crossword`` inherit these fields (``method.samples``,
+    ...), and ``build`` hands them to the measure."""
+
+    #: training samples of the scoring sample (g is their mean gradient)
+    samples: int = 2560
+    #: the scoring loss is the cross-entropy of logits / score_temperature
+    score_temperature: float = 1.0
+    #: GraSP's own temperature of the logits
+    grasp_temperature: float = 200.0
+    #: GraSP's examples of each class; null: samples // classes, as the authors
+    samples_per_class: int | None = 10
+
+    def scoring_sample(self) -> Sample:
+        """The sample these settings describe (a measure may prescribe its own from it)."""
+        return Sample(samples=self.samples, temperature=self.score_temperature)
+
+
+def measure_settings(settings: object) -> MeasureSettings:
+    """The ``MeasureSettings`` part of ``settings`` (a method config that inherits it) as a
+    plain copy, so a measure sees those settings and no other; anything else (None, the config of
+    a method that scores without such settings) gives the defaults."""
+    if not isinstance(settings, MeasureSettings):
+        return MeasureSettings()
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(MeasureSettings)}
+    return MeasureSettings(**values)
+
+
+@dataclass
 class Measure:
     """Base class of the measures. Subclasses set the class variables and override ``weight``
     (per-weight measures) and, where the filter score is not the row sum, ``filter``."""
 
-    #: what ``prune_cli.pruning.derivatives.compute`` must provide
+    #: what ``prune_cli.pruning.derivatives.compute`` must provide (names in ``NEEDS``)
     needs: ClassVar[frozenset[str]] = frozenset({"weights"})
     #: the reductions it has: a per-weight score, a per-filter score
     per_weight: ClassVar[bool] = True
@@ -71,9 +125,9 @@ class Measure:
     #: scoring rounds at one pruning step, the target approached on an exponential schedule
     #: (SynFlow's 100: each round rescores the network pruned by the previous ones)
     rounds: ClassVar[int] = 1
-    #: settings whose null is a choice of its own (taken from a method's config as null, not
-    #: replaced by the field's default): GraSP's ``samples_per_class`` (null: samples // classes)
-    nullable: ClassVar[frozenset[str]] = frozenset()
+
+    #: the method's scoring settings (GraSP reads its temperature and sample from them)
+    settings: MeasureSettings = field(default_factory=MeasureSettings)
 
     def sample(self, base: Sample) -> Sample:
         """The data its derivatives are computed on (GraSP prescribes its own)."""
@@ -103,27 +157,26 @@ IMPORTANCE: Registry[type[Measure]] = Registry("measure")
 
 
 def build(name: str, settings: object = None, **overrides: object) -> Measure:
-    """The measure ``name`` with the fields it has taken from ``settings`` (a method's config,
-    by attribute name) and ``overrides``; null settings keep the measure's default, except the
-    measure's ``nullable`` ones that the settings or overrides hold."""
-    cls = IMPORTANCE.get(name)
-    values = {}
-    for f in dataclasses.fields(cls):
-        given = f.name in overrides or hasattr(settings, f.name)
-        value = overrides.get(f.name, getattr(settings, f.name, None))
-        if value is not None or (given and f.name in cls.nullable):
-            values[f.name] = value
-    return cls(**values)
+    """The measure ``name`` with the scoring settings of ``settings`` (a method config that
+    inherits ``MeasureSettings``; see ``measure_settings``) and its own fields in ``overrides``
+    (undecayed's ``eps``)."""
+    return IMPORTANCE.get(name)(settings=measure_settings(settings), **overrides)
 
 
 def check(name: str, reduction: str) -> None:
     """Config validation: ``name`` is a registered measure with the ``reduction`` (``weight``
-    or ``filter``) the method needs."""
+    or ``filter``) the method needs, and every need it declares has a provider."""
     cls = IMPORTANCE.get(name)
     if not getattr(cls, f"per_{reduction}"):
         valid = [n for n in IMPORTANCE.names() if getattr(IMPORTANCE.get(n), f"per_{reduction}")]
         raise ConfigError(
             f"measure {name!r} has no per-{reduction} score; valid: {', '.join(valid)}"
+        )
+    unknown = sorted(n for n in cls.needs if n not in NEEDS)
+    if unknown:
+        raise ConfigError(
+            f"measure {name!r} needs {', '.join(unknown)}, which no provider computes; "
+            f"valid needs: {', '.join(NEEDS.names())}"
         )
 
 
@@ -131,21 +184,7 @@ def sites(
     params: Mapping[str, Tensor], d: Derivatives, names: list[str] | None = None
 ) -> dict[str, Site]:
     """One ``Site`` per parameter (all of ``params``, or ``names``)."""
-
-    def get(table: dict[str, Tensor] | None, k: str) -> Tensor | None:
-        return None if table is None else table.get(k)
-
-    return {
-        k: Site(
-            params[k].detach(),
-            get(d.g, k),
-            get(d.hg, k),
-            get(d.synflow, k),
-            get(d.activations, k),
-            get(d.g2, k),
-        )
-        for k in names or list(params)
-    }
+    return {k: Site(params[k].detach(), **d.of(k)) for k in names or list(params)}
 
 
 def weight_scores(

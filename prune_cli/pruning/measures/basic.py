@@ -87,8 +87,9 @@ class BatchNormScale(Measure):
 @IMPORTANCE.register("activation")
 @dataclass
 class MeanActivation(Measure):
-    """Mean |output| of the filter over the scoring sample (its convolution's output, before
-    normalisation), summed over the unit's coupled tensors."""
+    """Mean |output| of the filter over the scoring sample (its convolution's or linear layer's
+    output, before normalisation; over every position and token), summed over the unit's coupled
+    tensors."""
 
     needs: ClassVar[frozenset[str]] = frozenset({"activations"})
     per_weight: ClassVar[bool] = False

@@ -87,13 +87,20 @@ class Fisher(Measure):
 @IMPORTANCE.register("grasp")
 @dataclass
 class Grasp(Measure):
-    """theta Hg (GraSP, Wang et al. 2020): on a class-balanced sample, logits / temperature."""
+    """theta Hg (GraSP, Wang et al. 2020): on a class-balanced sample, logits / temperature
+    (both from ``settings``: ``grasp_temperature``, ``samples_per_class``)."""
 
     needs: ClassVar[frozenset[str]] = HG
-    nullable: ClassVar[frozenset[str]] = frozenset({"samples_per_class"})
-    grasp_temperature: float = 200.0
-    #: examples of each class; null: the base sample's ``samples`` // classes (the authors')
-    samples_per_class: int | None = 10
+
+    @property
+    def grasp_temperature(self) -> float:
+        return self.settings.grasp_temperature
+
+    @property
+    def samples_per_class(self) -> int | None:
+        """Examples of each class; null: the base sample's ``samples`` // classes (the
+        authors')."""
+        return self.settings.samples_per_class
 
     def sample(self, base: Sample) -> Sample:
         return dataclasses.replace(

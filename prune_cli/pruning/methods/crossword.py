@@ -51,11 +51,19 @@ from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.measures import IMPORTANCE, build
 from prune_cli.pruning.method import METHODS, PruneContext
 from prune_cli.pruning.methods.filter_pruning import FilterConfig, FilterPruning
+from prune_cli.pruning.results import Cell, Column, Results, Table
 from prune_cli.pruning.structured import FilterGroups
 from prune_cli.seeds import derive_seed
 
 SEARCHES = ("anneal", "genetic")
 LOG = "crossword_search.csv"
+
+SEARCH_NOTE = (
+    "Per row: the metric each seed's search chose (its count), and over the runs the mean ± std "
+    "of the chosen metric's objective and of the premise check, the Spearman correlation across "
+    "the search's candidates between the objective and the pruned validation accuracy (near 0 "
+    "or below: the objective does not tell good metrics from bad ones here)."
+)
 
 log = logging.getLogger("prune_cli.experiment")
 
@@ -143,6 +151,35 @@ class BlockValues:
 @METHODS.register("crossword")
 class CrosswordPruning(FilterPruning):
     Config = CrosswordConfig
+    #: filter pruning's results, and the search: the chosen metric, its objective and the
+    #: premise check (rank correlation of objective and pruned accuracy over the candidates)
+    results = FilterPruning.results.merge(
+        Results(
+            columns=(
+                Column("objective", "search_objective"),
+                Column("objective_accuracy_spearman", "search_objective_accuracy_spearman"),
+                Column("expression", "search_expression", text=True),
+            ),
+            tables=(
+                Table(
+                    name="search",
+                    title="Metric search (Crossword): what was chosen, and does the objective "
+                    "predict accuracy?",
+                    note=SEARCH_NOTE,
+                    when="search_objective_accuracy_spearman",
+                    cells=(
+                        Cell("search_expression", "chosen", how="counts"),
+                        Cell("search_objective", "objective"),
+                        Cell(
+                            "search_objective_accuracy_spearman",
+                            "objective vs accuracy (Spearman)",
+                        ),
+                    ),
+                ),
+            ),
+            files=(LOG,),
+        )
+    )
     cfg: CrosswordConfig
 
     def __init__(self, cfg: CrosswordConfig) -> None:

@@ -34,6 +34,7 @@ from prune_cli.callbacks import Callback
 from prune_cli.errors import ConfigError
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod
+from prune_cli.pruning.results import Results
 from prune_cli.seeds import derive_seed
 
 
@@ -74,6 +75,8 @@ def surgery_probability(step: int, gamma: float, power: float, iter_stop: int) -
 @METHODS.register("dns")
 class DynamicNetworkSurgery(PruningMethod):
     Config = DnsConfig
+    #: no target: its sparsity emerges from the surgery
+    results = Results(target=None)
     cfg: DnsConfig
     #: masked weights must keep their values and updates: DNS applies the mask itself
     enforce_masks = False

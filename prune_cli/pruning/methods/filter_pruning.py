@@ -22,6 +22,9 @@ convolution through the shortcuts, the units are the inner convolution of each b
   every epoch, each time choosing afresh among all filters, so a filter pruned after one epoch
   may come back after the next (it restarts from zero); the last epoch's choice is final.
 
+The schedules inside a training run (all but ``trained``) are run by the callback in
+``prune_cli/pruning/filter_schedule.py``.
+
 While training, pruned channels are kept at exactly zero (filters, biases, BatchNorm gamma and
 beta). At the end the channels are physically removed (torch-pruning): the run reports parameters,
 MACs and inference latency of the thinner network against the dense one, checks that the thinner
@@ -53,11 +56,13 @@ from torch import Tensor, nn
 
 from prune_cli.callbacks import Callback
 from prune_cli.errors import ConfigError
+from prune_cli.io import save_torch
 from prune_cli.pruning.derivatives import Derivatives, Sample, compute
-from prune_cli.pruning.flow import early_round_fraction
+from prune_cli.pruning.filter_schedule import ChannelSchedule
 from prune_cli.pruning.mask import Masks
-from prune_cli.pruning.measures import Measure, UnitSites, build, check, sites
-from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod
+from prune_cli.pruning.measures import Measure, MeasureSettings, UnitSites, build, check, sites
+from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod, check_range
+from prune_cli.pruning.results import Column, Network, Results
 from prune_cli.pruning.structured import (
     FilterGroups,
     latency_ms,
@@ -71,7 +76,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class FilterConfig(MethodConfig):
+class FilterConfig(MeasureSettings, MethodConfig):
+    """The settings of ``method=filter``; the scoring settings (``samples``,
+    ``score_temperature``, ``grasp_temperature``, ``samples_per_class``) come from
+    ``MeasureSettings``."""
+
     name: str = "filter"
     measure: str = "magnitude"
     #: p: fraction of the prunable filters removed in all
@@ -79,12 +88,6 @@ class FilterConfig(MethodConfig):
     when: str = "early"
     #: n: pruning rounds of one epoch each (``early``)
     rounds: int = 5
-    #: training samples whose mean gradient is g
-    samples: int = 2560
-    score_temperature: float = 1.0
-    grasp_temperature: float = 200.0
-    #: GraSP's examples of each class; null: samples // classes, as the authors
-    samples_per_class: int | None = 10
     #: each unit keeps at least floor(min_keep * channels) + 1 filters
     min_keep: float = 0.05
     #: each unit keeps a multiple of this many filters (or all of them), the nearest one to what
@@ -104,8 +107,7 @@ class FilterConfig(MethodConfig):
         check(self.measure, "filter")
         if self.scope not in (None, "global", "layer"):
             raise ConfigError(f"method.scope must be global or layer, got {self.scope!r}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ConfigError(f"method.sparsity must be in [0, 1), got {self.sparsity}")
+        check_range("sparsity", self.sparsity, 0.0, 1.0)
         if self.when not in WHEN:
             raise ConfigError(f"method.when must be one of {', '.join(WHEN)}")
         if self.rounds < 1 or self.samples < 1 or self.latency_batch < 1:
@@ -116,15 +118,32 @@ class FilterConfig(MethodConfig):
             raise ConfigError(
                 f"method.samples_per_class must be >= 1, got {self.samples_per_class}"
             )
-        if not 0.0 <= self.min_keep < 1.0:
-            raise ConfigError(f"method.min_keep must be in [0, 1), got {self.min_keep}")
-        if self.round_to is not None and self.round_to < 1:
-            raise ConfigError(f"method.round_to must be >= 1 or null, got {self.round_to}")
+        check_range("min_keep", self.min_keep, 0.0, 1.0)
+        check_range("round_to", self.round_to, 1, nullable=True)
 
 
 @METHODS.register("filter")
 class FilterPruning(PruningMethod):
     Config = FilterConfig
+    #: the thinner network's measurements beside the final level; its target counts filters
+    results = Results(
+        columns=(
+            Column("macs_after", "macs_thin", heading="thin network MACs", display="macs"),
+            Column("params_after", "params_thin"),
+            Column("latency_dense_ms", "latency_dense_ms"),
+            Column(
+                "latency_thin_ms",
+                "latency_thin_ms",
+                heading="latency ms (dense -> thin)",
+                display="arrow",
+                pair="latency_dense_ms",
+            ),
+            Column("latency_ratio", "latency_ratio"),
+        ),
+        files=("final_model.pt", "final_model.pt2"),
+        networks=(Network("final_model", "thin"),),
+        target="filters",
+    )
     cfg: FilterConfig
 
     def __init__(self, cfg: FilterConfig) -> None:
@@ -211,7 +230,7 @@ class FilterPruning(PruningMethod):
         return build(self.cfg.measure, self.cfg)
 
     def sample(self) -> Sample:
-        return Sample(samples=self.cfg.samples, temperature=self.cfg.score_temperature)
+        return self.cfg.scoring_sample()
 
     def derivatives(
         self, needs: frozenset[str], sample: Sample, model: nn.Module, groups: FilterGroups, ctx
@@ -335,7 +354,8 @@ class FilterPruning(PruningMethod):
             num_classes=ctx.num_classes,
             model=ctx.model_name,
         )
-        torch.save(checkpoint, ctx.artifact_path("final_model.pt"))
+        # atomic: a run killed while it writes leaves no half-written file under the final name
+        save_torch(checkpoint, ctx.artifact_path("final_model.pt"))
         exported = export(thin, x[:2], ctx.artifact_path("final_model.pt2"))
         total = sum(u.channels for u in groups.units)
         kept = sum(int(k.sum()) for k in keep.values())
@@ -401,59 +421,3 @@ def export(model: nn.Module, example: Tensor, path: Path) -> str:
     except Exception as exc:  # an op torch.export does not support: say so, keep the run
         return f"not exported: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return path.name
-
-
-class ChannelSchedule(Callback):
-    """Prunes filters on the ``init`` / ``early`` schedule and keeps pruned channels at zero."""
-
-    def __init__(self, method: FilterPruning, masks: Masks, ctx: PruneContext, level: int) -> None:
-        self.method = method
-        self.masks = masks
-        self.ctx = ctx
-        self.level = level
-        self.init_done = False
-        self.version = -1  # masks version the cached factors belong to
-        self.factors: tuple[list[Tensor], list[Tensor]] | None = None
-
-    def _prune(self, model: nn.Module, fraction: float) -> None:
-        self.masks.update(self.method.prune_fraction(model, self.masks, self.ctx, fraction))
-
-    def _prune_afresh(self, model: nn.Module) -> None:
-        """Soft pruning: choose ``sparsity`` of all filters again, the pruned ones included."""
-        fresh = Masks({k: torch.ones_like(m) for k, m in self.masks.items()})
-        self.masks.update(
-            self.method.prune_fraction(model, fresh, self.ctx, self.method.cfg.sparsity)
-        )
-
-    def on_level_start(self, model: nn.Module, steps_per_epoch: int, epochs: int) -> None:
-        cfg = self.method.cfg
-        if cfg.when == "early" and self.level == 0 and cfg.rounds > epochs:
-            raise ConfigError(f"method.rounds={cfg.rounds} is more than train.epochs={epochs}")
-        if cfg.when in ("init", "soft") and self.level == 0 and not self.init_done:
-            self._prune(model, cfg.sparsity)
-            self.init_done = True
-
-    def on_step_end(self, step: int, model: nn.Module) -> None:
-        if self.version != self.masks.version:  # the masks changed (or the run resumed)
-            self.version = self.masks.version
-            self.factors = None
-            if self.masks.sparsity() > 0:  # (the graph is traced with autograd: no no_grad)
-                groups = self.method.units(model, self.ctx)
-                self.factors = groups.channel_factors(self.method.keep_from(self.masks, groups))
-        if self.factors is not None and self.factors[0]:
-            with torch.no_grad():  # BatchNorm and biases of pruned channels stay at zero
-                torch._foreach_mul_(*self.factors)
-
-    def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
-        cfg = self.method.cfg
-        k = epoch + 1
-        if cfg.when == "early" and self.level == 0 and k <= cfg.rounds:
-            self._prune(model, early_round_fraction(k, cfg.rounds, cfg.sparsity))
-        if cfg.when == "soft" and self.level == 0:
-            self._prune_afresh(model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"init_done": self.init_done}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.init_done = bool(state.get("init_done", False))

@@ -25,20 +25,19 @@ from prune_cli.errors import ConfigError
 from prune_cli.pruning.derivatives import Sample
 from prune_cli.pruning.level import LevelConfig, LevelPruning
 from prune_cli.pruning.mask import Masks
-from prune_cli.pruning.measures import check
+from prune_cli.pruning.measures import MeasureSettings, check
 from prune_cli.pruning.method import METHODS, PruneContext
 from prune_cli.pruning.scope import fraction_of_total, select
 
 
 @dataclass
-class FlowConfig(LevelConfig):
+class FlowConfig(MeasureSettings, LevelConfig):
+    """The settings of ``method=flow``; the scoring settings (``samples``,
+    ``score_temperature``, ``grasp_temperature``, ``samples_per_class``) come from
+    ``MeasureSettings``."""
+
     name: str = "flow"
     measure: str = "loss_preservation"
-    samples: int = 2560
-    score_temperature: float = 1.0
-    grasp_temperature: float = 200.0
-    #: GraSP's examples of each class; null: samples // classes, as the authors
-    samples_per_class: int | None = 10
     #: scoring rounds per pruning step; null: the measure's own (SynFlow 100, the others 1)
     rounds: int | None = None
 
@@ -61,7 +60,7 @@ class FlowPruning(LevelPruning):
         return self.cfg.measure
 
     def sample(self) -> Sample:
-        return Sample(samples=self.cfg.samples, temperature=self.cfg.score_temperature)
+        return self.cfg.scoring_sample()
 
     def rounds(self, ctx: PruneContext) -> int:
         return self.cfg.rounds or type(self.measure(ctx)).rounds

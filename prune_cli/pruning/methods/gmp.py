@@ -24,7 +24,7 @@ from prune_cli.callbacks import Callback
 from prune_cli.errors import ConfigError
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.measures import build, weight_scores
-from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod
+from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod, check_range
 from prune_cli.pruning.scope import SCOPES, fraction_of_total, select
 
 
@@ -44,14 +44,12 @@ class GmpConfig(MethodConfig):
     scope: str = "global"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ConfigError(f"method.sparsity must be in [0, 1), got {self.sparsity}")
+        check_range("sparsity", self.sparsity, 0.0, 1.0)
         if not 0.0 <= self.initial_sparsity <= self.sparsity:
             raise ConfigError("method.initial_sparsity must be in [0, method.sparsity]")
         if not 0.0 <= self.start_epoch < self.end_epoch:
             raise ConfigError("GMP needs 0 <= method.start_epoch < method.end_epoch")
-        if self.frequency < 1:
-            raise ConfigError(f"method.frequency must be >= 1, got {self.frequency}")
+        check_range("frequency", self.frequency, 1)
         if self.scope not in SCOPES:
             raise ConfigError(f"method.scope must be one of {', '.join(SCOPES)}")
 

@@ -6,7 +6,8 @@ Pruning and the Undecayed Pruning Algorithm" (NeurIPS 2022; METHODS.md section 2
 
 g is the gradient of the cross-entropy on ``grad_batches`` training batches of the trained dense
 model. Both prune globally and without structure from the dense model, then fine-tune
-(``levels: 1``, ``rewind: none``); the target is ``sparsity`` or ``ratio`` (t = before/after).
+(``levels: 1``, ``rewind: none``); the target is ``ratio`` (t = before/after, 10 unless set) or,
+with ``ratio: null``, ``sparsity``.
 The paper does not say whether BatchNorm uses batch or running statistics for g:
 ``grad_mode`` makes it explicit (default ``eval``: running statistics, as the model is evaluated).
 """
@@ -19,12 +20,14 @@ from prune_cli.errors import ConfigError
 from prune_cli.pruning.derivatives import Sample
 from prune_cli.pruning.level import LevelConfig, LevelPruning
 from prune_cli.pruning.measures import Measure, build
-from prune_cli.pruning.method import METHODS, PruneContext
+from prune_cli.pruning.method import METHODS, PruneContext, check_range
 
 
 @dataclass
 class GradientConfig(LevelConfig):
     name: str = "gradient"
+    #: the paper's targets are ratios (t = 2, 4, 10, 20, 50); t = 10 is sparsity 0.9
+    ratio: float | None = 10.0
     #: training batches whose mean gradient is g
     grad_batches: int = 10
     #: ``eval`` (BatchNorm running statistics) or ``train`` (batch statistics)
@@ -32,8 +35,7 @@ class GradientConfig(LevelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.grad_batches < 1:
-            raise ConfigError(f"method.grad_batches must be >= 1, got {self.grad_batches}")
+        check_range("grad_batches", self.grad_batches, 1)
         if self.grad_mode not in ("eval", "train"):
             raise ConfigError(f"method.grad_mode must be eval or train, got {self.grad_mode!r}")
 

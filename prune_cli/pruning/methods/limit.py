@@ -43,7 +43,15 @@ from prune_cli.errors import ConfigError
 from prune_cli.io import save_csv
 from prune_cli.pruning.derivatives import preserved, scoring_batches
 from prune_cli.pruning.mask import Masks
-from prune_cli.pruning.method import METHODS, Batch, MethodConfig, PruneContext, PruningMethod
+from prune_cli.pruning.method import (
+    METHODS,
+    Batch,
+    MethodConfig,
+    PruneContext,
+    PruningMethod,
+    check_range,
+)
+from prune_cli.pruning.results import Cell, Column, Marker, Results, Table
 from prune_cli.pruning.spectrum import (
     ZERO_MASS_MODES,
     PrunedNorm,
@@ -70,21 +78,24 @@ class LimitConfig(MethodConfig):
     l1: float = 5e-5
     #: ``all``: every parameter (the authors' weights and biases); ``prunable``: conv/linear weights
     l1_scope: str = "all"
-    #: accuracy (a fraction) the tolerant limit may lose (the authors: 0.1 points = 0.001)
-    tolerance: float = 0.001
-    #: sweep rho = i / grid
-    grid: int = 1000
+    #: accuracy (a fraction) the tolerant limit may lose: 0.01, as digits' validation split has
+    #: 144 images (one is 0.7 points); the authors' 0.1 points = 0.001. This and the sizes of the
+    #: sweep and of the Hessian suit the demo (LeNet-5 on digits, about a minute on 2 CPU cores);
+    #: conf/experiment/limit_*.yaml hold the authors'
+    tolerance: float = 0.01
+    #: sweep rho = i / grid (the authors: i / 1000; a step of 0.005 keeps the demo short)
+    grid: int = 200
     #: split the pruned copies are evaluated on (the authors used the test set)
     split: str = "val"
-    #: training samples of the fixed subset on which the Hessian is taken
-    hessian_samples: int = 1000
+    #: training samples of the fixed subset on which the Hessian is taken (the authors: 1000)
+    hessian_samples: int = 256
     #: samples per forward pass of a Hessian-vector product (null = train.batch_size): larger
     #: is faster, smaller needs less memory; the product does not depend on it
-    hessian_batch: int | None = None
+    hessian_batch: int | None = 256
     #: Lanczos steps per probe (capped at the number of prunable weights)
     lanczos_iter: int = 100
     #: Rademacher probes (the authors: one, ``lanczos_num: 1``)
-    probes: int = 1
+    probes: int = 2
     #: ``threshold``: Ritz values with |theta| <= zero_tol * max |theta| count as 0; ``none``
     zero_mass: str = "threshold"
     zero_tol: float = 1e-4
@@ -106,14 +117,9 @@ class LimitConfig(MethodConfig):
         if self.split not in ("val", "test"):
             raise ConfigError(f"method.split must be val or test, got {self.split!r}")
         for key in ("grid", "hessian_samples", "lanczos_iter", "probes"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"method.{key} must be >= 1, got {getattr(self, key)}")
-        if self.hessian_batch is not None and self.hessian_batch < 1:
-            raise ConfigError(
-                f"method.hessian_batch must be >= 1 or null, got {self.hessian_batch}"
-            )
-        if self.eps_batches is not None and self.eps_batches < 2:
-            raise ConfigError(f"method.eps_batches must be >= 2 or null, got {self.eps_batches}")
+            check_range(key, getattr(self, key), 1)
+        check_range("hessian_batch", self.hessian_batch, 1, nullable=True)
+        check_range("eps_batches", self.eps_batches, 2, nullable=True)
 
 
 class L1Penalty(Callback):
@@ -146,9 +152,73 @@ def loss_spread(model: nn.Module, batches: list[Batch], ctx: PruneContext) -> fl
     return float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0
 
 
+LIMIT_NOTE = (
+    "Mean ± std over seeds. `predicted`: the limit rho* from the weight magnitudes and the "
+    "Hessian spectrum; `actual`: the largest rho whose one-shot pruned accuracy (no fine-tuning) "
+    "is not below the dense one; `actual (tolerance)`: within `method.tolerance` of it; "
+    "`dense acc`: on the split the limit is measured on."
+)
+
+#: the limit's figures (``measure_limit``'s keys) -> their report columns
+LIMIT_COLUMNS = {
+    "predicted_limit": "predicted_limit",
+    "actual_limit": "actual_limit",
+    "actual_limit_tolerance": "actual_limit_tolerance",
+    "dense_accuracy": "limit_dense_accuracy",
+    "eps": "limit_eps",
+    "hessian_trace": "hessian_trace",
+}
+
+
+def limit_results(source: str = "method_info", prefix: str = "") -> Results:
+    """What the pruning limit adds to the report. ``method=limit`` (figures in ``method_info``):
+    the figures beside its one level and a table of predicted against actual limits, and the
+    files ``measure_limit`` writes. ``analysis=[limit]`` (``source="analysis.limit"``, columns
+    ``analysis_*``): the figures on every level row (the dense model's limit, to compare with
+    what each level reached), the prediction as remaining weights in the accuracy table and as a
+    line on the accuracy figure."""
+    analysis = source != "method_info"
+    columns = tuple(
+        Column(
+            key,
+            f"{prefix}{column}",
+            source=source,
+            levels="all" if analysis else "last",
+            heading="predicted limit, remaining %"
+            if analysis and key == "predicted_limit"
+            else None,
+            display="remaining" if analysis and key == "predicted_limit" else None,
+        )
+        for key, column in LIMIT_COLUMNS.items()
+    )
+    if analysis:
+        marker = Marker(f"{prefix}predicted_limit", "predicted limit")
+        return Results(columns=columns, markers=(marker,))
+    table = Table(
+        name="limit",
+        title="Pruning limit: predicted against actual (fraction of weights removed)",
+        note=LIMIT_NOTE,
+        when="predicted_limit",
+        cells=(
+            Cell("predicted_limit", "predicted"),
+            Cell("actual_limit", "actual"),
+            Cell("actual_limit_tolerance", "actual (tolerance)"),
+            Cell("limit_dense_accuracy", "dense acc"),
+        ),
+    )
+    return Results(
+        columns=columns,
+        tables=(table,),
+        files=("limit.csv", "spectrum.csv", "limit.png"),
+        target=None,  # the limit is measured, not targeted
+        dense_baseline=False,  # it ends at level 0 by design: its own family
+    )
+
+
 @METHODS.register("limit")
 class PruningLimit(PruningMethod):
     Config = LimitConfig
+    results = limit_results()
     cfg: LimitConfig
 
     def num_levels(self) -> int:

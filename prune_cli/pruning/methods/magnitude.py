@@ -15,6 +15,8 @@ from prune_cli.pruning.method import METHODS
 @dataclass
 class MagnitudeConfig(LevelConfig):
     name: str = "magnitude"
+    #: three levels to 90%: the demonstration (bare ``prune-run``); 1 is one-shot
+    levels: int = 3
 
 
 @METHODS.register("magnitude")

@@ -25,7 +25,8 @@ from torch import Tensor
 from prune_cli.errors import ConfigError
 from prune_cli.metrics import pq_index_rows
 from prune_cli.pruning.level import IterativeConfig, IterativePruning
-from prune_cli.pruning.method import METHODS
+from prune_cli.pruning.method import METHODS, check_range
+from prune_cli.pruning.results import Results
 from prune_cli.pruning.scope import CountRule, Groups
 
 SLACK = 1e-9
@@ -49,12 +50,9 @@ class SapConfig(IterativeConfig):
         super().__post_init__()
         if not 0 < self.p < self.q:
             raise ConfigError(f"SAP needs 0 < method.p < method.q, got p={self.p}, q={self.q}")
-        if self.eta_r < 0:
-            raise ConfigError(f"method.eta_r must be >= 0, got {self.eta_r}")
-        if self.gamma < 0:
-            raise ConfigError(f"method.gamma must be >= 0, got {self.gamma}")
-        if not 0 < self.beta <= 1:
-            raise ConfigError(f"method.beta must be in (0, 1], got {self.beta}")
+        check_range("eta_r", self.eta_r, 0.0)
+        check_range("gamma", self.gamma, 0.0)
+        check_range("beta", self.beta, 0.0, 1.0, low_open=True, high_open=False)
 
 
 def sap_count(p: float, q: float, eta_r: float, gamma: float, beta: float) -> CountRule:
@@ -76,6 +74,8 @@ def sap_count(p: float, q: float, eta_r: float, gamma: float, beta: float) -> Co
 @METHODS.register("sap")
 class SparsityInformedAdaptivePruning(IterativePruning):
     Config = SapConfig
+    #: no target: its sparsity follows from the PQ index
+    results = Results(target=None)
     score = "magnitude"
     cfg: SapConfig
 
