@@ -16,6 +16,11 @@ This module sits at the top of the package beside ``experiment`` and ``thin``: r
 model needs the model registry, and a method that reparametrises its weights (SA++) needs the
 method. ``import prune_cli`` does not import it (nor pandas or torch): ``prune_cli.load_run``
 loads it on first use.
+
+A run directory's files are data, not the user's command: a custom model's ``model.target`` in
+them is refused before anything is imported unless the run is loaded with ``trust_code=True``
+(``load_run(path, trust_code=True)``), and even then imported from the installed packages and
+``PYTHONPATH`` only (:func:`prune_cli.models.custom.loading_stored_run`).
 """
 
 from __future__ import annotations
@@ -48,8 +53,10 @@ TABLES = {
 class Run:
     """One run directory: its summary, config, tables and level models."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, trust_code: bool = False) -> None:
         self.paths = RunPaths(Path(root))
+        #: whether a custom model's target named by the run's files may be imported
+        self.trust_code = trust_code
         if not self.paths.summary.is_file():
             raise UserError(f"{self.paths.root} is not a prune-run run directory (no summary.json)")
         self.summary: dict[str, Any] = load_json_mapping(self.paths.summary, "summary")
@@ -128,6 +135,7 @@ class Run:
         the pruned weights at zero (``prune.remove`` makes it plain again).
         """
         from prune_cli.models import build_model, model_config
+        from prune_cli.models.custom import loading_stored_run
         from prune_cli.spec import DataSpec
 
         level = self._level(level)
@@ -140,7 +148,8 @@ class Run:
             )
         spec = DataSpec(int(info["channels"]), int(info["num_classes"]), int(info["image_size"]))
         # the model's settings too (model.width=...), where the level file records them
-        model = build_model(model_config(info.get("settings") or info["name"]), spec)
+        with loading_stored_run(self.root, self.trust_code):
+            model = build_model(model_config(info.get("settings") or info["name"]), spec)
         weights = state["model"]
         if any(".parametrizations." in k for k in weights):
             model = self._reparametrise(model)
@@ -183,7 +192,8 @@ class Run:
             raise UserError(f"{self.paths.summary}: {exc}") from None
         for network in networks:
             if network.kind == "thin" and isinstance(info.get(network.key), str):
-                return load_thin_model(self.paths.root / info[network.key])
+                path = self.paths.root / info[network.key]
+                return load_thin_model(path, trust_code=self.trust_code)
         raise UserError(
             f"{self.paths.root} holds no thinner network: its method saved none (only structured "
             "methods do, after their last level)"
@@ -235,16 +245,17 @@ class Runs(list):
         return self._concat("distortion")
 
 
-def load_run(path: str | Path) -> Run:
-    """The run in directory ``path`` (one holding ``summary.json``)."""
-    return Run(path)
+def load_run(path: str | Path, trust_code: bool = False) -> Run:
+    """The run in directory ``path`` (one holding ``summary.json``). ``trust_code=True``: its
+    models may import the custom model code its files name (only for a run you trust)."""
+    return Run(path, trust_code)
 
 
-def load_runs(paths: str | Path | Iterable[str | Path]) -> Runs:
+def load_runs(paths: str | Path | Iterable[str | Path], trust_code: bool = False) -> Runs:
     """Every run under ``paths`` (run directories, or multirun directories searched
-    recursively), in path order."""
+    recursively), in path order; ``trust_code`` as for :func:`load_run`."""
     from prune_cli.reporting.runs import find_runs
 
     if isinstance(paths, str | Path):
         paths = [paths]
-    return Runs(Run(p) for p in find_runs([Path(p) for p in paths]))
+    return Runs(Run(p, trust_code) for p in find_runs([Path(p) for p in paths]))

@@ -3,7 +3,9 @@
 Bad input is one line on stderr and exit status 2, without a traceback: unknown group options
 are caught before Hydra composes (so the line can list the valid names), impossible values when
 the composed config becomes typed objects, and an unusable run directory before Hydra creates
-it. A run that fails while training exits with status 1; Ctrl-C ends with one line and 130.
+it. A run that fails while training exits with status 1; Ctrl-C ends with one line and 130,
+and so do SIGTERM and SIGHUP (a batch system's preemption or time-out), with 128 + the signal's
+number: the run is marked interrupted and resumes when the same command runs again.
 
 The same command names the same directory: a run directory is named by the config's hash
 (``${prune_run_name:}``), a sweep directory by the sweep's overrides, so re-running a crashed
@@ -24,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from prune_cli import distributed
+from prune_cli import distributed, sweep
 from prune_cli.config import (
     CONF_DIR,
     NON_RESULT_KEYS,
@@ -63,6 +65,41 @@ def check_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
                 raise UserError(f"unknown {key} {name!r}; valid {key}s: {', '.join(valid)}")
 
 
+#: Hydra's flags that prune-run refuses: ``--experimental-rerun FILE`` unpickles the file,
+#: which runs whatever code it names
+REFUSED_FLAGS = {
+    "--experimental-rerun": "--experimental-rerun loads a pickled Hydra config, which can run "
+    "any code; re-run with the same overrides instead (the same command finds the same run)",
+}
+
+
+def refuse_flags(flags: list[str]) -> None:
+    """One line and exit status 2 for a flag prune-run does not pass on to Hydra."""
+    for flag in flags:
+        if flag in REFUSED_FLAGS:
+            fail(UserError(REFUSED_FLAGS[flag]))
+
+
+def handle_termination() -> None:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does (``io.SignalInterrupt``), in the command's
+    process and in a launcher's worker process (which runs ``_run`` without ``main``)."""
+    from prune_cli.io import interrupt_on_termination
+
+    interrupt_on_termination()
+
+
+def interrupted(exc: KeyboardInterrupt) -> None:
+    """The one line of an interrupted run, and the exit status a shell expects (128 + signal)."""
+    from prune_cli.io import interrupt_exit_status, interrupt_reason
+
+    print(
+        f"prune-run: {interrupt_reason(exc)}; the run is marked interrupted, re-run the same "
+        "command to resume it",
+        file=sys.stderr,
+    )
+    sys.exit(interrupt_exit_status(exc))
+
+
 def fail(exc: Exception) -> None:
     print(f"prune-run: error: {exc}", file=sys.stderr)
     sys.exit(getattr(exc, "exit_code", 1))
@@ -81,15 +118,12 @@ def _hydra_files(cfg: DictConfig) -> dict[str, str]:
 
 def _lock_sweep(sweep_dir: Path) -> None:
     """One sweep at a time in a sweep directory (its jobs, run elsewhere, lock their own)."""
-    from prune_cli.store import check_location, directory_lock
-
     global _SWEEP_LOCKED
     owner = os.environ.get(SWEEP_OWNER_ENV)
     if (owner is not None and owner != str(os.getpid())) or _SWEEP_LOCKED:
         return  # a launcher's worker (its owner holds the lock), or already held
     try:
-        check_location(sweep_dir)
-        _SWEEP_LOCK.enter_context(directory_lock(sweep_dir, "sweep"))
+        sweep.lock(sweep_dir)  # the same lock the sweep's callback takes (prune_cli.sweep)
     except UserError as exc:
         fail(exc)
     _SWEEP_LOCKED = True
@@ -137,10 +171,11 @@ def _share_cores(hydra_cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def _run(cfg: DictConfig) -> None:
+def _run(cfg: DictConfig) -> dict[str, str] | None:
     from prune_cli.experiment import run_experiment
     from prune_cli.recording.console import show_overrides
 
+    handle_termination()
     hydra_cfg = HydraConfig.get()
     try:
         world = _join_ranks(cfg)
@@ -163,6 +198,10 @@ def _run(cfg: DictConfig) -> None:
         # directory records the failure), and let the launcher go on.
         print(f"prune-run: job {hydra_cfg.job.num} failed: {exc}", file=sys.stderr)
         FAILED_JOBS.append(hydra_cfg.job.num)
+        # the job's return reaches the sweep's main process from any launcher's worker
+        # (prune_cli.sweep records it), where this process's FAILED_JOBS does not
+        return {"failed": str(exc)}
+    return None
 
 
 def _join_ranks(cfg: DictConfig) -> distributed.World:
@@ -326,6 +365,8 @@ def main() -> None:
     if any(f in ("-h", "--help") for f in flags):
         print(help_text())
         return
+    refuse_flags(flags)
+    handle_termination()
     modes = {m for f in flags for m in EXCLUSIVE_MODES if f in EXCLUSIVE_MODES[m]}
     if len(modes) > 1:
         fail(UserError(f"use only one of {', '.join(sorted(modes))} (Hydra runs one mode)"))
@@ -341,26 +382,30 @@ def main() -> None:
         if follower and checked is not None:
             try:
                 _follow(*checked)
-            except KeyboardInterrupt:
-                sys.exit(130)
+            except KeyboardInterrupt as exc:
+                from prune_cli.io import interrupt_exit_status
+
+                sys.exit(interrupt_exit_status(exc))
             finally:
                 distributed.teardown()
             return
     if multirun and (sweep_dir := sweep_dir_override(overrides)) is not None:
         sys.argv.append(sweep_dir)
+    if multirun:  # the jobs' outcomes and the workers' lifetime (prune_cli.sweep)
+        sys.argv.append(sweep.CALLBACK_OVERRIDE)
     try:
         _run()
-    except KeyboardInterrupt:
-        print(
-            "prune-run: interrupted; the run is marked interrupted, re-run the same command to "
-            "resume it",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        if multirun:
+            sweep.finish(interrupted=True)
+        interrupted(exc)
     finally:
         _SWEEP_LOCK.close()
+        sweep.release()
         distributed.teardown()
-    if FAILED_JOBS:
+    if multirun and sweep.finish():
+        sys.exit(1)
+    if FAILED_JOBS:  # a sweep whose records could not be written: what this process saw
         print(
             f"prune-run: {len(FAILED_JOBS)} job(s) of the sweep failed: {FAILED_JOBS}",
             file=sys.stderr,

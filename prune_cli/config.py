@@ -72,6 +72,13 @@ class RunConfig:
     #: reuse the dense level 0 of another run directory (same model, dataset, train, seed):
     #: prune one trained model with many methods and ratios without training it again
     dense_from: str | None = None
+    #: share one trained dense level among the runs whose level 0 is the same plain dense
+    #: training (same model, data, train, seed; any sharing method): trained once under
+    #: ``<output_root>/dense/`` and reused; false trains each run's own (the same results)
+    share_dense: bool = True
+    #: a shared dense training whose lock has shown no heartbeat for this many seconds is taken
+    #: to be dead (its job killed on another host) and is taken over and resumed
+    share_dense_stale_s: float = 120.0
     #: analyses of the run, by name, with their settings (``analysis=[limit]``,
     #: ``prune_cli/conf/analysis/``); null when none is chosen, so existing hashes stay
     analysis: dict[str, Any] | None = None
@@ -82,6 +89,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if not self.share_dense_stale_s > 0:
+            raise ConfigError(f"share_dense_stale_s must be > 0, got {self.share_dense_stale_s}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):

@@ -25,11 +25,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from prune_cli import analysis, distributed, trackers
+from prune_cli import analysis, distributed, shared_dense, trackers
 from prune_cli.checkpoint import selection_score
 from prune_cli.config import RunConfig
 from prune_cli.distributed import World
 from prune_cli.errors import RunFailed, UserError
+from prune_cli.io import interrupt_reason
+from prune_cli.level_digests import LevelDigests
 from prune_cli.pruning.mask import Masks
 from prune_cli.ranks import Ranks
 from prune_cli.recording.console import ProgressBars, console, make_progress, show_results
@@ -61,6 +63,8 @@ class Experiment:
         self.tracker = trackers.Tracker()
         self.config = OmegaConf.to_container(OmegaConf.structured(cfg))
         self.store = RunStore(run_dir, self.config)
+        #: each level file's digest, taken when it is written (summary ``files``)
+        self.digests = LevelDigests(self.store.paths)
         self.hydra_files = hydra_files
         self.started = time.time()
         self.state: RunState | None = None
@@ -115,18 +119,22 @@ class Experiment:
                 s = self._s
                 info = s.method.finalize(s.model, s.masks, s.context(s.cursor.level))
                 analyses = self._analyses()
-            except KeyboardInterrupt:
-                self._stopped("interrupted", self._where("interrupted"))
+            except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (io.SignalInterrupt)
+                self._stopped("interrupted", self._where(interrupt_reason(exc)))
                 raise
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}"
                 self._stopped("failed", reason)
                 raise
+            damage = self.digests.problem()
+            if damage is not None:  # changed since written: never recorded as intact
+                self._stopped("damaged", damage)
+                self.digests.check()
             self.tracker.finish("completed")
             summary = self._write_summary(
                 "completed",
                 method_info=info,
-                files=self.store.level_files(s.cursor.level),
+                files=self.digests.for_summary(self.store.level_files(s.cursor.level)),
                 **({"analysis": analyses} if analyses else {}),
             )
             self.store.discard_checkpoint()  # the level models remain
@@ -147,19 +155,43 @@ class Experiment:
             if not store.has_results():
                 self._write_summary("failed", reason=str(exc), device=cfg.device)
             raise
+        self._share_dense()
         if cfg.overwrite:
             store.clear(self._s.declared().files)
         store.write_config(OmegaConf.to_yaml(OmegaConf.structured(cfg)), self.hydra_files)
         s = self._s
         s.take_init()
+        previous = store.summary() if store.paths.summary.exists() else None
         ck = store.load_checkpoint(s.device)
         if ck is not None:
             s.restore(ck)
+            # the finished levels' files must be as the earlier sessions wrote them
+            self.digests.resume(previous, ck.cursor.level)
+            self.digests.check()
+            if ck.cursor.level > 0 and previous and previous.get("dense_shared"):
+                # past a shared level 0: the summary goes on saying where it came from
+                s.shared = shared_dense.SharedDense(Path(previous["dense_shared"]), None)
             console.print(
                 f"resuming {store.root} at level {s.cursor.level}, epoch {s.cursor.epoch}"
             )
         self._write_summary("running")
         self.ranks.start(s, s.resume)
+
+    def _share_dense(self) -> None:
+        """Take this run's level 0 from the shared dense level (:mod:`prune_cli.shared_dense`:
+        found, trained here, or waited for) where its method's level 0 is the plain dense
+        training and the run has not begun training its own (a checkpoint resumes as it was)."""
+        s, store = self._s, self.store
+        sharing = shared_dense.shares(self.cfg, self.world, store.root)
+        if not sharing or store.paths.checkpoint.exists():
+            return
+        try:
+            s.shared = shared_dense.obtain(self.cfg, self.world)
+            s.dense = store.dense_source(s.shared.root, s.device)
+        except (UserError, RunFailed) as exc:
+            if not store.has_results():  # listed by a sweep's report, like a set-up failure
+                self._write_summary("failed", reason=f"shared dense model: {exc}")
+            raise
 
     # --- the levels ---------------------------------------------------------------------------
     def _levels(self) -> None:
@@ -169,7 +201,7 @@ class Experiment:
                 level = s.cursor.level
                 if level > 0 and not s.cursor.pruned:
                     self._prune(level)
-                if level == 0 and self.cfg.dense_from:
+                if level == 0 and (self.cfg.dense_from or s.dense is not None):
                     self._reuse_dense()
                 else:
                     self._train(level, progress)
@@ -197,7 +229,8 @@ class Experiment:
         self.ranks.sync(s)
 
     def _reuse_dense(self) -> None:
-        """Level 0 from ``dense_from``: the other run's selected dense model, not retrained."""
+        """Level 0 from ``dense_from`` or the shared dense level: the other run's selected dense
+        model, not retrained."""
         s = self._s
         if self.world.main:
             assert s.dense is not None
@@ -205,6 +238,13 @@ class Experiment:
             s.masks = Masks(s.dense.level0["mask"]).to(s.device)
             s.masks.apply_(s.params)
             s.records.metrics.extend(s.dense.metrics)
+            # as if trained here: a tracker shows the same with and without sharing
+            trackers.mirror_epochs(self.tracker, s.dense.metrics)
+            if s.shared is not None and s.shared.selected_epoch is not None:
+                # shared: the level is this run's own training, done elsewhere, so its entry
+                # names the epoch that training selected, as if trained here
+                s.cursor.skip_training(s.shared.selected_epoch)
+                s.cursor.select(0.0)
             s.cursor.skip_training(self.cfg.train.epochs)
         self.ranks.sync(s)
 
@@ -276,6 +316,7 @@ class Experiment:
         entry = s.record_level(level, val, test)
         model_state = s.method.level_state(s.model)
         self.store.save_level(level, model_state, s.masks.state_dict(), s.model_info())
+        self.digests.record(level)
         self.tracker.level(
             level, {k: v for k, v in entry.items() if isinstance(v, int | float) and k != "level"}
         )
@@ -309,7 +350,8 @@ class Experiment:
         store adds the run's identity and provenance)."""
         s = self.state
         if s is not None:  # none after a set-up failure: the reason alone
-            extra = {**s.summary_fields(), **extra, "levels": s.records.levels}
+            files = {"files": dict(self.digests.files)} if self.digests.files else {}
+            extra = {**s.summary_fields(), **files, **extra, "levels": s.records.levels}
         return self.store.write_summary(status, self._elapsed(), **extra)
 
     def _stopped(self, status: str, reason: str) -> None:

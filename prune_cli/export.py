@@ -16,6 +16,9 @@ Every export is checked before it is reported: the ONNX file is run with onnxrun
 is installed) and the ``torch.export`` program is loaded back and run, on the same random batch
 as the PyTorch model; outputs that differ by more than 1e-4 (relative to their scale) fail.
 
+A custom model's ``model.target`` named by the run's files is code chosen by whoever wrote the
+directory: it is refused before anything is imported unless ``trust_code`` (``--trust-code``).
+
 ONNX export uses PyTorch's ``torch.export``-based exporter, which needs ``onnxscript`` (and
 ``onnx``); ``pip install 'prune-cli[export]'`` installs them with onnxruntime.
 """
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 from prune_cli.errors import UserError
 from prune_cli.io import load_torch
 from prune_cli.models import build_model, model_config
+from prune_cli.models.custom import loading_stored_run
 from prune_cli.paths import RunPaths
 from prune_cli.pruning.results import stored_results
 from prune_cli.spec import DataSpec
@@ -109,7 +113,9 @@ def _masked_model(state: dict[str, Any], level: int) -> nn.Module:
     return model
 
 
-def _final_network(paths: RunPaths, summary: dict[str, Any]) -> tuple[nn.Module, str] | None:
+def _final_network(
+    paths: RunPaths, summary: dict[str, Any], trust_code: bool = False
+) -> tuple[nn.Module, str] | None:
     """The plain network a method saved for its last level, as its declaration names it
     (:class:`~prune_cli.pruning.results.Network`): thin (structured) or folded."""
     info = summary.get("method_info") or {}
@@ -125,7 +131,7 @@ def _final_network(paths: RunPaths, summary: dict[str, Any]) -> tuple[nn.Module,
     if network.kind == "thin":
         from prune_cli.thin import load_thin_model
 
-        return load_thin_model(path), "thin"
+        return load_thin_model(path, trust_code=trust_code), "thin"
     if network.kind == "folded":
         folded = load_torch(path, what="folded model")
         if not isinstance(folded, dict) or not isinstance(folded.get("state_dict"), dict):
@@ -214,9 +220,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def export_level(
-    run_dir: Path, level: int | None, fmt: str, output: Path | None = None
+    run_dir: Path,
+    level: int | None,
+    fmt: str,
+    output: Path | None = None,
+    trust_code: bool = False,
 ) -> Exported:
-    """Export the model of ``level`` (default: the last) of the run in ``run_dir``."""
+    """Export the model of ``level`` (default: the last) of the run in ``run_dir``;
+    ``trust_code``: a custom model's code named by the run's files may be imported."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     paths = RunPaths(Path(run_dir))
@@ -226,8 +237,9 @@ def export_level(
     if level is None:
         raise ExportError(f"{paths.root} has no finished level yet")
     state = _level_file(paths, level, done)
-    final = _final_network(paths, summary) if level == done[-1] else None
-    model, network = final if final is not None else (_masked_model(state, level), "masked")
+    with loading_stored_run(paths.root, trust_code):
+        final = _final_network(paths, summary, trust_code) if level == done[-1] else None
+        model, network = final if final is not None else (_masked_model(state, level), "masked")
     model = model.cpu().float().eval()
     info = state["model_info"]
     example = _example(int(info["channels"]), int(info["image_size"]))

@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="default: onnx")
     parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let a custom model's code that the run's files name be imported (from installed "
+        "packages and PYTHONPATH only); only for a run you trust",
+    )
+    parser.add_argument(
         "-o",
         "--output",
         type=Path,
@@ -36,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        done = export_level(args.run, args.level, args.format, args.output)
+        done = export_level(args.run, args.level, args.format, args.output, args.trust_code)
     except UserError as exc:
         print(f"prune-export: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -34,6 +34,9 @@ NON_RESULT_KEYS = (
     "train.cuda_graphs",
     "logger",
     "checkpoint_every",
+    # automatic dense sharing: the same results with and without (tests/test_dense_sharing.py)
+    "share_dense",
+    "share_dense_stale_s",
 )
 
 #: Dataset settings that runs stored before each dataset had its own settings (2026-11) carry

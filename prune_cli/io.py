@@ -3,7 +3,14 @@
 Every file is written to a temporary sibling and moved into place with ``os.replace``, which is
 atomic on POSIX file systems, so a crash never leaves a half-written checkpoint, CSV or JSON.
 Files get the permissions the user's umask gives (``mkstemp`` alone would make them 0600).
-Ctrl-C during a write takes effect once the file is in place (``interrupts_deferred``).
+Ctrl-C (and SIGTERM / SIGHUP, the signals of a batch system's preemption) during a write takes
+effect once the file is in place (``interrupts_deferred``).
+
+No write follows a symbolic link: a link planted in a run directory (``run.log -> ~/.bashrc``)
+would make the run write into the file it points at. Appends and locks open with
+``O_NOFOLLOW``; an atomic write refuses to replace a link (``os.replace`` would swap the link
+itself, silently moving the run's file out of the place its link claimed). Each refusal is a
+one-line ``UserError`` naming the link.
 
 Every torch file is read with ``weights_only=True``: tensors, containers and plain values only,
 so a crafted pickle given as a checkpoint or a ``dense_from`` model cannot run code.
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import signal
@@ -28,6 +36,48 @@ if TYPE_CHECKING:
     import torch
 
 
+#: the signals held back during a write: Ctrl-C, and the batch system's preemption / hang-up
+DEFERRED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a batch system's preemption, time-out or hang-up), raised where Ctrl-C
+    would be, so that the run ends the same way: marked interrupted, resumable."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise SignalInterrupt(signum)
+
+
+def interrupt_on_termination() -> None:
+    """Make SIGTERM and SIGHUP raise :class:`SignalInterrupt` in this (main) thread; a signal
+    the user chose to ignore (``nohup``) stays ignored. Elsewhere than in the main thread Python
+    cannot set handlers, and the signals keep their effect."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in DEFERRED_SIGNALS:
+        if signum != signal.SIGINT and signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _raise_interrupt)
+
+
+def interrupt_reason(exc: BaseException) -> str:
+    """How the summary's reason names an interrupt: ``interrupted`` or ``interrupted by
+    SIGTERM``."""
+    return f"interrupted by {exc.name}" if isinstance(exc, SignalInterrupt) else "interrupted"
+
+
+def interrupt_exit_status(exc: BaseException) -> int:
+    """128 + the signal's number, as a shell reports a process ended by it (Ctrl-C: 130)."""
+    return 128 + (exc.signum if isinstance(exc, SignalInterrupt) else signal.SIGINT)
+
+
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -41,29 +91,35 @@ TMP_SUFFIX = ".tmp"
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back until the block has run, then deliver it.
+    """Hold Ctrl-C (SIGINT), SIGTERM and SIGHUP back until the block has run, then deliver them.
 
     Why: a KeyboardInterrupt raised inside ``torch.save``'s zip writer leaves the writer in a
     state where closing it raises a RuntimeError ("unexpected pos"), which hides the interrupt:
-    the run ended with a traceback and exit status 1 instead of being marked interrupted. Signal
-    handlers exist only in the main thread; elsewhere, or when SIGINT's handler was not set from
-    Python, the block runs as it is.
+    the run ended with a traceback and exit status 1 instead of being marked interrupted. The
+    run's SIGTERM / SIGHUP handlers raise the same interrupt, so they wait too. Signal handlers
+    exist only in the main thread; elsewhere the block runs as it is, and a signal whose handler
+    was not set from Python (or is the default action, which kills without a word) is left alone.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is None:
-        yield
-        return
+    held = {}
+    for signum in DEFERRED_SIGNALS:
+        previous = signal.getsignal(signum)
+        # SIGINT's default is Python's KeyboardInterrupt handler; SIG_DFL / SIG_IGN / None are
+        # not Python's to defer (a SIGTERM without the run's handler kills as it always did)
+        if callable(previous):
+            held[signum] = previous
     caught: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    for signum in held:
+        signal.signal(signum, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:  # to the handler that was there: KeyboardInterrupt, by default
-            signal.raise_signal(signal.SIGINT)
+        for signum, previous in held.items():
+            signal.signal(signum, previous)
+        for signum in dict.fromkeys(caught):  # to the handlers that were there, first come first
+            signal.raise_signal(signum)
 
 
 def _atomic(path: Path, write: Any, mode: str = "w", durable: bool = True) -> None:
@@ -71,8 +127,28 @@ def _atomic(path: Path, write: Any, mode: str = "w", durable: bool = True) -> No
         _write_and_replace(path, write, mode, durable)
 
 
+def refuse_link(path: Path) -> None:
+    """A one-line ``UserError`` if ``path`` is a symbolic link (a run never writes through one)."""
+    if os.path.islink(path):
+        raise UserError(
+            f"{path} is a symbolic link; prune-run does not write through links (it would "
+            "change the file it points at): remove the link and re-run"
+        )
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` with a one-line ``UserError``."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            refuse_link(path)
+        raise
+
+
 def _write_and_replace(path: Path, write: Any, mode: str, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_link(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, mode) as fh:
@@ -164,11 +240,16 @@ def append_csv(rows: Iterable[Sequence[Any]], path: Path, durable: bool = False)
     """Append rows to an existing CSV file (not atomic: a crash can leave a partial last line,
     which the run store's rewrite at the start of the next session replaces; Ctrl-C waits for
     the rows). ``durable``: flushed to the disk before returning."""
-    with interrupts_deferred(), open(path, "a", newline="") as fh:
+    fd = open_nofollow(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with interrupts_deferred(), os.fdopen(fd, "a", newline="") as fh:
         csv.writer(fh, lineterminator="\n").writerows(rows)
         if durable:
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def save_bytes(data: bytes, path: Path) -> None:
+    _atomic(Path(path), lambda fh: fh.write(data), mode="wb")
 
 
 def save_text(text: str, path: Path) -> None:

@@ -22,6 +22,10 @@ Layout of a run directory::
     run.log                one line per epoch and level (appended across resumed sessions)
     .hydra/                Hydra's copy of the config and overrides (written after the checks)
     .lock                  held (flock) by the run that writes this directory
+
+A shared dense level (automatic dense sharing, :mod:`prune_cli.shared_dense`) is a dense-only
+run directory of the same layout under ``<output_root>/dense/<dataset>-<model>-s<seed>-<hash>/``
+(:func:`shared_dense_dir`), beside its ``.share.lock`` (:func:`shared_dense_lock`).
 """
 
 from __future__ import annotations
@@ -123,3 +127,13 @@ class RunPaths:
     def extra(self, name: str) -> Path:
         """A method's own artifact (one of the files its results declaration names)."""
         return self.root / name
+
+
+def shared_dense_dir(output_root: Path, dataset: str, model: str, seed: int, key: str) -> Path:
+    """The run directory of the dense level that the runs with dense key ``key`` share."""
+    return Path(output_root) / "dense" / f"{dataset}-{model}-s{seed}-{key}"
+
+
+def shared_dense_lock(directory: Path) -> Path:
+    """The lock file of a shared dense level: who trains it (exclusive create, heartbeat)."""
+    return Path(directory) / ".share.lock"

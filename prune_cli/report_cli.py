@@ -1,6 +1,11 @@
 """The ``prune-report`` command: turn run directories into tables, plots and an index page.
 
 prune-report outputs/multirun/2026-11-22_10-00-00 outputs/runs/... -o reports/mine
+
+Runs that failed, were interrupted, are still running, or whose files are damaged or hold
+what prune-run never writes are left out of every table: each is named on stderr with its
+reason and listed in ``runs_left_out.csv``. The exit status is 0 when at least one run is
+reported, 2 when none could be (or the input is wrong).
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from prune_cli.reporting.collect import collect
-from prune_cli.reporting.report import write_report
+from prune_cli.reporting.report import LEFT_OUT_FILE, left_out, write_left_out, write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,10 +56,32 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    if collection.completed.empty:
+        # nothing to average: say why each run is out (and keep the list), but write no
+        # report that would read as an empty result
+        listed = write_left_out(collection, args.out)
+        _say_left_out(listed)
+        print(
+            f"prune-report: error: nothing to report: 0 of {len(collection.runs)} runs "
+            f"completed and could be read (listed in {args.out / LEFT_OUT_FILE})",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     index = write_report(collection, args.out, formats)
-    unreadable = int((collection.runs.status == "unreadable").sum())
-    note = f" ({unreadable} unreadable: see the index)" if unreadable else ""
+    listed = left_out(collection)
+    _say_left_out(listed)
+    note = ""
+    if not listed.empty:
+        counts = listed.status.value_counts().to_dict()
+        kinds = ", ".join(f"{n} {status}" for status, n in counts.items())
+        note = f" ({len(listed)} left out: {kinds}; listed in {args.out / LEFT_OUT_FILE})"
     print(f"{len(collection.completed)} completed of {len(collection.runs)} runs{note} -> {index}")
+
+
+def _say_left_out(listed: pd.DataFrame) -> None:
+    """One line per run no table counts, on stderr: a bad run is seen, not only in index.md."""
+    for row in listed.itertuples(index=False):
+        print(f"prune-report: left out {row.run}: {row.status}: {row.reason}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from prune_cli.pruning.results import Results
 from prune_cli.recording.measure import record_level, record_stage
 from prune_cli.recording.records import RunRecords
 from prune_cli.seeds import derive_seed
+from prune_cli.shared_dense import SharedDense
 from prune_cli.spec import ImageData
 from prune_cli.store import DenseSource, RunStore
 from prune_cli.training.loop import EvalResult, evaluate, resolve_device
@@ -66,6 +67,8 @@ class RunState:
     #: the run's one cursor: moved by its own methods, restored from a checkpoint or rank 0
     cursor: Cursor = field(default_factory=Cursor)
     dense: DenseSource | None = None
+    #: the shared dense level (``shared_dense``) this run's level 0 comes from, if any
+    shared: SharedDense | None = None
     elapsed_before: float = 0.0  # wall time of earlier sessions of a resumed run
     resume: Checkpoint | None = None  # the checkpoint training resumes from, until consumed
     #: rows of each results table that the finished levels hold (durable in the files; the
@@ -163,6 +166,8 @@ class RunState:
             "params_prunable": sum(p.numel() for p in self.params.values()),
             "results": self.declared().to_dict(),
             "target": self.method.nominal_target(),
+            # where level 0 came from when it was shared (its rows are this run's own too)
+            **({"dense_shared": str(self.shared.root)} if self.shared is not None else {}),
         }
 
     # --- checkpoints ----------------------------------------------------------------------------

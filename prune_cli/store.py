@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
-import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -44,10 +41,10 @@ from prune_cli.checkpoint import Checkpoint
 from prune_cli.errors import UserError
 from prune_cli.identity import config_hash, differing_keys
 from prune_cli.io import (
-    FILE_MODE,
     load_json_mapping,
     load_torch,
     remove_stale_temporaries,
+    save_bytes,
     save_json,
     save_text,
     save_torch,
@@ -55,74 +52,15 @@ from prune_cli.io import (
 from prune_cli.paths import RESULT_DIRS, RESULT_FILES, RunPaths
 from prune_cli.provenance import versions
 from prune_cli.pruning.results import stored_results
-
-LOCK_NAME = ".lock"
-
-
-def check_location(root: Path) -> None:
-    """Refuse, before anything is written, a run directory that cannot hold a run."""
-    root = Path(root).absolute()
-    for parent in [root, *root.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                where = "is" if parent == root else f"is under {parent}, which is"
-                raise UserError(
-                    f"run directory {root} {where} a file, not a directory; choose another "
-                    "hydra.run.dir"
-                )
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UserError(
-                    f"run directory {root} cannot be written ({parent} is read-only); choose "
-                    "another hydra.run.dir or fix its permissions"
-                )
-            return
-
-
-@contextlib.contextmanager
-def directory_lock(root: Path, what: str = "run") -> Iterator[None]:
-    """Hold an exclusive lock on ``root`` for the duration; a second holder gets a UserError."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / (LOCK_NAME if what == "run" else f".{what}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise UserError(
-                f"another prune-run (pid {holder}) is writing the {what} directory {root}; wait "
-                "for it to finish or choose another directory"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def file_digest(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-
-
-def verify_files(root: Path, files: dict[str, Any], full: bool = True) -> str | None:
-    """Why the recorded files of a run are not intact (missing, truncated, changed), or None."""
-    for name, recorded in files.items():
-        path = Path(root) / name
-        if not path.is_file():
-            return f"{name} is missing"
-        size = path.stat().st_size
-        if size != recorded.get("bytes"):
-            return f"{name} is truncated ({size} bytes, {recorded.get('bytes')} written)"
-        if full and file_digest(path)["sha256"] != recorded.get("sha256"):
-            return f"{name} has changed since the run wrote it"
-    return None
+from prune_cli.rundir import (  # noqa: F401  (check_location, file_digest: the store's API too)
+    NoFollowFileHandler,
+    check_location,
+    directory_lock,
+    file_digest,
+    refuse_links,
+    shows_only,
+    verify_files,
+)
 
 
 @dataclass
@@ -143,6 +81,8 @@ class RunStore:
         self.hash = config_hash(config)
         #: rows of each results table already in its file in this session (None: rewrite all)
         self._written: dict[str, int] | None = None
+        #: a completed run on read-only storage, held for showing only (``lock``)
+        self._read_only = False
 
     @property
     def root(self) -> Path:
@@ -151,7 +91,34 @@ class RunStore:
     # --- ownership ----------------------------------------------------------------------------
     def lock(self) -> contextlib.AbstractContextManager[None]:
         check_location(self.root)
-        return directory_lock(self.root)
+        if self.root.is_dir() and not os.access(self.root, os.W_OK | os.X_OK):
+            return self._read_only_lock()
+        return self._writer_lock()
+
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        with directory_lock(self.root):
+            refuse_links(self.root)  # after the lock: its own file is opened without following
+            yield
+
+    @contextlib.contextmanager
+    def _read_only_lock(self) -> Iterator[None]:
+        """A completed run on read-only storage (``check_location`` let it through): shown
+        without a lock (nobody can write it), refused if the run would write."""
+        self._read_only = True
+        refuse_links(self.root)
+        if self.config.get("overwrite"):
+            raise self._cannot_write()
+        try:
+            yield
+        finally:
+            self._read_only = False
+
+    def _cannot_write(self) -> UserError:
+        return UserError(
+            f"run directory {self.root} cannot be written ({self.root} is read-only); choose "
+            "another hydra.run.dir or fix its permissions"
+        )
 
     def summary(self) -> dict[str, Any] | None:
         if not self.paths.summary.exists():
@@ -183,6 +150,12 @@ class RunStore:
         written; None for an empty directory or an unfinished run of this config (tidied, to be
         resumed). A run of another config is refused."""
         self.refuse_other_config()
+        if self._read_only:
+            summary = self.summary()
+            if summary is None or summary.get("status") != "completed":
+                raise self._cannot_write()  # changed since check_location looked
+            self.verify(summary)  # nothing to tidy: a read-only run keeps what it holds
+            return summary
         self.tidy()
         summary = self.summary()
         if summary is None or summary.get("status") != "completed":
@@ -245,7 +218,7 @@ class RunStore:
     @contextlib.contextmanager
     def log_file(self) -> Iterator[None]:
         """Send the ``prune_cli`` log to ``run.log`` while the run holds the directory."""
-        handler = logging.FileHandler(self.paths.log)
+        handler = NoFollowFileHandler(self.paths.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         logger = logging.getLogger("prune_cli")
         logger.setLevel(logging.INFO)
@@ -394,8 +367,8 @@ class RunStore:
 
     def adopt_init(self, path: Path) -> None:
         if not self.paths.init_state.exists():
-            shutil.copyfile(path, self.paths.init_state)
-            os.chmod(self.paths.init_state, FILE_MODE)
+            # an atomic copy: a dangling link planted as init.pt is refused, not written through
+            save_bytes(Path(path).read_bytes(), self.paths.init_state)
 
     # --- results ------------------------------------------------------------------------------
     def write_results(self, records: Any, durable: bool = False) -> None:

@@ -10,6 +10,10 @@ Why here, at the top of the package beside ``experiment``: rebuilding needs both
 registry (``models/``) and the channel removal (``pruning/structured.py``), and the architecture
 lets only the experiment layer import both (``pruning/`` never imports a model; ``models/``
 imports nothing but the foundations).
+
+The run's ``config.yaml`` is a file of the run directory, not the user's command: a custom
+model's ``model.target`` in it is refused unless the caller passes ``trust_code=True``
+(:func:`prune_cli.models.custom.loading_stored_run`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 
 from prune_cli.errors import UserError
 from prune_cli.models import ModelConfig, build_model, model_config
+from prune_cli.models.custom import UntrustedCode, loading_stored_run
 from prune_cli.paths import RunPaths
 from prune_cli.pruning.structured import THIN_FORMAT, THIN_VERSION, rebuild_thin
 from prune_cli.spec import DataSpec
@@ -37,7 +42,11 @@ def _known_settings(settings: dict) -> ModelConfig | None:
     (written by another version): the caller then falls back to the model's name."""
     try:
         return model_config(settings)
+    except UntrustedCode:
+        raise  # not a setting of another version: code the user did not allow to run
     except UserError:
+        if settings.get("name") == "custom":
+            raise  # its name alone builds nothing: say why its target did not import
         return None
 
 
@@ -65,11 +74,15 @@ def _model_settings(path: Path, stored: str | None) -> ModelConfig | str:
     )
 
 
-def load_thin_model(path: str | Path, model: str | None = None) -> nn.Module:
+def load_thin_model(
+    path: str | Path, model: str | None = None, trust_code: bool = False
+) -> nn.Module:
     """The thinner network stored at ``path`` by a structured method, on the CPU in eval mode.
 
     ``model`` (a registry name: default settings) overrides the settings in the run's
-    config.yaml and the name stored in the file.
+    config.yaml and the name stored in the file. ``trust_code=True`` lets a custom model's
+    ``model.target`` in those settings be imported (from the installed packages and
+    ``PYTHONPATH`` only); without it such a run is refused before anything is imported.
     """
     path = Path(path)
     try:
@@ -91,10 +104,11 @@ def load_thin_model(path: str | Path, model: str | None = None) -> nn.Module:
             f"{path} is version {checkpoint.get('version')} of the thin-model format; this "
             f"prune-run reads version {THIN_VERSION}: use the prune-run that wrote it"
         )
-    settings = model or _model_settings(path, checkpoint.get("model"))
-    name = settings if isinstance(settings, str) else settings.name
-    channels, height, _ = checkpoint["input_shape"]
-    dense = build_model(settings, DataSpec(channels, checkpoint["num_classes"], height))
+    with loading_stored_run(path.parent, trust_code):
+        settings = model or _model_settings(path, checkpoint.get("model"))
+        name = settings if isinstance(settings, str) else settings.name
+        channels, height, _ = checkpoint["input_shape"]
+        dense = build_model(settings, DataSpec(channels, checkpoint["num_classes"], height))
     try:
         return rebuild_thin(dense, checkpoint).eval()
     except (KeyError, RuntimeError, IndexError, ValueError) as exc:  # another architecture

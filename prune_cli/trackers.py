@@ -42,6 +42,16 @@ class Tracker:
         """Once, when the session ends: ``completed``, ``failed`` or ``interrupted``."""
 
 
+def mirror_epochs(tracker: Tracker, rows: list) -> None:
+    """Send ``metrics.csv`` rows (level, epoch, split, metric, value) of epochs trained
+    elsewhere (``dense_from``, the shared dense level) to ``tracker``, epoch by epoch."""
+    epochs: dict[tuple[int, int], dict[str, float]] = {}
+    for level, epoch, split, key, value in rows:
+        epochs.setdefault((int(level), int(epoch)), {})[f"{split}_{key}"] = float(value)
+    for (level, epoch), values in sorted(epochs.items()):
+        tracker.epoch(level, epoch, values)
+
+
 def flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"train.lr": "0.05", ...}``: a nested config as dotted keys and text values."""
     out: dict[str, str] = {}

@@ -489,7 +489,8 @@ def test_the_same_command_finds_its_run_and_a_sweep_its_jobs(tmp_path):
     sweep = ["-m", *QUICK, "seed=0,1"]
     assert run_cli(sweep, cwd=tmp_path).returncode == 0
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
-    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    # the sweep's own records are hidden (``.prune-sweep``); the jobs are the other folders
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name[0] != ".")
     assert len(jobs) == 2 and all(j.startswith("digits-mlp-magnitude-s") for j in jobs)
     rerun = run_cli(sweep, cwd=tmp_path)
     assert rerun.returncode == 0 and rerun.stderr.count("is complete") == 2

@@ -19,6 +19,9 @@ hook                   used by
 ``enforce_masks``      False for methods whose masked weights must keep learning (DNS)
 ``state_dict``         state a method keeps between hooks (DNS's dense weights and thresholds),
                        saved with every checkpoint
+``shares_dense``       True where level 0 is the plain dense training (no level-0 callbacks,
+                       optimizer or re-parametrisation): its trained dense level is shared
+                       with every run of the same model, data, training and seed
 ``finalize``           after the last level: analyses of the trained model (pruning-limit
                        prediction, metric search) and structured removal of whole filters
                        (a physically thinner network saved beside the run)
@@ -155,6 +158,13 @@ class PruningMethod:
     def num_levels(self) -> int:
         """Pruning levels after the dense level 0 (one-shot = 1)."""
         return 0
+
+    def shares_dense(self) -> bool:
+        """Whether level 0 is the plain dense training, the same whatever the method: no
+        level-0 callback, optimizer, re-parametrisation or epoch to save for rewinding. Such a
+        run may take a dense level trained once for its model, data, training and seed
+        (:mod:`prune_cli.shared_dense`); False, the safe default, trains its own."""
+        return False
 
     def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
         return prunable_parameters(model, self.cfg.ignore)

@@ -4,7 +4,8 @@ figures (PNG + PDF, :mod:`prune_cli.reporting.figures`) and an ``index.md``.
 One "study" is a (dataset, model) pair; within it, a row is a ``label``: the runs whose configs
 differ only in seed (see :mod:`prune_cli.reporting.collect`). Means and standard deviations are
 over those runs (completed runs only; ``n`` counts them, ``seeds`` lists their seeds); failed,
-running and unreadable runs are listed with the reason. Rows are never averaged across pruning
+running, damaged and unreadable runs are listed with the reason (in ``index.md`` and
+``runs_left_out.csv``). Rows are never averaged across pruning
 targets or any other setting; the settings that vary are named in the tables and ``index.md``.
 A spread computed from fewer than 3 runs is marked (``†``), and so is a row that holds a run
 that collapsed (``collapsed`` counts them; :mod:`prune_cli.recording.measure` says what that is).
@@ -288,16 +289,53 @@ def _shown(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(target=[t if t == t else "-" for t in frame["target"]])
 
 
+#: the file that lists the runs no table counts, one row each: run, status, reason
+LEFT_OUT_FILE = "runs_left_out.csv"
+#: what a left-out run without a recorded reason is, by its status
+DEFAULT_REASONS = {
+    "running": "no end recorded: still running, or stopped before it could say so "
+    "(re-run its command to resume it)",
+    "interrupted": "interrupted (re-run its command to resume it)",
+    "failed": "failed (no reason recorded)",
+    "unknown": "summary.json has no status",
+}
+
+
+def left_out(c: Collection) -> pd.DataFrame:
+    """The runs that no table counts (failed, interrupted, running, damaged, unreadable), each
+    with a reason, so that a reader need not open their directories to learn why."""
+    frame = c.runs.loc[c.runs.status != "completed", ["run", "status", "reason"]].copy()
+    missing = frame["reason"].isna() | (frame["reason"].astype(str).str.strip() == "")
+    frame.loc[missing, "reason"] = [
+        DEFAULT_REASONS.get(str(status), f"status {status}")
+        for status in frame.loc[missing, "status"]
+    ]
+    return frame.sort_values("run").reset_index(drop=True)
+
+
+def write_left_out(c: Collection, out: Path) -> pd.DataFrame:
+    """Write :data:`LEFT_OUT_FILE` (a header alone when every run counts) and return its rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    frame = left_out(c)
+    frame.to_csv(out / LEFT_OUT_FILE, index=False)
+    return frame
+
+
 def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -> Path:
     """Write the report into ``out``; figures in ``formats`` (PNG always, for the index)."""
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# prune-run report", ""]
     counts = c.runs.status.value_counts().to_dict()
     lines += [f"Runs: {len(c.runs)} ({', '.join(f'{v} {k}' for k, v in counts.items())}).", ""]
-    not_done = c.runs[c.runs.status != "completed"]
+    not_done = write_left_out(c, out)
     if not not_done.empty:
-        lines += ["## Runs left out (not completed, or unreadable: see reason)", ""]
-        lines += [markdown_plain(not_done[["run", "status", "reason"]]), ""]
+        lines += [
+            "## Runs left out (not completed, damaged or unreadable: see reason)",
+            "",
+            f"No table or figure counts them; also in `{LEFT_OUT_FILE}`.",
+            "",
+        ]
+        lines += [markdown_plain(not_done), ""]
     if not c.levels.empty:
         table = accuracy_table(c.levels, list(c.varying), c.declared.columns)
         notes = [varying_note(c.varying), marks_note(table), duplicate_note(table)]

@@ -1,7 +1,8 @@
 """Read one stored run directory as prune-run writes it: the read side's only contact with the
 files. A run that failed, is still running, or cannot be read (a summary that is not a mapping,
-a config that is not YAML, a corrupt CSV, a level without ``sparsity``, a declaration that is
-not one...) comes back with its status and the reason, never an exception.
+a config that is not YAML, a corrupt CSV, a word where a number belongs in a CSV or a level
+entry, a level without ``sparsity``, a declaration that is not one...) comes back with its
+status and the reason, never an exception: one bad run must not cost the report its others.
 """
 
 from __future__ import annotations
@@ -33,6 +34,46 @@ CSV_COLUMNS = {
     "sparsity.csv": ("level", "name", "sparsity"),
     "recall_distortion.csv": ("level",),
 }
+
+#: the columns of each result CSV that hold numbers where the file has them (an empty cell, a
+#: measure that was not defined, reads as NaN and is allowed): a word there would make every
+#: mean over the report fail, so the run is left out instead
+CSV_NUMBERS = {
+    "per_class_recall.csv": ("level", "support", "recall"),
+    "pqi.csv": ("level", "p", "q", "pqi"),
+    "gini.csv": ("level", "gini"),
+    "sparsity.csv": ("level", "numel", "nonzero", "sparsity"),
+    "recall_distortion.csv": (
+        "level",
+        "recall_dense",
+        "recall",
+        "balance_dense",
+        "balance",
+        "intensification",
+    ),
+}
+
+#: the fields of a summary level entry that hold a number or null (measured before the field
+#: existed, or not defined there); the report averages them
+LEVEL_NUMBERS = (
+    "params_nonzero",
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy",
+    "test_loss",
+    "pruned_test_accuracy",
+    "mask_sparsity",
+    "selected_epoch",
+    "epochs",
+    "pqi",
+    "gini",
+    "params",
+    "macs_dense",
+    "macs_sparse",
+    "units_no_incoming",
+    "units_no_outgoing",
+    "alpha",
+)
 
 
 class Unreadable(Exception):
@@ -90,6 +131,18 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _shown_value(value: Any) -> str:
+    """A bad value as a reason quotes it: short, on one line."""
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _number_or_null(value: Any) -> bool:
+    """A stored measure: a number (NaN and infinities too: they are numbers a mean can take)
+    or null; a bool is not one (JSON true would count as 1)."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
 def _check_levels(levels: Any) -> list[dict]:
     if not isinstance(levels, list):
         raise Unreadable("summary levels is not a list")
@@ -101,6 +154,18 @@ def _check_levels(levels: Any) -> list[dict]:
                 raise Unreadable(f"summary level entry {i} has no {key}")
             if not is_number(level[key]):
                 raise Unreadable(f"summary level entry {i} has a non-numeric {key}")
+        for key in LEVEL_NUMBERS:
+            if not _number_or_null(level.get(key)):
+                raise Unreadable(
+                    f"summary.json: level entry {i} has a non-numeric {key} "
+                    f"({_shown_value(level[key])})"
+                )
+        collapsed = level.get("collapsed")
+        if collapsed is not None and not isinstance(collapsed, bool):
+            raise Unreadable(
+                f"summary.json: level entry {i} has a collapsed that is not true/false "
+                f"({_shown_value(collapsed)})"
+            )
     numbers = [level["level"] for level in levels]
     if len(set(numbers)) != len(numbers):  # a row's mean would count that run twice
         raise Unreadable("summary lists a level twice")
@@ -145,8 +210,27 @@ def _read_csv(root: Path, name: str) -> pd.DataFrame:
     # as text columns: nothing there to be non-numeric
     if not frame.empty and not pd.api.types.is_numeric_dtype(frame["level"]):
         raise Unreadable(f"{name} is corrupt: non-numeric level values")
+    if not frame.empty:
+        for column in (c for c in CSV_NUMBERS[name] if c in frame.columns):
+            _check_numeric(frame, name, column)
     frame.insert(0, "run", str(root))
     return frame
+
+
+def _check_numeric(frame: pd.DataFrame, name: str, column: str) -> None:
+    """Refuse a column of numbers that holds anything else, naming the first such cell."""
+    values = frame[column]
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values[numbers.isna() & values.notna()]
+    if bad.empty:  # only booleans: True/False read as such, not as numbers
+        bad = values
+    row = int(bad.index[0]) + 2  # the file's line: the header is line 1
+    raise Unreadable(
+        f"{name} is corrupt: column {column} holds a non-number "
+        f"({_shown_value(bad.iloc[0])}, line {row})"
+    )
 
 
 def read_run(root: Path) -> dict:

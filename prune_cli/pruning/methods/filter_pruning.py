@@ -322,6 +322,11 @@ class FilterPruning(PruningMethod):
         return {r: k.to(device_keep[r].device) for r, k in keep.items()}
 
     # --- hooks --------------------------------------------------------------------------------
+    def shares_dense(self) -> bool:
+        # pruned after training, level 0 is the plain dense training: its channel schedule
+        # changes nothing while every mask is full, and ``prepare`` only finds the units
+        return self.cfg.when == "trained"
+
     def callbacks(self, level: int, masks: Masks, ctx: PruneContext) -> list[Callback]:
         return [ChannelSchedule(self, masks, ctx, level)]
 

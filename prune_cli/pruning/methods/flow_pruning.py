@@ -55,6 +55,10 @@ class FlowPruning(LevelPruning):
     Config = FlowConfig
     cfg: FlowConfig
 
+    def shares_dense(self) -> bool:
+        # level 0 is the plain dense training; a late rewind saves a level-0 epoch of its own
+        return self.rewind().kind != "epoch"
+
     @property
     def score(self) -> str:  # type: ignore[override]
         return self.cfg.measure

@@ -53,6 +53,10 @@ class GradientPruning(LevelPruning):
     cfg: GradientConfig
     score = "loss_preservation"  # GP's |theta g| is SNIP's loss preservation
 
+    def shares_dense(self) -> bool:
+        # level 0 is the plain dense training; a late rewind saves a level-0 epoch of its own
+        return self.rewind().kind != "epoch"
+
     def sample(self) -> Sample:
         return Sample(batches=self.cfg.grad_batches, mode=self.cfg.grad_mode)
 

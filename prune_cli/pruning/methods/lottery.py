@@ -38,11 +38,19 @@ class LotteryTicket(LevelPruning):
     Config = LotteryConfig
     score = "magnitude"
 
+    def shares_dense(self) -> bool:
+        # level 0 is the plain dense training; a late rewind saves a level-0 epoch of its own
+        return self.rewind().kind != "epoch"
+
 
 @METHODS.register("os")
 class OneShotRanking(LevelPruning):
     Config = OneShotRankingConfig
     score = "magnitude"  # of the dense level-0 weights
+
+    def shares_dense(self) -> bool:
+        # level 0 is the plain dense training; a late rewind saves a level-0 epoch of its own
+        return self.rewind().kind != "epoch"
 
     def scores(
         self, model: nn.Module, params: Mapping[str, nn.Parameter], ctx: PruneContext

@@ -23,3 +23,14 @@ class MagnitudeConfig(LevelConfig):
 class MagnitudePruning(LevelPruning):
     Config = MagnitudeConfig
     score = "magnitude"
+
+    def shares_dense(self) -> bool:
+        # level 0 is the plain dense training; a late rewind saves a level-0 epoch of its own
+        return self.rewind().kind != "epoch"
+
+
+def dense_only_config() -> MagnitudeConfig:
+    """A method config that trains the dense level 0 and prunes nothing (no levels): the one
+    every shared dense run is made with (:mod:`prune_cli.shared_dense`), whichever method the
+    runs that share it prune with."""
+    return MagnitudeConfig(levels=0)

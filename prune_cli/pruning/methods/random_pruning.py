@@ -17,3 +17,7 @@ class RandomConfig(LevelConfig):
 class RandomPruning(LevelPruning):
     Config = RandomConfig
     score = "random"
+
+    def shares_dense(self) -> bool:
+        # level 0 is the plain dense training; a late rewind saves a level-0 epoch of its own
+        return self.rewind().kind != "epoch"

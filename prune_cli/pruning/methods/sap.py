@@ -79,6 +79,10 @@ class SparsityInformedAdaptivePruning(IterativePruning):
     score = "magnitude"
     cfg: SapConfig
 
+    def shares_dense(self) -> bool:
+        # level 0 is the plain dense training; a late rewind saves a level-0 epoch of its own
+        return self.rewind().kind != "epoch"
+
     def count_rule(self, level: int) -> CountRule:
         c = self.cfg
         return sap_count(c.p, c.q, c.eta_r, c.gamma, c.beta)
