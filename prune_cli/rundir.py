@@ -117,3 +117,14 @@ class NoFollowFileHandler(logging.FileHandler):
     def _open(self):  # type: ignore[no-untyped-def]  # logging's own signature
         fd = open_nofollow(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id exists on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -43,7 +43,7 @@ from prune_cli.paths import RunPaths, shared_dense_dir, shared_dense_lock
 from prune_cli.pruning.method import METHODS
 from prune_cli.pruning.methods.magnitude import dense_only_config
 from prune_cli.recording.console import console
-from prune_cli.rundir import verify_files
+from prune_cli.rundir import pid_alive, verify_files
 from prune_cli.training.config import RetrainConfig
 
 #: seconds between two refreshes of a held lock's modification time
@@ -88,17 +88,6 @@ class Holder:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.pid}"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this id exists on this host (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stale_reason(

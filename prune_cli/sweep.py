@@ -36,6 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from prune_cli.errors import UserError
+from prune_cli.rundir import pid_alive
 
 #: set by ``cli.main`` to its pid, inherited by the launcher's worker processes
 OWNER_ENV = "PRUNE_RUN_SWEEP_OWNER"
@@ -246,16 +247,6 @@ def _running_workers() -> list[int]:
     return pids
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _forward_termination() -> None:
     """In the main process: SIGTERM / SIGHUP first stop the workers' jobs (each marks its run
     interrupted), then end this process as the handler that was there would (the launcher then
@@ -294,7 +285,7 @@ def _wait_settled(workers: list[int], timeout: float) -> None:
                 continue
             if record.get("pid") in workers and not record.get("ended"):
                 status, _ = _summary_status(Path(record["dir"]))
-                if status in (None, "running") and _alive(record["pid"]):
+                if status in (None, "running") and pid_alive(record["pid"]):
                     busy.append(record["pid"])
         if not busy:
             return
@@ -311,7 +302,7 @@ def _watch_owner(owner: int) -> None:
     parent = os.getppid()
 
     def watch() -> None:
-        while _alive(owner) and os.getppid() == parent:
+        while pid_alive(owner) and os.getppid() == parent:
             time.sleep(POLL_S)
         job = _current_job
         if job is not None:
