@@ -159,14 +159,27 @@ class SweepWatch(Callback):
         _write_json(_record_path(Path(str(config.hydra.sweep.dir)), num), record)
 
 
-def outcomes(sweep_dir: Path) -> list[Outcome]:
-    """This session's jobs of the sweep, by job number, from their records and summaries."""
-    found = []
+def _records(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The job records of the sweep, by file name; a record being written or torn is skipped
+    (its job is still running or was killed while it wrote)."""
+    records = []
     for path in sorted((sweep_dir / RECORDS).glob("*.json"), key=lambda p: p.name):
         try:
             record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def outcomes(sweep_dir: Path) -> list[Outcome]:
+    """This session's jobs of the sweep, by job number, from their records and summaries."""
+    found = []
+    for record in _records(sweep_dir):
+        try:
             num, run_dir = int(record["num"]), Path(record["dir"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             continue
         status, reason = _summary_status(run_dir)
         if record.get("failed"):
@@ -236,11 +249,7 @@ def _running_workers() -> list[int]:
         return []
     children = set(_descendants(os.getpid()))
     pids = []
-    for path in (_sweep_dir / RECORDS).glob("*.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+    for record in _records(_sweep_dir):
         pid = record.get("pid")
         if not record.get("ended") and isinstance(pid, int) and pid in children:
             pids.append(pid)
@@ -278,11 +287,7 @@ def _wait_settled(workers: list[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _sweep_dir is not None:
         busy = []
-        for path in (_sweep_dir / RECORDS).glob("*.json"):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
+        for record in _records(_sweep_dir):
             if record.get("pid") in workers and not record.get("ended"):
                 status, _ = _summary_status(Path(record["dir"]))
                 if status in (None, "running") and pid_alive(record["pid"]):
