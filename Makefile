@@ -85,6 +85,13 @@ REPORT := $(VENV)/bin/prune-report
 RESULTS ?= outputs/results
 SEEDS ?= 0 1 2 3 4
 SWEEP = $(RUN) -m progress=false
+# Hydra's sweep syntax for the seeds: SEEDS="0 1 2" -> seed=0,1,2. The jobs of one seed share
+# one dense model (trained once, in $(RESULTS)/dense/; see README "Reports, sweeps and
+# reproductions"), so no target trains a dense model by hand.
+comma := ,
+empty :=
+space := $(empty) $(empty)
+SEED_LIST = $(subst $(space),$(comma),$(strip $(SEEDS)))
 
 reproduce-sap-smoke: $(STAMP) ## SAP(0.5,1), SAP(1,2), LT, OS on Fashion-MNIST MLP, T=20, 8-epoch rounds, 2 seeds (CPU ~20 min with hydra/launcher=local)
 	$(SWEEP) sweep=sap_fmnist_mlp_smoke hydra.sweep.dir=$(RESULTS)/sap_fmnist_mlp/main
@@ -98,22 +105,13 @@ reproduce-sap: $(STAMP) ## the SAP paper's CIFAR-10 grid: CNN T=30, ResNet-18 T=
 	$(REPORT) $(RESULTS)/sap_cifar10 -o $(RESULTS)/sap_cifar10/report
 
 reproduce-rd-smoke: $(STAMP) ## recall distortion: MP, GP, UP, RP on Fashion-MNIST LeNet-5, t=2..50, 5 seeds (CPU ~50 min with hydra/launcher=local)
-	for s in $(SEEDS); do \
-	  $(RUN) experiment=rd_lenet5_fmnist method=magnitude method.levels=0 train.epochs=10 \
-	    seed=$$s progress=false hydra.run.dir=$(RESULTS)/rd_lenet5_fmnist/dense-s$$s || exit 1; \
-	  $(SWEEP) sweep=rd_lenet5_fmnist_smoke seed=$$s \
-	    dense_from=$(RESULTS)/rd_lenet5_fmnist/dense-s$$s \
-	    hydra.sweep.dir=$(RESULTS)/rd_lenet5_fmnist/sweep-s$$s || exit 1; \
-	done
+	$(SWEEP) sweep=rd_lenet5_fmnist_smoke seed=$(SEED_LIST) output_root=$(RESULTS) \
+	  hydra.sweep.dir=$(RESULTS)/rd_lenet5_fmnist
 	$(REPORT) $(RESULTS)/rd_lenet5_fmnist -o $(RESULTS)/rd_lenet5_fmnist/report
 
 reproduce-rd: $(STAMP) ## recall distortion: ResNet-20..110 on CIFAR-10, 4 methods x 5 ratios, 5 seeds (GPU, days)
-	for s in $(SEEDS); do for m in resnet20 resnet32 resnet44 resnet56 resnet110; do \
-	  $(RUN) experiment=rd_resnet_cifar10 model=$$m method=magnitude method.levels=0 seed=$$s \
-	    progress=false hydra.run.dir=$(RESULTS)/rd_cifar10/$$m-dense-s$$s || exit 1; \
-	  $(SWEEP) sweep=rd_cifar10 model=$$m seed=$$s dense_from=$(RESULTS)/rd_cifar10/$$m-dense-s$$s \
-	    hydra.sweep.dir=$(RESULTS)/rd_cifar10/$$m-sweep-s$$s || exit 1; \
-	done; done
+	$(SWEEP) sweep=rd_cifar10 model=resnet20,resnet32,resnet44,resnet56,resnet110 \
+	  seed=$(SEED_LIST) output_root=$(RESULTS) hydra.sweep.dir=$(RESULTS)/rd_cifar10
 	$(REPORT) $(RESULTS)/rd_cifar10 -o $(RESULTS)/rd_cifar10/report
 
 reproduce-flow-smoke: $(STAMP) ## early filter pruning: magnitude, loss preservation, GraSP on Fashion-MNIST LeNet-5, 3 seeds (CPU ~15 min)
@@ -163,25 +161,15 @@ reproduce-limit: $(STAMP) ## pruning limit on the paper's four settings (FC5, VG
 	$(REPORT) $(RESULTS)/limit_paper -o $(RESULTS)/limit_paper/report
 
 CROSSWORD_SEEDS ?= 0 1 2
+CROSSWORD_SEED_LIST = $(subst $(space),$(comma),$(strip $(CROSSWORD_SEEDS)))
 reproduce-crossword-smoke: $(STAMP) ## Crossword metric search vs L1, FPGM, magnitude, random filter pruning on Fashion-MNIST LeNet-5, 2 rates, 3 seeds (CPU ~30 min)
-	for s in $(CROSSWORD_SEEDS); do \
-	  $(RUN) model=lenet5 dataset=fashion_mnist method=magnitude method.levels=0 \
-	    train.epochs=10 train.batch_size=128 seed=$$s progress=false \
-	    hydra.run.dir=$(RESULTS)/crossword_fmnist_lenet5/dense-s$$s || exit 1; \
-	  $(SWEEP) sweep=crossword_fmnist_lenet5_smoke seed=$$s \
-	    dense_from=$(RESULTS)/crossword_fmnist_lenet5/dense-s$$s \
-	    hydra.sweep.dir=$(RESULTS)/crossword_fmnist_lenet5/sweep-s$$s || exit 1; \
-	done
+	$(SWEEP) sweep=crossword_fmnist_lenet5_smoke seed=$(CROSSWORD_SEED_LIST) output_root=$(RESULTS) \
+	  hydra.sweep.dir=$(RESULTS)/crossword_fmnist_lenet5
 	$(REPORT) $(RESULTS)/crossword_fmnist_lenet5 -o $(RESULTS)/crossword_fmnist_lenet5/report
 
 reproduce-crossword: $(STAMP) ## Crossword search vs L1, FPGM, magnitude, random on ResNet-56 CIFAR-10 at 50%/70% of the filters, 3 seeds; FPGM's own setting (GPU, days)
-	for s in $(CROSSWORD_SEEDS); do \
-	  $(RUN) experiment=crossword_resnet56_cifar10 method=magnitude method.levels=0 seed=$$s \
-	    progress=false hydra.run.dir=$(RESULTS)/crossword_cifar10/dense-s$$s || exit 1; \
-	  $(SWEEP) sweep=crossword_cifar10 seed=$$s \
-	    dense_from=$(RESULTS)/crossword_cifar10/dense-s$$s \
-	    hydra.sweep.dir=$(RESULTS)/crossword_cifar10/sweep-s$$s || exit 1; \
-	  $(RUN) experiment=fpgm_resnet56_cifar10 seed=$$s progress=false \
-	    hydra.run.dir=$(RESULTS)/crossword_cifar10/fpgm-s$$s || exit 1; \
-	done
+	$(SWEEP) sweep=crossword_cifar10 seed=$(CROSSWORD_SEED_LIST) output_root=$(RESULTS) \
+	  hydra.sweep.dir=$(RESULTS)/crossword_cifar10/sweep
+	$(SWEEP) experiment=fpgm_resnet56_cifar10 seed=$(CROSSWORD_SEED_LIST) output_root=$(RESULTS) \
+	  hydra.sweep.dir=$(RESULTS)/crossword_cifar10/fpgm
 	$(REPORT) $(RESULTS)/crossword_cifar10 -o $(RESULTS)/crossword_cifar10/report

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from prune_cli.api import Run, Runs, load_run, load_runs
+    from prune_cli.api import Evaluation, Run, RunFileError, Runs, load_run, load_runs
 
 #: the Python API (``prune_cli/api.py``), imported on first use: ``import prune_cli`` stays
 #: cheap for the command line, which never needs pandas through it
-_API = ("load_run", "load_runs", "Run", "Runs")
-__all__ = ["Run", "Runs", "__version__", "load_run", "load_runs"]
+_API = ("load_run", "load_runs", "Run", "Runs", "Evaluation", "RunFileError")
+__all__ = ["Evaluation", "Run", "RunFileError", "Runs", "__version__", "load_run", "load_runs"]
 
 
 def __getattr__(name: str) -> Any:
@@ -29,3 +29,9 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     raise AttributeError(f"module 'prune_cli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazily imported API's (``dir(prune_cli)``, tab completion):
+    a name that ``__getattr__`` serves exists, so it is listed."""
+    return sorted({*globals(), *_API})

@@ -25,6 +25,7 @@ them is refused before anything is imported unless the run is loaded with ``trus
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,6 +39,29 @@ from torch import Tensor, nn
 from prune_cli.errors import UserError
 from prune_cli.io import load_json_mapping, load_torch
 from prune_cli.paths import RunPaths
+from prune_cli.stored import Unreadable, check_level_state, check_levels, level_numbers
+
+
+class RunFileError(UserError):
+    """A file of a run directory that holds what prune-run never writes (not YAML, not UTF-8,
+    a CSV with ragged rows, a summary whose ``levels`` is a string...); ``path`` is the file."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """A level evaluated on a split, as the run evaluates (``training.loop.evaluate``)."""
+
+    level: int
+    split: str
+    accuracy: float
+    loss: float
+    #: class, class_name, support, recall: one row per class (per_class_recall.csv's columns)
+    recall: pd.DataFrame
+
 
 #: the run's CSV tables, by attribute name
 TABLES = {
@@ -75,18 +99,38 @@ class Run:
     @functools.cached_property
     def config(self) -> dict[str, Any]:
         """The resolved config the run was started with (``config.yaml``)."""
-        if not self.paths.config.is_file():
+        path = self.paths.config
+        if not path.is_file():
             return {}
-        return yaml.safe_load(self.paths.config.read_text()) or {}
+        try:
+            config = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise RunFileError(
+                path, f"not readable YAML ({type(exc).__name__}: {reason})"
+            ) from None
+        if config is not None and not isinstance(config, dict):
+            raise RunFileError(path, "does not hold a mapping of settings")
+        return config or {}
 
     @functools.cached_property
     def levels(self) -> pd.DataFrame:
         """One row per level: the summary's level entries (sparsity, accuracies, PQI, MACs...)."""
-        return pd.DataFrame(self.summary.get("levels", []))
+        try:
+            return pd.DataFrame(check_levels(self.summary.get("levels", [])))
+        except Unreadable as exc:
+            raise RunFileError(self.paths.summary, str(exc)) from None
 
     def _table(self, attribute: str) -> pd.DataFrame:
+        from prune_cli.reporting.runs import read_table
+
         path = getattr(self.paths, TABLES[attribute])
-        return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        if not path.is_file():
+            return pd.DataFrame()
+        try:
+            return read_table(path)  # the report's reader: the same checks, one message
+        except Unreadable as exc:
+            raise RunFileError(path, str(exc)) from None
 
     metrics = functools.cached_property(lambda self: self._table("metrics"))
     metrics.__doc__ = "level,epoch,split,metric,value: per-epoch training and validation"
@@ -103,7 +147,10 @@ class Run:
 
     @property
     def level_numbers(self) -> list[int]:
-        return [int(lv["level"]) for lv in self.summary.get("levels", [])]
+        try:
+            return level_numbers(self.summary.get("levels", []))
+        except Unreadable as exc:
+            raise RunFileError(self.paths.summary, str(exc)) from None
 
     def _level(self, level: int | None) -> int:
         numbers = self.level_numbers
@@ -134,26 +181,32 @@ class Run:
         ``torch.nn.utils.prune.custom_from_mask``, so that training the model further keeps
         the pruned weights at zero (``prune.remove`` makes it plain again).
         """
-        from prune_cli.models import build_model, model_config
+        from prune_cli.export import level_architecture
         from prune_cli.models.custom import loading_stored_run
-        from prune_cli.spec import DataSpec
 
         level = self._level(level)
-        state = load_torch(self.paths.level_model(level), device, what=f"level {level} model")
-        info = state.get("model_info") if isinstance(state, dict) else None
-        if not isinstance(info, dict) or "name" not in info:
+        path = self.paths.level_model(level)
+        state = load_torch(path, device, what=f"level {level} model")
+        if isinstance(state, dict) and not isinstance(state.get("model_info"), dict):
             raise UserError(
-                f"{self.paths.level_model(level)} carries no model_info (written by an older "
-                "prune-run); build the model yourself and load its 'model' state dict"
+                f"{path} carries no model_info (written by an older prune-run); build the "
+                "model yourself and load its 'model' state dict"
             )
-        spec = DataSpec(int(info["channels"]), int(info["num_classes"]), int(info["image_size"]))
+        try:
+            check_level_state(state)
+        except Unreadable as exc:
+            raise RunFileError(path, str(exc)) from None
         # the model's settings too (model.width=...), where the level file records them
         with loading_stored_run(self.root, self.trust_code):
-            model = build_model(model_config(info.get("settings") or info["name"]), spec)
+            model = level_architecture(state, path)
         weights = state["model"]
         if any(".parametrizations." in k for k in weights):
             model = self._reparametrise(model)
-        model.load_state_dict(weights)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:  # weights of another shape than the architecture's
+            detail = str(exc).strip().splitlines()[-1].strip()[:160]
+            raise RunFileError(path, f"its weights do not fit its model_info ({detail})") from None
         model = model.to(device).eval()
         if attach_mask:
             from torch.nn.utils import prune
@@ -165,6 +218,52 @@ class Run:
                     module, _, attr = name.rpartition(".")
                     prune.custom_from_mask(modules[module], attr, keep.to(params[name].device))
         return model
+
+    def evaluate(
+        self, level: int | None = None, split: str = "test", device: str | torch.device = "cpu"
+    ) -> Evaluation:
+        """Evaluate ``level`` (default: the last) on ``split`` (``train``, ``val`` or ``test``)
+        of the run's own dataset, built from its ``config.yaml`` (the same split seed and
+        sizes), with the function the run evaluates with (``training.loop.evaluate``): on
+        the device and thread count the run used, the test accuracy of a level equals its
+        ``test_accuracy`` in ``summary.json``.
+
+        The model is :meth:`model` (the weights the run evaluated); the dataset's files must
+        be where the run's config says (``dataset.root``)."""
+        from prune_cli.data import DATASET_CONFIGS, build_dataset
+        from prune_cli.metrics import per_class_recall
+        from prune_cli.training.config import TrainConfig
+        from prune_cli.training.loop import evaluate
+
+        if split not in ("train", "val", "test"):
+            raise UserError(f"unknown split {split!r}; the splits are train, val and test")
+        level = self._level(level)
+        settings = self.config.get("dataset")
+        if not isinstance(settings, dict) or not isinstance(settings.get("name"), str):
+            raise RunFileError(self.paths.config, "names no dataset (dataset.name)")
+        cls = DATASET_CONFIGS.get(settings["name"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        dataset_cfg = cls(**{k: v for k, v in settings.items() if k in known})
+        # what evaluation reads of the run's train settings: batch size, bf16, channels-last
+        train = self.config.get("train") if isinstance(self.config.get("train"), dict) else {}
+        used = ("eval_batch_size", "bf16", "channels_last")
+        train_cfg = TrainConfig(**{k: train[k] for k in used if k in train})
+        device = torch.device(device)
+        seed = self.config.get("seed", 0)
+        # as the run built it: after seeding with the run's seed; the caller's random state
+        # is left as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed if isinstance(seed, int) else 0)
+            data = build_dataset(dataset_cfg, device)
+        if data.size(split) == 0:
+            raise UserError(f"{self.root}'s dataset has no {split} split (its size is 0)")
+        result = evaluate(self.model(level, device), data, split, train_cfg)
+        recall, support = per_class_recall(result.confusion)
+        rows = [
+            (c, name, int(support[c]), float(recall[c])) for c, name in enumerate(data.class_names)
+        ]
+        table = pd.DataFrame(rows, columns=["class", "class_name", "support", "recall"])
+        return Evaluation(level, split, result.accuracy, result.loss, table)
 
     def _reparametrise(self, model: nn.Module) -> nn.Module:
         """The method's own parametrisation of the weights (SA++'s block attention), which its

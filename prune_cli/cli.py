@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from prune_cli import distributed, sweep
+from prune_cli import distributed, extras, objective, sweep
 from prune_cli.config import (
     CONF_DIR,
     NON_RESULT_KEYS,
@@ -48,7 +48,7 @@ _SWEEP_LOCKED = False
 #: set by ``main`` to its pid and inherited by a launcher's worker processes (joblib's loky
 #: workers import this module afresh, so a pid taken at import cannot tell them from the owner)
 SWEEP_OWNER_ENV = "PRUNE_RUN_SWEEP_OWNER"
-CHOICE_GROUPS = ("model", "dataset", "method", "train", "experiment", "sweep")
+CHOICE_GROUPS = ("model", "dataset", "method", "train", "experiment", "sweep", "hparams_search")
 
 
 def check_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
@@ -171,7 +171,7 @@ def _share_cores(hydra_cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def _run(cfg: DictConfig) -> dict[str, str] | None:
+def _run(cfg: DictConfig) -> dict[str, str] | float | None:
     from prune_cli.experiment import run_experiment
     from prune_cli.recording.console import show_overrides
 
@@ -190,7 +190,19 @@ def _run(cfg: DictConfig) -> dict[str, str] | None:
         run_cfg = to_run_config(cfg)
         if run_cfg.progress and world.main:
             show_overrides(config_hash(run_cfg), list(hydra_cfg.overrides.task))
-        run_experiment(run_cfg, Path(hydra_cfg.runtime.output_dir), _hydra_files(cfg))
+        run_experiment(
+            run_cfg,
+            Path(hydra_cfg.runtime.output_dir),
+            _hydra_files(cfg),
+            record_setup_failure=hydra_cfg.mode == RunMode.MULTIRUN,  # listed by its report
+        )
+        if run_cfg.objective is not None and world.main:
+            # a sweeper (Optuna's) reads the task function's return: the objective, from the
+            # run's summary.json (so a finished run that is only shown returns it too)
+            out = Path(hydra_cfg.runtime.output_dir)
+            value = objective.measure(run_cfg.objective, run_cfg.objective_tolerance, out)
+            logging.getLogger("prune_cli").info("objective %s: %.6g", run_cfg.objective, value)
+            return value
     except (UserError, RunFailed) as exc:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             fail(exc)
@@ -236,7 +248,8 @@ def sweep_dir_override(overrides: list[str]) -> str | None:
         for o in overrides
         if not o.startswith(("hydra.", "hydra/")) and o.partition("=")[0] not in ignored
     )
-    preset = next((o.partition("=")[2] for o in keep if o.startswith("sweep=")), "sweep")
+    presets = (o.partition("=")[2] for o in keep if o.startswith(("sweep=", "hparams_search=")))
+    preset = next(presets, "sweep")
     digest = hashlib.sha256("\n".join(keep).encode()).hexdigest()[:10]
     return f"hydra.sweep.dir=${{output_root}}/multirun/{preset}-{digest}"
 
@@ -258,6 +271,9 @@ def precheck(
     check_choices(overrides, conf_dir)
     check_target_overrides(overrides)
     if multirun:
+        fixed = objective.fixed_overrides(overrides)
+        if fixed is not None:  # a search: what its trials share is checked once, here
+            precheck(fixed, multirun=False, conf_dir=conf_dir)
         return None
     if any(o.startswith("sweep=") for o in overrides):
         raise UserError("sweep=NAME is a sweep preset: add -m (prune-run -m sweep=NAME ...)")
@@ -327,6 +343,29 @@ EXCLUSIVE_MODES = {
 }
 
 
+def config_groups(conf_dir: Path = CONF_DIR) -> list[str]:
+    """The config tree's groups (folders holding YAML files: ``model``, ``hydra/launcher``),
+    read from it, so a new group is listed without a change here: ``CHOICE_GROUPS`` in their
+    order, then the others by name."""
+    found = {p.parent.relative_to(conf_dir).as_posix() for p in conf_dir.rglob("*.yaml")}
+    found.discard(".")
+    return [g for g in CHOICE_GROUPS if g in found] + sorted(found - set(CHOICE_GROUPS))
+
+
+def version_text() -> str:
+    """``prune-run --version``: prune-run's and torch's versions (torch's from its package
+    metadata: no config is composed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from prune_cli import __version__
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    return f"prune-run {__version__} (torch {torch_version})"
+
+
 def help_text(conf_dir: Path = CONF_DIR) -> str:
     """``prune-run --help``: the app, its groups and options (not the internal ``schema/``)."""
     lines = [
@@ -339,11 +378,14 @@ def help_text(conf_dir: Path = CONF_DIR) -> str:
         "",
         "Config groups (GROUP=OPTION):",
     ]
-    for group in CHOICE_GROUPS:
-        lines.append(f"  {group:<11} {', '.join(group_options(group, conf_dir))}")
+    groups = config_groups(conf_dir)
+    width = max(map(len, groups), default=0)
+    for group in groups:
+        lines.append(f"  {group:<{width}} {', '.join(group_options(group, conf_dir))}")
     lines += [
         "",
-        "Settings: seed, device (auto|cpu|cuda), overwrite, progress, checkpoint_every, pqi_grid,",
+        "Settings: seed, device (auto|cpu|cuda), overwrite, progress, heartbeat_s (seconds",
+        "between progress lines off a terminal), checkpoint_every, pqi_grid,",
         "dense_from=RUN_DIR, output_root, and every key of the groups (method.sparsity=0.9,",
         "train.epochs=30, ...): `prune-run --cfg job` prints the composed config.",
         "Your own: model=custom model.target=pkg.module:fn, model.weights=PATH|pretrained,",
@@ -362,10 +404,17 @@ def main() -> None:
     flags = [a.split("=", 1)[0] for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
     multirun = any(f in ("-m", "--multirun") for f in flags)
+    if "--version" in flags:  # Hydra's own would print Hydra's version
+        print(version_text())
+        return
     if any(f in ("-h", "--help") for f in flags):
         print(help_text())
         return
     refuse_flags(flags)
+    try:
+        extras.check_overrides(overrides)  # a launcher whose plugin is not installed
+    except UserError as exc:
+        fail(exc)
     handle_termination()
     modes = {m for f in flags for m in EXCLUSIVE_MODES if f in EXCLUSIVE_MODES[m]}
     if len(modes) > 1:
@@ -373,6 +422,7 @@ def main() -> None:
     checked, follower = None, False
     if not any(f in HYDRA_FLAGS for f in flags):
         try:
+            objective.check_search(overrides, multirun)  # the sweeper's extra, -m
             checked = precheck(overrides, multirun=multirun)
             follower = checked is not None and not distributed.from_env().main
         except UserError as exc:

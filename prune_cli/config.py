@@ -25,6 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from prune_cli import objective
 from prune_cli.data import DATASET_CONFIGS, DatasetConfig, data_identity
 from prune_cli.errors import ConfigError, UserError
 from prune_cli.identity import (  # noqa: F401  (re-exported: the entry layer's names)
@@ -63,6 +64,9 @@ class RunConfig:
     overwrite: bool = False
     #: rich progress bars for epochs and batches
     progress: bool = True
+    #: with ``progress`` and stdout not a terminal (a log file), a line every this many seconds
+    #: of an epoch (steps done, images/s, time left); 0: none
+    heartbeat_s: float = 60.0
     #: (p, q) pairs of the PQ index logged in pqi.csv
     pqi_grid: list[Any] = field(default_factory=lambda: [[0.5, 1.0], [1.0, 2.0]])
     output_root: str = "outputs"
@@ -85,12 +89,23 @@ class RunConfig:
     #: an experiment tracker and its settings (``logger=tensorboard``, ``logger=mlflow``;
     #: ``prune_cli/conf/logger/``); it only mirrors results, so it is not in the hash
     logger: dict[str, Any] | None = None
+    #: what the run returns to a hyperparameter search (``hparams_search=NAME``): null (nothing),
+    #: ``last_val_accuracy`` or ``max_sparsity_within`` (``prune_cli/objective.py``); not hashed
+    objective: str | None = None
+    #: accuracy points below the dense validation accuracy that ``max_sparsity_within`` allows
+    objective_tolerance: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**63:
+            # torch.manual_seed takes at most 64 bits: a larger seed overflowed mid-run
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        if not str(self.output_root).strip():
+            # an empty root put the runs at the filesystem's root (/runs/...)
+            raise ConfigError("output_root is empty; give a folder (output_root=outputs)")
         if not self.share_dense_stale_s > 0:
             raise ConfigError(f"share_dense_stale_s must be > 0, got {self.share_dense_stale_s}")
+        if self.heartbeat_s < 0:
+            raise ConfigError(f"heartbeat_s must be >= 0 (0: no heartbeat), got {self.heartbeat_s}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
@@ -113,6 +128,7 @@ class RunConfig:
         trackers.check(self.logger)
         if not isinstance(self.dataset, DatasetConfig):
             raise ConfigError("dataset must be chosen from the dataset config group (dataset=NAME)")
+        objective.check(self.objective, self.objective_tolerance, self.dataset.val_size)
         if not isinstance(self.model, ModelConfig):
             raise ConfigError("model must be chosen from the model config group (model=NAME)")
         if not isinstance(self.method, MethodConfig):
@@ -165,7 +181,10 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     try:
         run = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, UserError) else None
+        # a UserError raised by a resolver (a folder dataset's data_id) comes wrapped twice
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__ or cause.__context__
         if cause is not None:
             raise cause from None
         raise ConfigError(str(exc).splitlines()[0]) from exc

@@ -16,6 +16,7 @@ uninterrupted run: all randomness of an epoch comes from a generator seeded by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from prune_cli.checkpoint import selection_score
 from prune_cli.config import RunConfig
 from prune_cli.distributed import World
 from prune_cli.errors import RunFailed, UserError
-from prune_cli.io import interrupt_reason
+from prune_cli.io import DiskFull, interrupt_reason
 from prune_cli.level_digests import LevelDigests
 from prune_cli.pruning.mask import Masks
 from prune_cli.ranks import Ranks
@@ -54,8 +55,12 @@ class Experiment:
         run_dir: Path,
         hydra_files: dict[str, str] | None = None,
         world: World | None = None,
+        record_setup_failure: bool = False,
     ) -> None:
         self.cfg = cfg
+        #: a sweep's job records a set-up failure in its (otherwise empty) directory, so that
+        #: the sweep's report lists it; a single run leaves no directory behind (bad input)
+        self.record_setup_failure = record_setup_failure
         #: data-parallel ranks (``prune_cli.distributed``): rank 0 alone touches ``run_dir``
         self.world = distributed.world() if world is None else world
         self.ranks = Ranks(self.world)
@@ -68,6 +73,8 @@ class Experiment:
         self.hydra_files = hydra_files
         self.started = time.time()
         self.state: RunState | None = None
+        #: whether the run has written into its directory (set up and past the checks)
+        self.claimed = False
 
     @property
     def _s(self) -> RunState:
@@ -106,8 +113,19 @@ class Experiment:
                     "(overwrite=true runs it again)"
                 )
                 show_results(existing, self.store.root)
+                root, output_root = self.store.root, Path(self.cfg.output_root)
+                if line := trackers.log_completed(self.cfg.logger, root, output_root, self.config):
+                    console.print(line)  # sent to the tracker from its files, or already there
                 return existing
-            self._start()
+            try:
+                self._start()
+            except BaseException:
+                if not self.claimed and not self.record_setup_failure:
+                    # refused while being set up: the directory made for the run goes again if
+                    # it holds nothing but our lock (never what the user or an earlier run had)
+                    self.store.remove_if_empty()
+                self._put_back()
+                raise
             self.tracker = trackers.build(
                 self.cfg.logger, self.store.root, Path(self.cfg.output_root)
             )
@@ -121,22 +139,25 @@ class Experiment:
                 analyses = self._analyses()
             except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (io.SignalInterrupt)
                 self._stopped("interrupted", self._where(interrupt_reason(exc)))
+                self._put_back()
                 raise
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}"
+                known = isinstance(exc, RunFailed | UserError)  # their message is the reason
+                reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
                 self._stopped("failed", reason)
+                self._put_back()
                 raise
             damage = self.digests.problem()
             if damage is not None:  # changed since written: never recorded as intact
                 self._stopped("damaged", damage)
                 self.digests.check()
-            self.tracker.finish("completed")
             summary = self._write_summary(
                 "completed",
                 method_info=info,
                 files=self.digests.for_summary(self.store.level_files(s.cursor.level)),
                 **({"analysis": analyses} if analyses else {}),
             )
+            self.tracker.finish("completed")  # after the summary: it is one of the artifacts
             self.store.discard_checkpoint()  # the level models remain
         show_results(summary, self.store.root)
         return summary
@@ -152,12 +173,13 @@ class Experiment:
         except UserError as exc:
             # A set-up failure is recorded in a directory that holds nothing (so a sweep's report
             # lists the job); an existing run, or one about to be overwritten, stays untouched.
-            if not store.has_results():
+            if self.record_setup_failure and not store.has_results():
                 self._write_summary("failed", reason=str(exc), device=cfg.device)
             raise
         self._share_dense()
-        if cfg.overwrite:
-            store.clear(self._s.declared().files)
+        self.claimed = True
+        if cfg.overwrite:  # kept aside until this run's level 0 is written (store.set_aside)
+            store.set_aside(self._s.declared().files)
         store.write_config(OmegaConf.to_yaml(OmegaConf.structured(cfg)), self.hydra_files)
         s = self._s
         s.take_init()
@@ -189,14 +211,15 @@ class Experiment:
             s.shared = shared_dense.obtain(self.cfg, self.world)
             s.dense = store.dense_source(s.shared.root, s.device)
         except (UserError, RunFailed) as exc:
-            if not store.has_results():  # listed by a sweep's report, like a set-up failure
+            if self.record_setup_failure and not store.has_results():
+                # listed by a sweep's report, like a set-up failure
                 self._write_summary("failed", reason=f"shared dense model: {exc}")
             raise
 
     # --- the levels ---------------------------------------------------------------------------
     def _levels(self) -> None:
         s = self._s
-        with make_progress(self.cfg.progress and self.world.main) as progress:
+        with make_progress(self.cfg.progress and self.world.main, self.cfg.heartbeat_s) as progress:
             while s.cursor.level <= s.method.num_levels():
                 level = s.cursor.level
                 if level > 0 and not s.cursor.pruned:
@@ -262,7 +285,7 @@ class Experiment:
         if ck is not None and ck.resumes(level):
             best_state = ck.resume_training(optimizer, scheduler, callbacks)
         enforce = (lambda: s.masks.apply_(s.params)) if s.method.enforce_masks else None
-        bars = ProgressBars(progress, level, s.cursor.epoch, s.method.num_levels())
+        bars = ProgressBars(progress, level, s.cursor.epoch, s.method.num_levels(), cfg.batch_size)
         trainer = Trainer(
             s.model, s.data, cfg, optimizer, scheduler, enforce, [*callbacks, bars], self.world
         )
@@ -332,6 +355,8 @@ class Experiment:
         s.cursor.next_level()
         self.store.save_checkpoint(s.checkpoint(self._elapsed()))
         self._write_summary("running")
+        if level == 0:
+            self.store.drop_aside()  # overwrite=true: the new run now stands on its own
 
     # --- after the levels -----------------------------------------------------------------------
     def _analyses(self) -> dict[str, Any]:
@@ -354,8 +379,16 @@ class Experiment:
             extra = {**s.summary_fields(), **files, **extra, "levels": s.records.levels}
         return self.store.write_summary(status, self._elapsed(), **extra)
 
+    def _put_back(self) -> None:
+        """``overwrite=true`` ended before the new run's level 0: the earlier run comes back."""
+        if self.world.main and self.store.restore_aside():
+            console.print(
+                f"{self.store.root}: the overwrite did not finish; the earlier run is kept"
+            )
+
     def _stopped(self, status: str, reason: str) -> None:
-        self._write_summary(status, reason=reason)
+        with contextlib.suppress(DiskFull):  # the error being raised says so, in one line
+            self._write_summary(status, reason=reason)
         self.tracker.finish(status)
 
     def _where(self, what: str) -> str:
@@ -372,5 +405,6 @@ def run_experiment(
     run_dir: Path,
     hydra_files: dict[str, str] | None = None,
     world: World | None = None,
+    record_setup_failure: bool = False,
 ) -> dict[str, Any]:
-    return Experiment(cfg, run_dir, hydra_files, world).run()
+    return Experiment(cfg, run_dir, hydra_files, world, record_setup_failure).run()

@@ -41,6 +41,7 @@ from prune_cli.models.custom import loading_stored_run
 from prune_cli.paths import RunPaths
 from prune_cli.pruning.results import stored_results
 from prune_cli.spec import DataSpec
+from prune_cli.stored import Unreadable, check_level_state, inside_run, level_numbers
 
 FORMATS = ("onnx", "torch_export")
 #: largest accepted difference between the exported and the PyTorch outputs, relative to the
@@ -76,6 +77,10 @@ def _summary(paths: RunPaths) -> dict[str, Any]:
         raise ExportError(f"{paths.summary} is unreadable ({type(exc).__name__})") from None
     if not isinstance(summary, dict):
         raise ExportError(f"{paths.summary} does not hold a run summary")
+    try:
+        level_numbers(summary.get("levels") or [])
+    except Unreadable as exc:
+        raise ExportError(f"{paths.summary}: {exc}") from None
     return summary
 
 
@@ -83,18 +88,37 @@ def _level_file(paths: RunPaths, level: int, done: list[int]) -> dict[str, Any]:
     if level not in done:
         have = ", ".join(map(str, done)) or "none yet"
         raise ExportError(f"{paths.root} has no finished level {level} (finished: {have})")
-    state = load_torch(paths.level_model(level), what=f"level {level} model")
-    if not isinstance(state, dict) or not {"model", "mask", "model_info"} <= state.keys():
-        raise ExportError(f"{paths.level_model(level)} is not a prune-run level model")
-    return state
+    path = paths.level_model(level)
+    try:
+        return check_level_state(load_torch(path, what=f"level {level} model"))
+    except Unreadable as exc:
+        raise ExportError(f"{path}: {exc}") from None
 
 
-def _masked_model(state: dict[str, Any], level: int) -> nn.Module:
-    """The level's network with its masked weights zeroed."""
+def level_architecture(state: dict[str, Any], path: Path) -> nn.Module:
+    """The network a level file (checked by :func:`~prune_cli.stored.check_level_state`)
+    describes, with fresh weights: its ``model_info``'s settings (else the run config's model,
+    else the registry name) on its data's shape. Build it inside ``loading_stored_run``."""
     info = state["model_info"]
-    settings = info.get("settings") or (state.get("config") or {}).get("model") or info["name"]
-    spec = DataSpec(int(info["channels"]), int(info["num_classes"]), int(info["image_size"]))
-    model = build_model(model_config(settings), spec)
+    config = state.get("config")
+    stored = config.get("model") if isinstance(config, dict) else None
+    settings = info.get("settings") or (stored if isinstance(stored, dict) else None)
+    spec = DataSpec(info["channels"], info["num_classes"], info["image_size"])
+    try:
+        return build_model(model_config(settings or info["name"]), spec)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+        # settings of the wrong type, or a shape the architecture cannot take (a 2x2 image
+        # for LeNet-5): what prune-run never writes into a level file it made
+        raise ExportError(
+            f"{path}: its model_info does not build a {info['name']} "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
+
+
+def _masked_model(state: dict[str, Any], level: int, path: Path) -> nn.Module:
+    """The level's network with its masked weights zeroed (``path``: the level file)."""
+    info = state["model_info"]
+    model = level_architecture(state, path)
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
     try:
         model.load_state_dict(weights)
@@ -109,6 +133,11 @@ def _masked_model(state: dict[str, Any], level: int) -> nn.Module:
     with torch.no_grad():
         for name, mask in state["mask"].items():
             if name in params:
+                if mask.shape != params[name].shape:
+                    raise ExportError(
+                        f"{path}: its mask of {name} is {tuple(mask.shape)}, the weight "
+                        f"{tuple(params[name].shape)}"
+                    )
                 params[name].mul_(mask.to(params[name].dtype))
     return model
 
@@ -118,12 +147,19 @@ def _final_network(
 ) -> tuple[nn.Module, str] | None:
     """The plain network a method saved for its last level, as its declaration names it
     (:class:`~prune_cli.pruning.results.Network`): thin (structured) or folded."""
-    info = summary.get("method_info") or {}
+    info = summary.get("method_info")
+    info = info if isinstance(info, dict) else {}
     try:
         networks = stored_results(summary).networks
     except ValueError as exc:
         raise ExportError(f"{paths.summary}: {exc}") from None
     saved = [n for n in networks if isinstance(info.get(n.key), str)]
+    for n in saved:
+        if not inside_run(info[n.key]):
+            raise ExportError(
+                f"{paths.summary}: method_info.{n.key} names {info[n.key]!r}, a file outside "
+                "the run directory"
+            )
     if not saved:
         return None
     network = saved[0]
@@ -139,13 +175,14 @@ def _final_network(
         last = _done(summary)[-1]
         state = _level_file(paths, last, _done(summary))  # the architecture and data spec
         # the folded weights are W * A * mask already: nothing left to mask
-        model = _masked_model({**state, "model": folded["state_dict"], "mask": {}}, last)
+        model = _masked_model({**state, "model": folded["state_dict"], "mask": {}}, last, path)
         return model, "folded"
     return None
 
 
 def _done(summary: dict[str, Any]) -> list[int]:
-    return [int(entry["level"]) for entry in summary.get("levels") or []]
+    """The finished levels' numbers (``_summary`` has checked their shape)."""
+    return level_numbers(summary.get("levels") or [])
 
 
 def _example(channels: int, size: int, batch: int = 3) -> Tensor:
@@ -219,6 +256,19 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else "no detail"
 
 
+def _check_output(path: Path) -> None:
+    """Refuse an output that cannot be a file: a folder, or a path under a file."""
+    if path.is_dir():
+        raise ExportError(f"-o {path} is a folder; give the file to write (-o FILE.onnx)")
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ExportError(
+                    f"-o {path}: {parent} exists and is not a folder; give a file in a folder"
+                )
+            return
+
+
 def export_level(
     run_dir: Path,
     level: int | None,
@@ -236,15 +286,21 @@ def export_level(
     level = done[-1] if level is None and done else level
     if level is None:
         raise ExportError(f"{paths.root} has no finished level yet")
+    path = output or paths.level_export(level, fmt)
+    _check_output(path)  # before the model is built: a wrong -o costs no wait and makes nothing
     state = _level_file(paths, level, done)
     with loading_stored_run(paths.root, trust_code):
         final = _final_network(paths, summary, trust_code) if level == done[-1] else None
-        model, network = final if final is not None else (_masked_model(state, level), "masked")
+        if final is None:
+            final = _masked_model(state, level, paths.level_model(level)), "masked"
+        model, network = final
     model = model.cpu().float().eval()
     info = state["model_info"]
-    example = _example(int(info["channels"]), int(info["image_size"]))
-    path = output or paths.level_export(level, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    example = _example(info["channels"], info["image_size"])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot make the folder {path.parent} ({exc.strerror})") from None
     if fmt == "onnx":
         difference = _onnx(model, example, path)
     else:

@@ -16,7 +16,8 @@ from prune_cli.export import FORMATS, export_level
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="prune-export",
-        description=__doc__.splitlines()[0],
+        # the docstring's RST markup (``torch.export``) is for the API docs, not the terminal
+        description=__doc__.splitlines()[0].replace("``", ""),
         epilog="The exported network takes images normalised as the run's dataset normalises "
         "them, (B, C, H, W) float32, and returns (B, classes) logits. Masked weights are zero; "
         "a structured run's last level is its thinner network. ONNX needs "

@@ -20,6 +20,7 @@ from typing import Any
 NON_RESULT_KEYS = (
     "overwrite",
     "progress",
+    "heartbeat_s",
     "output_root",
     "device",
     "dataset.root",
@@ -37,6 +38,9 @@ NON_RESULT_KEYS = (
     # automatic dense sharing: the same results with and without (tests/test_dense_sharing.py)
     "share_dense",
     "share_dense_stale_s",
+    # what a run returns to a search (prune_cli/objective.py): a search reuses finished runs
+    "objective",
+    "objective_tolerance",
 )
 
 #: Dataset settings that runs stored before each dataset had its own settings (2026-11) carry

@@ -122,8 +122,43 @@ def interrupts_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+class DiskFull(UserError):
+    """A run file could not be written because the disk (or the user's quota) is full."""
+
+
+def _full_disk(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a full disk or quota: torch.save's zip writer turns
+    the ENOSPC of its file into ``RuntimeError: [enforce fail at inline_container.cc] ...``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """A full disk while writing ``path`` becomes one line naming the file (a ``DiskFull``
+    ``UserError``), instead of a chained traceback through torch's zip writer."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        marked = isinstance(exc, RuntimeError) and (
+            "unexpected pos" in str(exc) or "inline_container" in str(exc)
+        )
+        if not (_full_disk(exc) or marked):
+            raise
+        raise DiskFull(
+            f"no space left on device while writing {path}; free some space and re-run the "
+            "same command to resume"
+        ) from None
+
+
 def _atomic(path: Path, write: Any, mode: str = "w", durable: bool = True) -> None:
-    with interrupts_deferred():
+    with interrupts_deferred(), writing(path):
         _write_and_replace(path, write, mode, durable)
 
 
@@ -240,8 +275,9 @@ def append_csv(rows: Iterable[Sequence[Any]], path: Path, durable: bool = False)
     """Append rows to an existing CSV file (not atomic: a crash can leave a partial last line,
     which the run store's rewrite at the start of the next session replaces; Ctrl-C waits for
     the rows). ``durable``: flushed to the disk before returning."""
-    fd = open_nofollow(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    with interrupts_deferred(), os.fdopen(fd, "a", newline="") as fh:
+    with writing(Path(path)):
+        fd = open_nofollow(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with writing(Path(path)), interrupts_deferred(), os.fdopen(fd, "a", newline="") as fh:
         csv.writer(fh, lineterminator="\n").writerows(rows)
         if durable:
             fh.flush()

@@ -96,6 +96,11 @@ class RunPaths:
         return self.root / "run.log"
 
     @property
+    def mlflow_run(self) -> Path:
+        """The MLflow run this run logs to (``logger=mlflow``), so that a resume continues it."""
+        return self.root / "mlflow_run.json"
+
+    @property
     def checkpoint(self) -> Path:
         return self.root / "checkpoint.pt"
 
@@ -137,3 +142,9 @@ def shared_dense_dir(output_root: Path, dataset: str, model: str, seed: int, key
 def shared_dense_lock(directory: Path) -> Path:
     """The lock file of a shared dense level: who trains it (exclusive create, heartbeat)."""
     return Path(directory) / ".share.lock"
+
+
+def shared_dense_marker(directory: Path) -> Path:
+    """The file that says a run directory holds a shared dense level (``prune-report`` leaves
+    such runs out of a folder it searches: their level 0 is in the runs that took it)."""
+    return Path(directory) / ".shared-dense"

@@ -130,8 +130,10 @@ class RunState:
 
     def record_stage(self, level: int, stage: str, evaluation: EvalResult) -> None:
         """Per-class recall and PQI rows of the level's ``pruned`` or ``trained`` stage."""
-        names, grid = self.data.class_names, self.cfg.pqi_grid
-        record_stage(self.records, level, stage, evaluation, names, self.params, self.masks, grid)
+        names, grid, model = self.data.class_names, self.cfg.pqi_grid, self.model
+        record_stage(
+            self.records, level, stage, evaluation, names, self.params, self.masks, grid, model
+        )
 
     def record_level(self, level: int, val: EvalResult | None, test: EvalResult) -> dict[str, Any]:
         """The level's sparsity rows and summary entry, of its selected model."""

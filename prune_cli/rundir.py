@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,23 +25,23 @@ from prune_cli.io import load_json_mapping, open_nofollow, refuse_link
 LOCK_NAME = ".lock"
 
 
-def check_location(root: Path) -> None:
-    """Refuse, before anything is written, a run directory that cannot hold a run."""
+def check_location(root: Path, setting: str = "hydra.run.dir", what: str = "run directory") -> None:
+    """Refuse, before anything is written, a run (or sweep) directory that cannot hold a run;
+    ``setting`` is the one the message tells the user to change."""
     root = Path(root).absolute()
     for parent in [root, *root.parents]:
         if parent.exists():
             if not parent.is_dir():
                 where = "is" if parent == root else f"is under {parent}, which is"
                 raise UserError(
-                    f"run directory {root} {where} a file, not a directory; choose another "
-                    "hydra.run.dir"
+                    f"{what} {root} {where} a file, not a directory; choose another {setting}"
                 )
             if not os.access(parent, os.W_OK | os.X_OK):
                 if parent == root and shows_only(root):
                     return  # a completed run on read-only storage is shown, which writes nothing
                 raise UserError(
-                    f"run directory {root} cannot be written ({parent} is read-only); choose "
-                    "another hydra.run.dir or fix its permissions"
+                    f"{what} {root} cannot be written ({parent} is read-only); choose "
+                    f"another {setting} or fix its permissions"
                 )
             return
 
@@ -117,6 +118,14 @@ class NoFollowFileHandler(logging.FileHandler):
     def _open(self):  # type: ignore[no-untyped-def]  # logging's own signature
         fd = open_nofollow(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A full disk drops the line (run.log repeats the console) rather than printing a
+        traceback per line; the run's next file write reports the full disk in one line."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return
+        super().handleError(record)
 
 
 def pid_alive(pid: int) -> bool:

@@ -38,8 +38,8 @@ from prune_cli.config import RunConfig
 from prune_cli.distributed import World
 from prune_cli.errors import UserError
 from prune_cli.identity import config_hash, result_settings
-from prune_cli.io import load_json_mapping
-from prune_cli.paths import RunPaths, shared_dense_dir, shared_dense_lock
+from prune_cli.io import load_json_mapping, save_text
+from prune_cli.paths import RunPaths, shared_dense_dir, shared_dense_lock, shared_dense_marker
 from prune_cli.pruning.method import METHODS
 from prune_cli.pruning.methods.magnitude import dense_only_config
 from prune_cli.recording.console import console
@@ -290,6 +290,13 @@ def completed(root: Path) -> SharedDense | None:
     return SharedDense(root, None if selected is None else int(selected))
 
 
+def mark(root: Path) -> None:
+    """Write the marker that tells ``prune-report`` this run is a shared dense level."""
+    marker = shared_dense_marker(root)
+    if not marker.is_file():
+        save_text("a dense level 0 shared by the runs whose dense_shared names it\n", marker)
+
+
 def say(line: str) -> None:
     """One line, as it is: never wrapped (a sweep's log is searched for it), no markup."""
     console.print(line, soft_wrap=True, markup=False, highlight=False)
@@ -313,6 +320,7 @@ def obtain(cfg: RunConfig, world: World, poll_s: float = POLL_S) -> SharedDense:
             try:
                 done = completed(root)  # finished between the look and the lock
                 if done is None:
+                    mark(root)
                     say(f"training the shared dense model in {root}")
                     Experiment(dense_config(cfg), root, world=world).run()
                     done = completed(root)

@@ -8,8 +8,10 @@ or opens a file itself. The store keeps a run directory whole:
 - **one config**: the directory belongs to the config whose hash its summary, checkpoint or
   ``config.yaml`` carries; another config is refused with the keys that differ, and a checkpoint
   is resumed only by the config that wrote it;
-- **nothing lost**: ``overwrite=true`` clears old results only once the new run has built its
-  data and model; a refused run writes nothing (not even Hydra's ``.hydra/``);
+- **nothing lost**: ``overwrite=true`` sets the old results aside (``.overwritten/``) once the
+  new run has built its data and model, puts them back if it fails, is interrupted or killed
+  before its level 0 is written, and deletes them then; a refused run writes nothing (not
+  even Hydra's ``.hydra/``, nor the directory itself);
 - **nothing stale**: leftover temporaries are removed, a completed run keeps no checkpoint, and
   the level models' sizes and digests are recorded so that a truncated one is detected;
 - **safe reads**: every torch file goes through :func:`prune_cli.io.load_torch`
@@ -53,6 +55,7 @@ from prune_cli.paths import RESULT_DIRS, RESULT_FILES, RunPaths
 from prune_cli.provenance import versions
 from prune_cli.pruning.results import stored_results
 from prune_cli.rundir import (  # noqa: F401  (check_location, file_digest: the store's API too)
+    LOCK_NAME,
     NoFollowFileHandler,
     check_location,
     directory_lock,
@@ -61,6 +64,12 @@ from prune_cli.rundir import (  # noqa: F401  (check_location, file_digest: the 
     shows_only,
     verify_files,
 )
+
+log = logging.getLogger("prune_cli.store")
+
+
+#: the hidden folder that holds an overwritten run's results until the new run has its level 0
+ASIDE = ".overwritten"
 
 
 @dataclass
@@ -99,6 +108,11 @@ class RunStore:
     def _writer_lock(self) -> Iterator[None]:
         with directory_lock(self.root):
             refuse_links(self.root)  # after the lock: its own file is opened without following
+            # an overwrite killed (kill -9) before the new run's level 0 left the old run aside
+            if self.restore_aside():
+                log.warning(
+                    "%s: an interrupted overwrite was undone; the earlier run is back", self.root
+                )
             yield
 
     @contextlib.contextmanager
@@ -185,20 +199,86 @@ class RunStore:
             (self.root / d).exists() for d in RESULT_DIRS
         )
 
-    def clear(self, declared: tuple[str, ...] = ()) -> None:
-        """Delete the results of the run this directory held (``overwrite=true``): every run's
-        files, the files the new run's method declares, and those the old run's declared."""
+    def remove_if_empty(self) -> None:
+        """Remove the run directory if it holds nothing but its lock (a run refused while being
+        set up); called with the lock held, so no other run is using the directory."""
+        try:
+            if {p.name for p in self.root.iterdir()} - {LOCK_NAME}:
+                return
+            (self.root / LOCK_NAME).unlink(missing_ok=True)
+            self.root.rmdir()  # fails, and is left, if another process has just added a file
+        except OSError:
+            pass
+
+    def _result_names(self, declared: tuple[str, ...]) -> tuple[list[str], tuple[str, ...]]:
+        """(files, folders) of a run's results: every run's files, the files the new run's
+        method declares and those the stored run's declared; what ``overwrite=true`` replaces."""
         names = [*RESULT_FILES, *declared]
-        old = self.summary()
-        with contextlib.suppress(ValueError):  # a declaration that is not one names nothing
+        old = self.summary() if self.paths.summary.is_file() else None
+        with contextlib.suppress(ValueError, UserError):  # a bad declaration names nothing
             names += stored_results(old).files if old is not None else ()
-        for name in dict.fromkeys(names):
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                continue  # a crafted summary does not delete outside the run directory
+        safe = [n for n in dict.fromkeys(names) if not Path(n).is_absolute()]
+        # a crafted summary does not reach outside the run directory
+        return [n for n in safe if ".." not in Path(n).parts], (*RESULT_DIRS, ".hydra")
+
+    def clear(self, declared: tuple[str, ...] = ()) -> None:
+        """Delete the results of the run this directory holds (see :meth:`_result_names`)."""
+        files, folders = self._result_names(declared)
+        for name in files:
             with contextlib.suppress(IsADirectoryError):  # not a file the run wrote
                 (self.root / name).unlink(missing_ok=True)
-        for name in (*RESULT_DIRS, ".hydra"):
+        for name in folders:
             shutil.rmtree(self.root / name, ignore_errors=True)
+
+    # --- overwrite=true: the old run stays recoverable until the new one has its level 0 -------
+    @property
+    def _aside(self) -> Path:
+        return self.root / ASIDE
+
+    @property
+    def _aside_partial(self) -> Path:
+        return self.root / f"{ASIDE}.partial"
+
+    def set_aside(self, declared: tuple[str, ...] = ()) -> None:
+        """Move the old run's results into a hidden folder (``overwrite=true``): put back by
+        :meth:`restore_aside` if the new run fails or is interrupted (or killed: the next start
+        does it), deleted by :meth:`drop_aside` once the new run's level 0 is written.
+
+        The moves go into ``.overwritten.partial`` first, renamed when all are done, so a kill
+        in between leaves a folder that is plainly put back, with nothing of the new run."""
+        files, folders = self._result_names(declared)
+        partial = self._aside_partial
+        partial.mkdir(exist_ok=True)
+        for name in [*files, *folders]:
+            source = self.root / name
+            if source.exists() or source.is_symlink():
+                (partial / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, partial / name)
+        os.replace(partial, self._aside)
+
+    def restore_aside(self) -> bool:
+        """Put the old run back (the new run's results removed); whether there was one."""
+        if self._aside_partial.is_dir():  # interrupted while setting aside: nothing new yet
+            self._move_back(self._aside_partial)
+        if not self._aside.is_dir():
+            return False
+        self._written = None
+        self.clear()
+        self._move_back(self._aside)
+        return True
+
+    def _move_back(self, folder: Path) -> None:
+        for source in sorted(p for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()):
+            target = self.root / source.relative_to(folder)
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # the new run's, where the old run had a file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+        shutil.rmtree(folder)
+
+    def drop_aside(self) -> None:
+        """The new run has written its level 0: the old run's results go."""
+        shutil.rmtree(self._aside, ignore_errors=True)
 
     def tidy(self) -> None:
         """Remove what a killed run leaves behind: temporaries, a completed run's checkpoint."""

@@ -78,7 +78,7 @@ def lock(sweep_dir: Path) -> None:
     global _locked
     if _locked:
         return
-    check_location(sweep_dir)
+    check_location(sweep_dir, "hydra.sweep.dir", "sweep directory")
     _LOCK.enter_context(directory_lock(sweep_dir, "sweep"))
     _locked = True
 

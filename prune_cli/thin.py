@@ -31,6 +31,7 @@ from prune_cli.models.custom import UntrustedCode, loading_stored_run
 from prune_cli.paths import RunPaths
 from prune_cli.pruning.structured import THIN_FORMAT, THIN_VERSION, rebuild_thin
 from prune_cli.spec import DataSpec
+from prune_cli.stored import is_count
 
 
 class ThinModelError(UserError):
@@ -104,14 +105,24 @@ def load_thin_model(
             f"{path} is version {checkpoint.get('version')} of the thin-model format; this "
             f"prune-run reads version {THIN_VERSION}: use the prune-run that wrote it"
         )
+    shape, classes = checkpoint.get("input_shape"), checkpoint.get("num_classes")
+    # (C, H, W) and the classes as whole numbers >= 1: a crafted file must not reach the model
+    # builder with a word or a negative size
+    if not (
+        isinstance(shape, list | tuple) and len(shape) == 3 and all(is_count(n, 1) for n in shape)
+    ):
+        raise ThinModelError(f"{path}: its input_shape is not (channels, height, width)")
+    if not is_count(classes, 1):
+        raise ThinModelError(f"{path}: its num_classes is not a whole number >= 1")
     with loading_stored_run(path.parent, trust_code):
         settings = model or _model_settings(path, checkpoint.get("model"))
         name = settings if isinstance(settings, str) else settings.name
-        channels, height, _ = checkpoint["input_shape"]
+        channels, height, _ = shape
         dense = build_model(settings, DataSpec(channels, checkpoint["num_classes"], height))
     try:
         return rebuild_thin(dense, checkpoint).eval()
-    except (KeyError, RuntimeError, IndexError, ValueError) as exc:  # another architecture
+    except (KeyError, RuntimeError, IndexError, ValueError, TypeError, AttributeError) as exc:
+        # another architecture, or removed channels that are not lists of indices
         raise ThinModelError(
             f"{path} does not fit model {name!r} ({type(exc).__name__}); pass the model the run "
             "used: load_thin_model(path, model=<name>)"

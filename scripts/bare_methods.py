@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +84,34 @@ def cell(summary: dict) -> str:
     return f"{pct(last['sparsity'])}, {pct(last['test_accuracy'])}"
 
 
+def find(node: object, suffix: str) -> object:
+    """The first value under a key ending in ``suffix`` anywhere in a summary (None if none)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if str(key).endswith(suffix) and not isinstance(value, (dict, list)):
+                return value
+            found = find(value, suffix)
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for value in reversed(node):  # the last level first
+            found = find(value, suffix)
+            if found is not None:
+                return found
+    return None
+
+
+def cpu_name() -> str:
+    """This machine's CPU model as the kernel names it (the digits depend on it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def update_readme(summaries: dict[str, dict]) -> None:
     """Fill the method table's last column from the runs, and the note under the table."""
     lines = README.read_text().splitlines()
@@ -99,12 +129,21 @@ def update_readme(summaries: dict[str, dict]) -> None:
         lines[end] = " | ".join(cells[:3]).rstrip(" |") + f" | {value} |"
         end += 1
     dense = summaries["magnitude"]["levels"][0]["test_accuracy"]
+    threads = sorted({str(s.get("threads")) for s in summaries.values()})
+    correlation = find(summaries.get("crossword", {}), "objective_accuracy_spearman")
     note = (
-        f"{NOTE} `prune-run method=NAME` with nothing else (LeNet-5 on digits, seed 0, CPU; "
-        f"the dense model: {pct(dense)}), measured by `python scripts/bare_methods.py --readme`, "
-        "which wrote it. `grda` and `dns` train with their own presets (`train=grda_demo`, "
+        f"{NOTE} `prune-run method=NAME` with nothing else (LeNet-5 on digits, seed 0; the dense "
+        f"model: {pct(dense)}), measured by `python scripts/bare_methods.py --readme`, which "
+        f"wrote it on {date.today().isoformat()} on an {cpu_name()} with "
+        f"{'/'.join(threads)} torch thread(s). Other CPUs and thread counts sum floats in "
+        "another order and give other digits (a run repeats bit for bit only on the same CPU "
+        "and thread count), so read the column for what each method does, not for its last "
+        "decimal. `grda` and `dns` train with their own presets (`train=grda_demo`, "
         "`train=dns_demo`), which their YAML selects. Random pruning collapses at 90%: that is "
-        "its finding. `limit` trains densely and measures: its predicted and actual limits are in "
+        "its finding. `crossword` chooses by its objective, not by accuracy: `summary.json` "
+        "gives the objective-vs-pruned-accuracy correlation over the candidates it measured"
+        + (f" ({correlation:.2f} here)" if isinstance(correlation, float) else "")
+        + ". `limit` trains densely and measures: its predicted and actual limits are in "
         "`summary.json`. `sapp` and `block_magnitude` keep layers of fewer than `min_blocks` "
         "blocks dense, so their real sparsity is below the nominal 90%."
     )

@@ -11,6 +11,7 @@ Numbers are this machine's: compare the ratio, not the seconds.
 
     .venv/bin/python scripts/bench_study.py                  # LeNet-5 on digits, 2 x 2 x 2
     .venv/bin/python scripts/bench_study.py --model mlp --rounds 2
+    .venv/bin/python scripts/bench_study.py --dataset fashion_mnist train.epochs=3
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ SPARSITIES = ("0.5", "0.8")
 SEEDS = ("0", "1")
 
 
-def sweep(share: bool, root: Path, model: str, dataset: str) -> tuple[float, int, int]:
+def sweep(
+    share: bool, root: Path, model: str, dataset: str, extra: list[str]
+) -> tuple[float, int, int]:
     """Run the sweep once; (wall seconds, completed jobs, dense trainings it did)."""
     command = [
         sys.executable,
@@ -45,6 +48,7 @@ def sweep(share: bool, root: Path, model: str, dataset: str) -> tuple[float, int
         f"share_dense={str(share).lower()}",
         f"output_root={root}",
         f"hydra.sweep.dir={root}/multirun",
+        *extra,
     ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -64,6 +68,9 @@ def main() -> None:
     parser.add_argument("--model", default="lenet5")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (median)")
+    parser.add_argument(
+        "overrides", nargs="*", help="more prune-run settings for every job (train.epochs=3)"
+    )
     args = parser.parse_args()
     m, s, k = len(METHODS), len(SPARSITIES), len(SEEDS)
     times: dict[bool, list[float]] = {True: [], False: []}
@@ -71,12 +78,15 @@ def main() -> None:
     for _ in range(args.rounds):
         for share in (False, True):
             with tempfile.TemporaryDirectory() as folder:
-                wall, completed, dense = sweep(share, Path(folder), args.model, args.dataset)
+                wall, completed, dense = sweep(
+                    share, Path(folder), args.model, args.dataset, args.overrides
+                )
             times[share].append(wall)
             counts[share] = (completed, dense)
     median = {share: sorted(t)[len(t) // 2] for share, t in times.items()}
     ideal = (k + m * s * k) / (2 * m * s * k)
-    print(f"grid: {m} methods x {s} sparsities x {k} seeds, {args.model} on {args.dataset}")
+    extra = f" ({' '.join(args.overrides)})" if args.overrides else ""
+    print(f"grid: {m} methods x {s} sparsities x {k} seeds, {args.model} on {args.dataset}{extra}")
     for share in (False, True):
         completed, dense = counts[share]
         label = "shared  " if share else "unshared"

@@ -30,7 +30,7 @@ from prune_cli.experiment import Experiment
 from prune_cli.identity import result_settings
 from prune_cli.io import load_torch
 from prune_cli.models import build_model
-from prune_cli.paths import RunPaths, shared_dense_lock
+from prune_cli.paths import RunPaths, shared_dense_lock, shared_dense_marker
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS
 from prune_cli.shared_dense import DenseLock, Holder, stale_reason
@@ -147,6 +147,18 @@ def test_shared_and_unshared_sweeps_have_the_same_results(sweeps):
     assert len(shared) == 4 and shared.keys() == unshared.keys()  # the same names: same hashes
     for name in shared:
         assert_same_results(shared[name], unshared[name])
+
+
+@pytest.mark.slow
+def test_a_report_of_the_whole_output_root_leaves_the_shared_dense_run_out(sweeps):
+    from prune_cli.reporting.runs import find_runs
+
+    root = sweeps[True]
+    dense = next((root / "dense").iterdir())
+    assert shared_dense_marker(dense).is_file()
+    # the four sweep jobs, not a fifth "dense" run whose level 0 they all already hold
+    assert sorted(find_runs([root])) == sorted(run_dirs(root / "sweep").values())
+    assert find_runs([dense]) == [dense]  # named by itself, it is a run like any other
 
 
 # --- several jobs at once ------------------------------------------------------------------------

@@ -285,3 +285,127 @@ def test_layer_scope_reachable_fraction_by_hand():
     assert method.reachable(groups) == pytest.approx(2 / 7)
     method.cfg.min_keep = 0.05  # floors 1 and 1: 1.8 + 2.4 of 7, the target itself
     assert method.reachable(groups) == pytest.approx(0.6)
+
+
+# --- 5. issue 25: the authors' models, gradient-norm at T = 1, H g over all parameters -------
+def balanced_net() -> tuple[nn.Module, list]:
+    """conv-BN-ReLU x 3 (3, 4, 5 filters) and a linear classifier in eval mode, with
+    non-trivial BatchNorm, and one batch of 12 examples of 3 classes (4 each)."""
+    torch.manual_seed(0)
+    model = conv_bn_net(3, 4, 5)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    model.eval()
+    x, y = torch.randn(12, 1, 8, 8), torch.tensor([0, 1, 2, 2, 1, 0, 1, 0, 2, 0, 1, 2])
+    return model, [(x, y)]
+
+
+def direct_hg(
+    model: nn.Module, batch, per_class: int, t: float, names: list[str]
+) -> dict[str, torch.Tensor]:
+    """H g of the class-balanced loss (mean over classes of the loss of the class's first
+    ``per_class`` examples, logits / t), H and g over the parameters ``names`` only, the others
+    held fixed: autograd's Hessian-vector product on a functional call, no provider code."""
+    x, y = batch
+    picked = [torch.nonzero(y == c).flatten()[:per_class] for c in range(3)]
+    params = {k: p.detach() for k, p in model.named_parameters()}
+
+    def loss(*tensors: torch.Tensor) -> torch.Tensor:
+        full = {**params, **dict(zip(names, tensors, strict=True))}
+        return sum(
+            nn.functional.cross_entropy(torch.func.functional_call(model, full, (x[i],)) / t, y[i])
+            for i in picked
+        ) / len(picked)
+
+    primal = tuple(params[k].clone().requires_grad_() for k in names)
+    g = torch.autograd.grad(loss(*primal), primal)
+    _, hg = torch.autograd.functional.hvp(loss, tuple(p.detach() for p in primal), g)
+    return dict(zip(names, hg, strict=True))
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_gradient_norm_scores_at_t1_on_a_class_balanced_sample():
+    model, batches = balanced_net()
+    ctx = context(batches)
+    cfg = FilterConfig(measure="gradient_norm", score_temperature=5.0, samples_per_class=2)
+    method = METHODS.get("filter")(cfg)
+    measure = method.measure()
+    sample = measure.sample(method.sample())
+    assert sample.temperature == 1.0  # not the method's score_temperature of 5
+    drawn = sample.draw(ctx)
+    counts = torch.bincount(torch.cat([b[1] for b in drawn]), minlength=3)
+    assert counts.tolist() == [2, 2, 2]  # equal counts of every class
+    # null per class: samples // classes, as the authors' imp_samples / num_classes
+    authors = build("gradient_norm", FilterConfig(samples=2560, samples_per_class=None))
+    assert authors.sample(Sample(samples=2560)).examples_per_class(10) == 256
+    groups = method.units(model, ctx)
+    scores = method.channel_scores(model, groups, ctx)
+    every = [k for k, _ in model.named_parameters()]
+    for t, same in ((1.0, True), (5.0, False)):
+        hg = direct_hg(model, batches[0], 2, t, every)
+        for u in groups.units:
+            theta = dict(model.named_parameters())[f"{u.root}.weight"].detach()
+            by_hand = (theta * hg[f"{u.root}.weight"]).flatten(1).sum(dim=1).abs()
+            assert close(scores[u.root], by_hand) == same, (u.root, t)
+
+
+def test_filter_grasp_and_gradient_norm_take_hg_over_all_parameters():
+    model, batches = balanced_net()
+    ctx = context(batches)
+    every = [k for k, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+    for measure, t in (("grasp", 200.0), ("gradient_norm", 1.0)):
+        method = METHODS.get("filter")(FilterConfig(measure=measure, samples_per_class=2))
+        groups = method.units(model, ctx)
+        assert sorted(u.root for u in groups.units) == ["3", "6"]  # the first conv stays
+        scored = groups.weight_names()
+        scores = method.channel_scores(model, groups, ctx)
+        # all parameters: BatchNorm, the classifier and the unpruned first convolution count
+        full, restricted = (
+            direct_hg(model, batches[0], 2, t, every),
+            direct_hg(model, batches[0], 2, t, scored),
+        )
+        for u in groups.units:
+            w = f"{u.root}.weight"
+            row = (params[w].detach() * full[w]).flatten(1).sum(dim=1)
+            assert close(scores[u.root], row.abs() if measure == "gradient_norm" else row)
+            old = (params[w].detach() * restricted[w]).flatten(1).sum(dim=1)
+            assert not close(scores[u.root], old.abs() if measure == "gradient_norm" else old)
+    # the unstructured GraSP of method=flow keeps H g over the scored weights (Wang et al.)
+    grasp = build("grasp", FlowConfig(samples_per_class=2))
+    assert grasp.needs_for("weight") == grasp.needs != grasp.needs_for("filter")
+    scored = {k: params[k] for k in ("3.weight", "6.weight")}
+    per_weight = weight_scores(grasp, model, scored, ctx)
+    restricted = direct_hg(model, batches[0], 2, 200.0, list(scored))
+    for k, theta in scored.items():
+        assert close(per_weight[k], theta.detach() * restricted[k])
+
+
+def test_flow_experiments_use_the_authors_models_and_count_their_filters():
+    counts = {}
+    for name in ("flow_vgg13_cifar", "flow_resnet56_cifar", "flow_mobilenet_v1_cifar"):
+        cfg = run_config([f"experiment={name}"])
+        # an 8x8 input: the same layers and channels as 32x32, a faster trace
+        model = build_model(cfg.model.name, DataSpec(3, 10, 8))
+        ctx = context([(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))], num_classes=10)
+        groups = METHODS.get("filter")(FilterConfig(prune_first=cfg.method.prune_first)).units(
+            model, ctx
+        )
+        counts[cfg.model.name] = (len(groups.units), sum(u.channels for u in groups.units))
+        if cfg.model.name == "resnet56_flow":
+            streams = [u for u in groups.units if "shortcut" in u.root]
+            # stages 2 and 3: the projection's filters and the nine second convolutions'
+            assert sorted(u.channels for u in streams) == [32, 64]
+            assert all(len(u.weights) == 10 for u in streams)
+    assert counts == {
+        "vgg13_flow": (10, 2944),  # the ten convolutions, no classifier hidden units
+        "resnet56_flow": (29, 1008 + 32 + 64),
+        "mobilenet_v1": (14, 5984),
+    }

@@ -378,3 +378,86 @@ def test_an_analysed_run_records_the_predicted_limit_and_the_report_shows_it(tmp
     table = (tmp_path / "report" / "accuracy.md").read_text()
     remaining = f"{100 * (1 - limit['predicted_limit']):.2f}"
     assert "predicted limit, remaining %" in table and remaining in table
+
+
+# --- the authors' estimator (issue 25) ---------------------------------------------------------
+def _authors_style_binned(nodes, weights, eps, rhos, radii, bins):
+    """A direct reading of the authors' pipeline, one grid point at a time: the density on
+    ``bins`` points, g at whole-number R, the sweep's rho nearest to its g."""
+    low, high = nodes.min() - 0.01, nodes.max() + 0.01
+    grid = [low + i * (high - low) / (bins - 1) for i in range(bins)]
+    var = 1e-10 * max(1.0, high - low)
+    density = []
+    for x in grid:
+        density.append(
+            sum(
+                w * math.exp(-((x - n) ** 2) / (2 * var))
+                for n, w in zip(nodes, weights, strict=True)
+            )
+            / math.sqrt(2 * math.pi * var)
+        )
+    total = sum(density) * (grid[1] - grid[0])
+    density = [d / total for d in density]
+    gaps = []
+    for rho, radius in zip(rhos, radii, strict=True):
+        r = round(radius)  # Python's round: half to even, as numpy's
+        g = sum(
+            d * (2 * eps / abs(x)) / (r**2 + 2 * eps / abs(x))
+            for x, d in zip(grid, density, strict=True)
+            if d > 0
+        )
+        gaps.append(abs(g / sum(density) - rho))
+    return rhos[gaps.index(min(gaps))]
+
+
+def test_both_estimators_on_a_tiny_model_with_its_exact_hessian():
+    from prune_cli.pruning.spectrum import binned_density, integer_radius_limit
+
+    model, (x, y) = tiny_net(), tiny_data()
+    hessian = full_hessian(model, x, y)
+    dim = hessian.shape[0]
+    # one probe, Lanczos to the full dimension: exact (it stops once the Krylov space is
+    # invariant), so the quadrature reproduces q1^T H q1 exactly
+    spectrum = slq(lambda u: hessian @ u, dim, dim, 1, seed=0, device=torch.device("cpu"))
+    q1 = (torch.randint(0, 2, (dim,), generator=torch.Generator().manual_seed(0)) * 2 - 1).double()
+    q1 = q1 / q1.norm()
+    assert spectrum.moment(1) == pytest.approx(float(q1 @ hessian @ q1), abs=1e-10)
+    magnitudes = torch.cat(
+        [p.detach().reshape(-1) for p in prunable_parameters(model, []).values()]
+    )
+    # a large spread of the loss, so that the weights' norm (about 2) spans several integers
+    norm, eps = PrunedNorm(magnitudes * 10), 0.5
+    # quadrature: the root of rho = g(R(rho)) with the Ritz nodes and weights as they are
+    quadrature = predicted_limit(norm, eps, spectrum.nodes, spectrum.weights)
+    assert quadrature - limit_fraction(norm(quadrature), eps, spectrum.nodes, spectrum.weights) == (
+        pytest.approx(0.0, abs=1e-6)
+    )
+    # binned: against the direct reading, on a grid small enough to loop over here
+    bins = 3000
+    rhos = [i / 40 for i in range(40)]
+    radii = [norm(r) for r in rhos]
+    grid, density = binned_density(spectrum, bins=bins)
+    assert float(np.sum(density) * (grid[1] - grid[0])) == pytest.approx(1.0)
+    binned, g_values = integer_radius_limit(rhos, radii, eps, grid, density)
+    direct = _authors_style_binned(spectrum.nodes, spectrum.weights, eps, rhos, radii, bins)
+    assert binned == direct
+    assert binned in rhos and g_values[0] == pytest.approx(1.0)  # g(0) = 1
+    # g is constant between whole-number R: rows of the same rounded R share one value
+    same = [i for i in range(len(rhos)) if round(radii[i]) == round(radii[1])]
+    assert len({g_values[i] for i in same}) == 1
+
+
+def test_the_binned_estimator_is_recorded_with_its_zero_mass(tmp_path):
+    from prune_cli.experiment import Experiment
+
+    args = ["method=limit", "progress=false", "train.epochs=1", "method.grid=20"]
+    small = ["method.lanczos_iter=10", "method.probes=1", "method.hessian_samples=32"]
+    cfg = run_config([*args, *small, "method.estimator=binned", "method.zero_mass=none"])
+    info = Experiment(cfg, tmp_path).run()["method_info"]
+    assert info["estimator"] == "binned" and info["zero_mass"] == "none"
+    assert info["predicted_limit"] in [i / 20 for i in range(20)]  # a sweep point
+    # the Hessian is over every parameter, weights and biases
+    assert (
+        info["hessian_dim"] == json.loads((tmp_path / "summary.json").read_text())["params_total"]
+    )
+    assert info["prunable_weights"] < info["hessian_dim"]

@@ -65,6 +65,10 @@ def test_forward_shape(name, data):
 KNOWN = {
     ("resnet20", "cifar"): 269_722,
     ("resnet56", "cifar"): 853_018,  # the "0.85 M" ResNet-56 (option A shortcuts)
+    # Lubana and Dick's models (their models.py, CIFAR-10), as the issue-25 check counted them
+    ("resnet56_flow", "cifar"): 855_770,  # projection shortcuts
+    ("vgg13_flow", "cifar"): 9_413_066,  # conv -> ReLU -> BN, one Linear(512, 10)
+    ("mobilenet_v1", "cifar"): 3_217_226,
     ("resnet110", "cifar"): 1_727_962,
     ("vgg16", "cifar"): 15_249_354,  # VGG-16-BN CIFAR variant, 15.25 M
     ("mobilenet_v2", "cifar"): 2_236_682,  # 2.24 M
@@ -89,6 +93,45 @@ def test_resnet56_uses_parameter_free_shortcuts():
     model = build_model("resnet56", DataSpec(3, 10, 32))
     shortcuts = [m for n, m in model.named_modules() if n.endswith("shortcut")]
     assert shortcuts and all(sum(p.numel() for p in s.parameters()) == 0 for s in shortcuts)
+
+
+def test_vgg13_flow_is_conv_relu_batchnorm_with_one_linear_classifier():
+    model = build_model("vgg13_flow", DataSpec(3, 10, 32))
+    layers = [m for m in model.features if not isinstance(m, nn.MaxPool2d)]
+    kinds = [type(m) for m in layers]
+    assert kinds == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d] * 10  # BatchNorm after the ReLU
+    assert all(m.bias is None for m in layers if isinstance(m, nn.Conv2d))
+    assert isinstance(model.classifier, nn.Linear) and model.classifier.in_features == 512
+    # vgg13 keeps its order and its hidden classifier
+    plain = build_model("vgg13", DataSpec(3, 10, 32))
+    assert [type(m) for m in plain.features[:3]] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    from conftest import compose_config
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="classifier_width"):
+        compose_config(["model=vgg13_flow", "model.classifier_width=64"])  # it has none
+
+
+def test_resnet_shortcut_setting_and_the_authors_resnet56():
+    from prune_cli.errors import ConfigError
+
+    spec = DataSpec(3, 10, 32)
+    model = build_model("resnet56_flow", spec)
+    shortcuts = [m for n, m in model.named_modules() if n.endswith("shortcut")]
+    projections = [s for s in shortcuts if not isinstance(s, nn.Identity)]
+    assert len(projections) == 2  # where width and stride change: layer2.0, layer3.0
+    for s in projections:
+        assert [type(m) for m in s] == [nn.Conv2d, nn.BatchNorm2d]
+        assert s[0].kernel_size == (1, 1) and s[0].stride == (2, 2) and s[0].bias is None
+    # the setting on any CIFAR ResNet; null keeps the name's (option A for resnetN)
+    zero_pad = build_model(settings("resnet56_flow", shortcut="zero_pad"), spec)
+    assert count_parameters(zero_pad) == KNOWN[("resnet56", "cifar")]
+    projected = build_model(settings("resnet20", shortcut="projection"), spec)
+    # two 1x1 projections (16 -> 32, 32 -> 64) and their BatchNorms on top of ResNet-20
+    extra = 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64
+    assert count_parameters(projected) == KNOWN[("resnet20", "cifar")] + extra
+    with pytest.raises(ConfigError, match=r"model\.shortcut must be one of zero_pad, projection"):
+        settings("resnet20", shortcut="B")
 
 
 def test_every_model_has_a_config_and_every_config_a_model():

@@ -365,3 +365,35 @@ def test_block_methods_share_one_scope_setting_and_the_phase_hooks_are_required(
             config(scope="neuron")
     with pytest.raises(TypeError, match="abstract"):
         BlockPhaseMethod(BlockPhaseConfig())  # target and block_scores must be given
+
+
+def test_sapp_measures_the_network_it_evaluates_and_saves(tmp_path):
+    """The level's PQI, Gini, sparsity and parameter counts are those of W * A * mask (the
+    saved level file), not of the raw weights SA++ trains (issue 25)."""
+    from conftest import run_config
+
+    from prune_cli.experiment import Experiment
+    from prune_cli.io import load_torch
+    from prune_cli.metrics import gini_index, pq_index
+    from prune_cli.paths import RunPaths
+
+    cfg = run_config(["method=sapp", "method.min_blocks=1", "train.epochs=2", "progress=false"])
+    summary = Experiment(cfg, tmp_path).run()
+    level = summary["levels"][0]
+    paths = RunPaths(tmp_path)
+    saved = load_torch(paths.level_model(0))["model"]
+    mask = load_torch(paths.level_mask(0))
+    weights = torch.cat([saved[k].reshape(-1) for k in mask])
+    kept = torch.cat([mask[k].reshape(-1) for k in mask])
+    p, q = cfg.pqi_grid[0]
+    # the attention is not 1 after training: raw W and W * A * mask have different PQIs
+    assert level["pqi"] == pytest.approx(pq_index(weights, kept, p, q), rel=1e-6)
+    assert level["gini"] == pytest.approx(gini_index(weights, kept), rel=1e-6)
+    zeros = int((weights == 0).sum())
+    assert level["sparsity"] == pytest.approx(zeros / weights.numel())
+    # the saved network's parameters: no attention logits among them
+    assert level["params"] == sum(
+        v.numel()
+        for k, v in saved.items()
+        if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
+    )

@@ -57,7 +57,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_no_worker_outlives_a_killed_sweep_and_a_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_no_worker_outlives_a_killed_sweep_and_a_rerun_resumes(tmp_path, sig):
+    """SIGKILL: the main process cannot act, the workers' watchdog must end them. SIGTERM (what
+    SLURM sends): the main process forwards it, so the sweep exits 128 + 15 like one run."""
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=local", "method=magnitude,random", "train.epochs=150", *QUICK]
     args.append(f"hydra.sweep.dir={sweep}")
@@ -67,7 +70,8 @@ def test_no_worker_outlives_a_killed_sweep_and_a_rerun_resumes(tmp_path):
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -81,8 +85,9 @@ def test_no_worker_outlives_a_killed_sweep_and_a_rerun_resumes(tmp_path):
             pytest.fail("the sweep's jobs did not start training")
         processes = _descendants(main.pid)
         assert len(processes) >= 2  # the two workers (and the launcher's resource trackers)
-        os.kill(main.pid, signal.SIGKILL)
-        main.wait()
+        # only the main process gets the signal, not its process group: forwarding is its job
+        os.kill(main.pid, getattr(signal, sig))
+        _, err = main.communicate(timeout=60)
         killed = time.monotonic()
         while any(map(_alive, processes)) and time.monotonic() - killed < 30:
             time.sleep(0.2)
@@ -93,6 +98,11 @@ def test_no_worker_outlives_a_killed_sweep_and_a_rerun_resumes(tmp_path):
                 os.kill(pid, signal.SIGKILL)
     stopped = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     assert [s["status"] for s in stopped] == ["interrupted", "interrupted"]
+    if sig == "SIGTERM":
+        assert main.returncode == 128 + signal.SIGTERM, err[-2000:]
+        assert "Traceback" not in err
+        assert "prune-run: 0 job(s) of the sweep failed and 2 were interrupted, of 2" in err
+        return  # the re-run after a kill is the SIGKILL case's
     rerun = run_cli(args, cwd=tmp_path, console_script=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert rerun.stdout.count("resuming ") + rerun.stderr.count("resuming ") == 2

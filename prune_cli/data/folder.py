@@ -74,7 +74,14 @@ def _digest(root: str, directories: tuple[tuple[str, int], ...]) -> str:
     for dirpath, filenames in _walk(root):
         for name in filenames:
             path = os.path.join(dirpath, name)
-            digest.update(f"{os.path.relpath(path, root)}\t{os.path.getsize(path)}\n".encode())
+            try:
+                size = os.path.getsize(path)
+            except OSError as exc:  # a dangling link, or a file gone or unreadable meanwhile
+                raise DatasetNotFound(
+                    f"folder: {path} cannot be read ({exc.strerror}; a link to a missing file?); "
+                    "remove it or restore the file it names"
+                ) from None
+            digest.update(f"{os.path.relpath(path, root)}\t{size}\n".encode())
     return digest.hexdigest()
 
 

@@ -5,6 +5,12 @@ Sparsity Perspective", appendix):
 - ``cnn``: four blocks conv 3x3 (64, 128, 256, 512) + BatchNorm + ReLU + 2x2 max-pool, global
   average pooling and a linear classifier. Pools are skipped once the map is 1x1 (small images).
 
+Deviation from the authors' code: their CNN has no max-pool after the fourth block, so global
+average pooling sees a 4x4 map at 32x32 (CIFAR-10); here every block pools, a 2x2 map. The
+parameter count and the convolutions' MACs are the same (the extra pool follows the last
+convolution), but the features averaged for the classifier are max-pooled first, so results on
+``model=cnn`` are for this variant, not the authors' network.
+
 Settings: ``model.hidden`` (mlp: the hidden widths) and ``model.widths`` (cnn: the blocks'
 channels); by default the paper's.
 """

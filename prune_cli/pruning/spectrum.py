@@ -289,3 +289,48 @@ def actual_limits(
             first = rhos[i - 1]
             break
     return {"strict": strict, "tolerance": within, "first_drop": first}
+
+
+#: the estimators of the limit: ``quadrature`` (the Ritz nodes and weights as they are, R
+#: continuous, the root by bisection) and ``binned`` (the authors' pipeline, below)
+ESTIMATORS = ("quadrature", "binned")
+
+
+def binned_density(
+    spectrum: Spectrum, bins: int = 100_000, variance: float = 1e-10, overhead: float = 0.01
+) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, density): the SLQ spectrum smoothed onto ``bins`` equally spaced points, as the
+    authors' ``density_generate`` does (Zhang et al.'s code, density_plot.py).
+
+    The grid runs from the probes' mean smallest Ritz value - ``overhead`` to their mean
+    largest + ``overhead``; each node adds its weight times a Gaussian of variance
+    ``variance * max(1, width)`` at every grid point, and the density is normalised to
+    integrate to 1 over the grid. The kernel (standard deviation 1e-5 for a width up to 1) is
+    narrower than a bin (width / 1e5) once the width exceeds about 1e-5, so a node between two
+    grid points may add almost nothing: the density's mass is not the nodes' weights, which is
+    one reason this estimator's limit differs from the quadrature's.
+    """
+    lows = [spectrum.nodes[spectrum.probe == i].min() for i in np.unique(spectrum.probe)]
+    highs = [spectrum.nodes[spectrum.probe == i].max() for i in np.unique(spectrum.probe)]
+    low, high = float(np.mean(lows)) - overhead, float(np.mean(highs)) + overhead
+    grid = np.linspace(low, high, num=bins)
+    var = variance * max(1.0, high - low)
+    density = np.zeros(bins)
+    for node, weight in zip(spectrum.nodes, spectrum.weights, strict=True):
+        # weights are tau / probes: their sum over nodes is the authors' mean over probes
+        density += weight * np.exp(-((grid - node) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var)
+    total = float(np.sum(density)) * (grid[1] - grid[0])
+    return grid, density / total if total > 0 else density
+
+
+def integer_radius_limit(
+    rhos: Sequence[float], radii: Sequence[float], eps: float, grid: np.ndarray, density: np.ndarray
+) -> tuple[float, list[float]]:
+    """The authors' prediction (cal_rate.py): g evaluated at whole-number R only, the sweep's
+    rho_i whose g(round(R(rho_i))) is nearest to rho_i; and g(round(R_i)) of every row.
+
+    ``rhos`` and ``radii``: the magnitude sweep's sparsities and the L2 norms of what each
+    removes. Rounding is to the nearest integer, half to even (numpy's and torch's rule)."""
+    values = [limit_fraction(float(np.rint(r)), eps, grid, density) for r in radii]
+    gaps = [abs(g - rho) for g, rho in zip(values, rhos, strict=True)]
+    return float(rhos[int(np.argmin(gaps))]), values

@@ -46,6 +46,38 @@ def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, di
     return int(counter.get_total_flops()) // 2, per_module
 
 
+def network_parameters(model: nn.Module) -> dict[str, Tensor]:
+    """The parameters of the network ``model`` computes with, by their plain names.
+
+    A layer re-parametrised with ``torch.nn.utils.parametrize`` (SequentialAttention++'s
+    ``W * A * mask``) computes with the parametrised tensor, not with the raw one it trains:
+    that tensor is what the run evaluates and saves as the level's ``model.pt``, so it is what a
+    level's measures describe; the parametrisation's own parameters (attention logits) are not
+    parameters of that network. A model without parametrisations gives its named parameters.
+    """
+    from torch.nn.utils import parametrize
+
+    out: dict[str, Tensor] = {}
+    for path, module in model.named_modules():
+        if "parametrizations" in path.split("."):
+            continue  # the raw tensors and the parametrisations' own parameters
+        prefix = f"{path}." if path else ""
+        for name, p in module.named_parameters(recurse=False):
+            out[prefix + name] = p.detach()
+        if parametrize.is_parametrized(module):
+            for name in module.parametrizations:
+                out[prefix + name] = getattr(module, name).detach()
+    return out
+
+
+def evaluated_weights(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``params`` (prunable tensors by plain name) as the network computes with them: a
+    parametrised layer's weight as its parametrisation gives it (see
+    :func:`network_parameters`), any other as it is."""
+    network = network_parameters(model)
+    return {k: network.get(k, v.detach()) for k, v in params.items()}
+
+
 def level_cost(
     model: nn.Module, params: Mapping[str, Tensor], input_shape: tuple[int, ...]
 ) -> dict[str, Any]:
@@ -63,7 +95,7 @@ def level_cost(
         zeros = weight.numel() - int(torch.count_nonzero(weight))
         saved += macs * zeros / weight.numel()
     return {
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(p.numel() for p in network_parameters(model).values()),
         "macs_dense": total,
         "macs_sparse": round(total - saved),
     }

@@ -33,7 +33,7 @@ from prune_cli.metrics import (
     pq_index_rows,
     unconnected_units,
 )
-from prune_cli.recording.cost import level_cost
+from prune_cli.recording.cost import evaluated_weights, level_cost, network_parameters
 from prune_cli.recording.distortion import distortion_rows
 from prune_cli.recording.records import RunRecords
 
@@ -68,7 +68,13 @@ def record_stage(
     params: Mapping[str, Tensor],
     masks: Masks,
     pqi_grid: Sequence[Sequence[float]],
+    model: nn.Module | None = None,
 ) -> None:
+    """Recall, PQI and Gini rows of a stage. ``model``: the network ``params`` belong to; its
+    re-parametrised weights (SA++'s ``W * A * mask``) are measured as the network computes
+    with them, not as the raw tensors it trains (:func:`evaluated_weights`)."""
+    if model is not None:
+        params = evaluated_weights(model, params)
     recall, support = per_class_recall(evaluation.confusion)
     for c, name in enumerate(class_names):
         records.recall.append((level, stage, c, name, int(support[c]), float(recall[c])))
@@ -184,8 +190,11 @@ def record_level(
 ) -> dict[str, Any]:
     """Append the level's sparsity rows and summary entry (after ``record_stage(trained)``).
 
-    ``input_shape``: (C, H, W) of one sample, for the MAC count (None: not counted).
+    ``input_shape``: (C, H, W) of one sample, for the MAC count (None: not counted). Every
+    figure describes the network the level evaluated and saved: re-parametrised weights as
+    the forward pass computes them (:func:`evaluated_weights`).
     """
+    params = evaluated_weights(model, params)
     counts = {k: (p.numel(), int(torch.count_nonzero(p))) for k, p in params.items()}
     for name, (numel, nonzero) in counts.items():
         records.sparsity.append((level, name, numel, nonzero, 1.0 - nonzero / numel))
@@ -194,7 +203,9 @@ def record_level(
     entry = {
         "level": level,
         "sparsity": zeros / max(1, prunable),
-        "params_nonzero": sum(int(torch.count_nonzero(t)) for t in model.parameters()),
+        "params_nonzero": sum(
+            int(torch.count_nonzero(t)) for t in network_parameters(model).values()
+        ),
         "val_accuracy": None if val is None else val.accuracy,
         "val_loss": None if val is None else val.loss,
         "test_accuracy": test.accuracy,

@@ -60,7 +60,8 @@ QUANTITIES = (
 )
 
 
-def _count(value: float) -> str:
+def count_text(value: float) -> str:
+    """A large count as 1.23M (tables and the figures' MACs axis)."""
     for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(value) >= size:
             return f"{value / size:.3g}{unit}"
@@ -71,7 +72,7 @@ def cell(mean: float, std: float, n: int, collapsed: int, q: Quantity, latex: bo
     """One cell's text; '-' where nothing was measured."""
     if mean is None or not math.isfinite(mean):
         return "-"
-    value = _count(mean * q.scale) if q.count else f"{mean * q.scale:.{q.digits}f}"
+    value = count_text(mean * q.scale) if q.count else f"{mean * q.scale:.{q.digits}f}"
     spread = q.spread and n > 1 and std is not None and math.isfinite(std)
     marks = (FEW if spread and n < 3 else "") + (COLLAPSED if collapsed and q.mark_collapse else "")
     if latex:

@@ -374,7 +374,9 @@ def write_report(c: Collection, out: Path, formats: tuple[str, ...] = FORMATS) -
             lines += [
                 f"## {dataset} / {model}",
                 "",
-                "Every figure is also a PDF of the same name.",
+                "Every figure is also a PDF of the same name (fonts embedded as TrueType). "
+                "Error bars are ± 1 std over seeds (each figure says over how many); a red "
+                "cross marks a point whose mean holds a run that collapsed.",
                 "",
             ]
             for name in study_plots(c, dataset, model, out, formats):

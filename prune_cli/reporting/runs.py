@@ -8,7 +8,6 @@ status and the reason, never an exception: one bad run must not cost the report 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,18 @@ import pandas as pd
 import yaml
 
 from prune_cli.identity import NON_RESULT_KEYS, only_dataset_settings
-from prune_cli.paths import RunPaths
+from prune_cli.paths import RunPaths, shared_dense_marker
 from prune_cli.pruning.results import Results, stored_results, stored_target
+from prune_cli.stored import (
+    Unreadable,
+    check_files,
+    check_identity,
+    check_levels,
+    is_number,
+    shown,
+)
+
+__all__ = ["Unreadable", "find_runs", "flatten", "is_number", "read_run"]
 
 #: dotted config keys (and their children) that never separate report rows: the seed (rows are
 #: over seeds), ``dense_from`` (a path that differs per seed), Hydra's own settings, and the
@@ -53,32 +62,6 @@ CSV_NUMBERS = {
     ),
 }
 
-#: the fields of a summary level entry that hold a number or null (measured before the field
-#: existed, or not defined there); the report averages them
-LEVEL_NUMBERS = (
-    "params_nonzero",
-    "val_accuracy",
-    "val_loss",
-    "test_accuracy",
-    "test_loss",
-    "pruned_test_accuracy",
-    "mask_sparsity",
-    "selected_epoch",
-    "epochs",
-    "pqi",
-    "gini",
-    "params",
-    "macs_dense",
-    "macs_sparse",
-    "units_no_incoming",
-    "units_no_outgoing",
-    "alpha",
-)
-
-
-class Unreadable(Exception):
-    """A run directory whose files cannot be read as prune-run writes them."""
-
 
 def find_runs(paths: list[Path]) -> list[Path]:
     """Run directories under ``paths``, each once: one run given under two spellings (relative
@@ -90,7 +73,16 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if (path / "summary.json").is_file():
             runs = [path]
         elif path.is_dir():
-            runs = sorted(p.parent for p in path.rglob("summary.json"))
+            # a shared dense level found in a folder is left out: its level-0 rows are in every
+            # run that took it, and counted there (named directly, it is reported as any run)
+            # hidden folders are prune-run's own (an old run set aside by an overwrite in
+            # progress, Hydra's records), never runs of the folder's
+            runs = sorted(
+                p.parent
+                for p in path.rglob("summary.json")
+                if not shared_dense_marker(p.parent).is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts[:-1])
+            )
         else:
             runs = []
         for run in runs:
@@ -127,51 +119,6 @@ def _damaged(root: Path, files: dict) -> str | None:
     return None
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _shown_value(value: Any) -> str:
-    """A bad value as a reason quotes it: short, on one line."""
-    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."
-
-
-def _number_or_null(value: Any) -> bool:
-    """A stored measure: a number (NaN and infinities too: they are numbers a mean can take)
-    or null; a bool is not one (JSON true would count as 1)."""
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
-
-
-def _check_levels(levels: Any) -> list[dict]:
-    if not isinstance(levels, list):
-        raise Unreadable("summary levels is not a list")
-    for i, level in enumerate(levels):
-        if not isinstance(level, dict):
-            raise Unreadable(f"summary level entry {i} is not a mapping")
-        for key in ("level", "sparsity"):
-            if key not in level:
-                raise Unreadable(f"summary level entry {i} has no {key}")
-            if not is_number(level[key]):
-                raise Unreadable(f"summary level entry {i} has a non-numeric {key}")
-        for key in LEVEL_NUMBERS:
-            if not _number_or_null(level.get(key)):
-                raise Unreadable(
-                    f"summary.json: level entry {i} has a non-numeric {key} "
-                    f"({_shown_value(level[key])})"
-                )
-        collapsed = level.get("collapsed")
-        if collapsed is not None and not isinstance(collapsed, bool):
-            raise Unreadable(
-                f"summary.json: level entry {i} has a collapsed that is not true/false "
-                f"({_shown_value(collapsed)})"
-            )
-    numbers = [level["level"] for level in levels]
-    if len(set(numbers)) != len(numbers):  # a row's mean would count that run twice
-        raise Unreadable("summary lists a level twice")
-    return levels
-
-
 def _read_config(paths: RunPaths) -> dict[str, Any] | None:
     """The run's flattened config; None when it has no config.yaml."""
     if not paths.config.exists():
@@ -193,26 +140,39 @@ def _read_config(paths: RunPaths) -> dict[str, Any] | None:
     return {k: v for k, v in flatten(config).items() if not _ignored(k) and v is not None}
 
 
-def _read_csv(root: Path, name: str) -> pd.DataFrame:
-    path = root / name
-    if not path.exists():
-        return pd.DataFrame()
+def read_table(
+    path: Path, columns: tuple[str, ...] = (), numbers: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """A result CSV as prune-run writes it: readable text, rows of the header's width, the
+    ``columns`` present, numbers in the ``numbers`` columns (and in ``level``, where there is
+    one); anything else raises :class:`Unreadable` naming the file by its name. Also the
+    Python API's reader (``prune_cli/api.py``)."""
+    name = path.name
     try:
         frame = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
         # EmptyDataError and ParserError are ValueErrors; one line of pandas' text is enough
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Unreadable(f"{name} is corrupt: {reason}") from None
-    missing = [c for c in CSV_COLUMNS[name] if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise Unreadable(f"{name} is corrupt: no column {', '.join(missing)}")
     # a header without rows (recall_distortion.csv of a run with only a dense level 0) reads
     # as text columns: nothing there to be non-numeric
-    if not frame.empty and not pd.api.types.is_numeric_dtype(frame["level"]):
+    level = frame.get("level")
+    if not frame.empty and level is not None and not pd.api.types.is_numeric_dtype(level):
         raise Unreadable(f"{name} is corrupt: non-numeric level values")
     if not frame.empty:
-        for column in (c for c in CSV_NUMBERS[name] if c in frame.columns):
+        for column in (c for c in numbers if c in frame.columns):
             _check_numeric(frame, name, column)
+    return frame
+
+
+def _read_csv(root: Path, name: str) -> pd.DataFrame:
+    path = root / name
+    if not path.exists():
+        return pd.DataFrame()
+    frame = read_table(path, CSV_COLUMNS[name], CSV_NUMBERS[name])
     frame.insert(0, "run", str(root))
     return frame
 
@@ -228,9 +188,22 @@ def _check_numeric(frame: pd.DataFrame, name: str, column: str) -> None:
         bad = values
     row = int(bad.index[0]) + 2  # the file's line: the header is line 1
     raise Unreadable(
-        f"{name} is corrupt: column {column} holds a non-number "
-        f"({_shown_value(bad.iloc[0])}, line {row})"
+        f"{name} is corrupt: column {column} holds a non-number ({shown(bad.iloc[0])}, line {row})"
     )
+
+
+def _unreadable(root: Path, reason: str) -> dict:
+    """A run whose summary is not read: every key a read run has, nothing from its files."""
+    return {
+        "run": str(root),
+        "status": "unreadable",
+        "reason": reason,
+        "config": {},
+        "levels": [],
+        "csv": {},
+        "summary": {},
+        "results": Results(),
+    }
 
 
 def read_run(root: Path) -> dict:
@@ -239,9 +212,15 @@ def read_run(root: Path) -> dict:
     try:
         summary = json.loads(paths.summary.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return {"run": str(root), "status": "unreadable", "reason": f"summary.json: {exc}"}
+        return _unreadable(root, f"summary.json: {exc}")
     if not isinstance(summary, dict):
-        return {"run": str(root), "status": "unreadable", "reason": "summary is not a mapping"}
+        return _unreadable(root, "summary is not a mapping")
+    try:
+        # the fields every row of the report carries must be plain values (a list where the
+        # dataset's name belongs cannot be grouped), even for a run that is left out
+        check_identity(summary)
+    except Unreadable as exc:
+        return _unreadable(root, str(exc))
     run = {
         "run": str(root),
         "status": summary.get("status", "unknown"),
@@ -256,8 +235,12 @@ def read_run(root: Path) -> dict:
         "summary": summary,
         "results": Results(),
     }
-    if run["status"] == "completed" and isinstance(summary.get("files"), dict):
-        damage = _damaged(root, summary["files"])
+    if run["status"] == "completed" and "files" in summary:
+        try:
+            files = check_files(summary["files"])
+        except Unreadable as exc:
+            return {**run, "status": "unreadable", "reason": str(exc)}
+        damage = _damaged(root, files)
         if damage is not None:
             return {**run, "status": "damaged", "reason": damage}
     try:
@@ -272,7 +255,7 @@ def read_run(root: Path) -> dict:
         except ValueError as exc:
             raise Unreadable(f"summary {exc}") from None
         run["target_unit"], run["target"] = stored_target(summary, config)
-        run["levels"] = _check_levels(summary.get("levels", []))
+        run["levels"] = check_levels(summary.get("levels", []))
         if not run["levels"]:
             raise Unreadable("summary has no levels")
         run["csv"] = {name: _read_csv(root, name) for name in CSV_COLUMNS}

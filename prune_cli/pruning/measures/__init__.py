@@ -6,7 +6,9 @@ and how it reduces what they computed, read off a ``Site`` by field (``site.g``,
 
 - ``weight(site)``: a score per weight, the shape of theta (unstructured pruning);
 - ``filter(site)``: a score per output filter, i.e. per row of ``theta.view(out, -1)``
-  (structured pruning); by default the row sums of ``weight``.
+  (structured pruning); by default the row sums of ``weight``. Where the filter score needs
+  other statistics than the per-weight one (H g over all parameters, not the scored tensors), the
+  measure says so in ``filter_needs``; methods ask ``needs_for("filter")``.
 
 Higher = more important; the lowest are pruned first. The settings of the scoring sample and of
 the measures that read any are declared once, in ``MeasureSettings``, which the configs of
@@ -119,6 +121,9 @@ class Measure:
 
     #: what ``prune_cli.pruning.derivatives.compute`` must provide (names in ``NEEDS``)
     needs: ClassVar[frozenset[str]] = frozenset({"weights"})
+    #: what the per-filter score needs where it differs from ``needs`` (None: the same);
+    #: read through ``needs_for("filter")``
+    filter_needs: ClassVar[frozenset[str] | None] = None
     #: the reductions it has: a per-weight score, a per-filter score
     per_weight: ClassVar[bool] = True
     per_filter: ClassVar[bool] = True
@@ -128,6 +133,15 @@ class Measure:
 
     #: the method's scoring settings (GraSP reads its temperature and sample from them)
     settings: MeasureSettings = field(default_factory=MeasureSettings)
+
+    @classmethod
+    def needs_for(cls, reduction: str) -> frozenset[str]:
+        """What the ``weight`` or ``filter`` reduction needs computed (Lubana and Dick's GraSP
+        and gradient-norm filter scores take H g over all parameters, the per-weight ones over
+        the scored tensors)."""
+        if reduction == "filter" and cls.filter_needs is not None:
+            return cls.filter_needs
+        return cls.needs
 
     def sample(self, base: Sample) -> Sample:
         """The data its derivatives are computed on (GraSP prescribes its own)."""
@@ -172,7 +186,7 @@ def check(name: str, reduction: str) -> None:
         raise ConfigError(
             f"measure {name!r} has no per-{reduction} score; valid: {', '.join(valid)}"
         )
-    unknown = sorted(n for n in cls.needs if n not in NEEDS)
+    unknown = sorted(n for n in cls.needs_for(reduction) if n not in NEEDS)
     if unknown:
         raise ConfigError(
             f"measure {name!r} needs {', '.join(unknown)}, which no provider computes; "

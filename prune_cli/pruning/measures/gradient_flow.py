@@ -8,7 +8,7 @@ measure                    per weight               per filter f (row of W.view(
 loss_preservation          |theta g|                sum |theta g|   (SNIP on filters; GP)
 biased_loss_preservation   |theta^2 g|              sum |theta^2 g|
 grasp                      theta Hg                 sum theta Hg    (GraSP, T = 200)
-gradient_norm              |theta Hg|               |sum theta Hg|
+gradient_norm              |theta Hg|               |sum theta Hg|  (T = 1)
 taylor                     |theta g|                |sum theta g|   (Taylor first order)
 fisher                     theta^2 E[g_b^2]         sum theta^2 E[g_b^2]
 undecayed                  |-theta g + eps theta^2| sum of those
@@ -17,10 +17,19 @@ undecayed                  |-theta g + eps theta^2| sum of those
 g is the mean gradient over the scoring sample; E[g_b^2] is the mean over its batches of the
 squared batch gradient (Fisher as Lubana and Dick's code computes it, ``cal_grad_fisher``: each
 batch weighted by its size), not the square of the mean g, which cancels gradients that disagree
-across batches. GraSP's g and Hg use its own temperature (logits / 200) and a class-balanced
-sample: one batch of ``samples_per_class`` examples per class (null: ``samples`` // classes,
-the authors' ``imp_samples / num_classes``), Hg the mean over those batches, as the authors'
-``cal_hg``.
+across batches.
+
+GraSP and gradient-norm compute g and Hg on a class-balanced sample: one batch of
+``samples_per_class`` examples per class (null: ``samples`` // classes, the authors'
+``imp_samples / num_classes``), Hg the mean over those batches, as the authors' ``cal_hg``.
+GraSP divides the logits by its own ``grasp_temperature`` (200); gradient-norm always scores at
+T = 1, whatever ``score_temperature`` the method has, as the authors' ``main.py`` forces
+(``grasp_T = 1`` for ``grad_preserve``).
+
+Their *filter* scores take Hg over every parameter of the model (``hessian_grad_all``: BatchNorm,
+the classifier, an unpruned first convolution), as the authors' ``cal_hg`` does; their
+*per-weight* scores (``method=flow``: GraSP at initialisation) take it over the scored weights
+only (``hessian_grad``), as Wang et al. and SynFlow's code do.
 """
 
 from __future__ import annotations
@@ -36,6 +45,21 @@ from prune_cli.pruning.measures import IMPORTANCE, Measure, Site
 
 GRAD = frozenset({"grad"})
 HG = frozenset({"hessian_grad"})
+#: H g over every parameter of the model (Lubana and Dick's ``cal_hg``): the filter scores'
+HG_ALL = frozenset({"hessian_grad_all"})
+
+
+def class_balanced(base: Sample, per_class: int | None, temperature: float) -> Sample:
+    """``base`` as a class-balanced sample (one batch per class) at ``temperature``:
+    ``per_class`` examples of each class, or with None ``base.samples`` // classes."""
+    return dataclasses.replace(
+        base,
+        batches=None,
+        samples=base.samples if per_class is None else None,
+        per_class=per_class,
+        balanced=True,
+        temperature=temperature,
+    )
 
 
 @IMPORTANCE.register("loss_preservation")
@@ -88,9 +112,11 @@ class Fisher(Measure):
 @dataclass
 class Grasp(Measure):
     """theta Hg (GraSP, Wang et al. 2020): on a class-balanced sample, logits / temperature
-    (both from ``settings``: ``grasp_temperature``, ``samples_per_class``)."""
+    (both from ``settings``: ``grasp_temperature``, ``samples_per_class``); per filter, Hg over
+    all parameters (Lubana and Dick)."""
 
     needs: ClassVar[frozenset[str]] = HG
+    filter_needs: ClassVar[frozenset[str] | None] = HG_ALL
 
     @property
     def grasp_temperature(self) -> float:
@@ -103,14 +129,7 @@ class Grasp(Measure):
         return self.settings.samples_per_class
 
     def sample(self, base: Sample) -> Sample:
-        return dataclasses.replace(
-            base,
-            batches=None,
-            samples=base.samples if self.samples_per_class is None else None,
-            per_class=self.samples_per_class,
-            balanced=True,
-            temperature=self.grasp_temperature,
-        )
+        return class_balanced(base, self.samples_per_class, self.grasp_temperature)
 
     def weight(self, site: Site) -> Tensor:
         return site.theta * site.hg
@@ -119,9 +138,17 @@ class Grasp(Measure):
 @IMPORTANCE.register("gradient_norm")
 @dataclass
 class GradientNorm(Measure):
-    """|theta Hg| per weight; per filter the sum is taken before the absolute value."""
+    """|theta Hg| per weight; per filter the sum is taken before the absolute value, with Hg
+    over all parameters. Scored as the authors' ``grad_preserve``: at T = 1 (not the method's
+    ``score_temperature``) on GraSP's class-balanced sample (``samples_per_class``)."""
 
     needs: ClassVar[frozenset[str]] = HG
+    filter_needs: ClassVar[frozenset[str] | None] = HG_ALL
+    #: the authors' main.py sets grasp_T = 1 for this measure whatever --T and --grasp_T say
+    temperature: ClassVar[float] = 1.0
+
+    def sample(self, base: Sample) -> Sample:
+        return class_balanced(base, self.settings.samples_per_class, self.temperature)
 
     def weight(self, site: Site) -> Tensor:
         return (site.theta * site.hg).abs()

@@ -196,7 +196,11 @@ class CrosswordPruning(FilterPruning):
         for m in measures.values():  # one derivative computation per distinct sample
             sample = m.sample(self.sample())
             needs = frozenset().union(
-                *(x.needs for x in measures.values() if x.sample(self.sample()) == sample)
+                *(
+                    x.needs_for("filter")
+                    for x in measures.values()
+                    if x.sample(self.sample()) == sample
+                )
             )
             if sample not in by_sample:
                 by_sample[sample] = self.derivatives(needs, sample, model, groups, ctx)

@@ -5,9 +5,10 @@ Li et al. (ICLR 2017) and the geometric median of FPGM (He et al., CVPR 2019), a
 Filters are scored per unit (a measure's filter score summed over the coupled layers of the unit),
 the lowest pruned first. ``scope``: null / ``global`` ranks all units' filters together, each unit
 keeping at least floor(``min_keep`` * channels) + 1 filters (Lubana and Dick); ``layer`` prunes
-the same fraction of every unit's filters, int(fraction * filters) as the FPGM and L1 authors
-count. The classifier is never pruned, nor is a layer that ``ignore`` leaves dense (with
-whatever is coupled to its filters). The first convolution is pruned only with
+the same fraction of every unit's filters, int(fraction * filters) pruned as the FPGM authors
+count (``layer_count: kept``: int(filters * (1 - fraction)) kept, the L1-norm reference). The
+classifier is never pruned, nor is a layer that ``ignore`` leaves dense (with whatever is
+coupled to its filters). The first convolution is pruned only with
 ``prune_first`` (null = false): Lubana and Dick prune it in VGG-13 and MobileNet-V1 and exempt it
 in ResNet-56 (their code pins its score above every other), which their experiment configs
 follow; without it, in a CIFAR ResNet, whose residual streams are coupled to the first
@@ -102,6 +103,10 @@ class FilterConfig(MeasureSettings, MethodConfig):
     scope: str | None = None
     #: prune the first layer's filters too (null = false: it keeps all of them)
     prune_first: bool | None = None
+    #: ``scope=layer``'s count per unit of n filters at fraction p: null / ``pruned``: int(p n)
+    #: pruned (FPGM's authors); ``kept``: int(n (1 - p)) kept, n - int(n (1 - p)) pruned (the
+    #: L1-norm reference code); they differ by one filter where p n is not whole
+    layer_count: str | None = None
 
     def __post_init__(self) -> None:
         check(self.measure, "filter")
@@ -120,6 +125,19 @@ class FilterConfig(MeasureSettings, MethodConfig):
             )
         check_range("min_keep", self.min_keep, 0.0, 1.0)
         check_range("round_to", self.round_to, 1, nullable=True)
+        if self.layer_count not in (None, "pruned", "kept"):
+            raise ConfigError(
+                f"method.layer_count must be pruned or kept, got {self.layer_count!r}"
+            )
+
+
+def layer_pruned(n: int, fraction: float, rule: str | None) -> int:
+    """Filters of a unit with ``n`` to prune at ``fraction`` under ``scope=layer``: int(p n)
+    (null / ``pruned``) or n - int(n (1 - p)) (``kept``); 1e-9 absorbs the float error of a
+    product that is whole (0.3 * 10 = 3.0000000000000004)."""
+    if rule == "kept":
+        return n - int(n * (1.0 - fraction) + 1e-9)
+    return int(fraction * n + 1e-9)
 
 
 @METHODS.register("filter")
@@ -254,7 +272,8 @@ class FilterPruning(PruningMethod):
         self, model: nn.Module, groups: FilterGroups, ctx: PruneContext
     ) -> dict[str, Tensor]:
         measure = self.measure()
-        d = self.derivatives(measure.needs, measure.sample(self.sample()), model, groups, ctx)
+        needs = measure.needs_for("filter")
+        d = self.derivatives(needs, measure.sample(self.sample()), model, groups, ctx)
         return self.unit_scores(measure, model, groups, ctx, d)
 
     def prune_fraction(
@@ -297,7 +316,9 @@ class FilterPruning(PruningMethod):
         remaining = {u.root: int(keep[u.root].sum()) for u in groups.units}
         floor = {u.root: self.floor(u.channels) for u in groups.units}
         if self.cfg.scope == "layer":  # int(fraction * remaining) of each unit, the floor kept
-            todo = {r: int(fraction * n + 1e-9) for r, n in remaining.items()}
+            todo = {
+                r: layer_pruned(n, fraction, self.cfg.layer_count) for r, n in remaining.items()
+            }
         else:
             total = round(fraction * len(candidates))
         for _, i, ch in candidates:

@@ -12,6 +12,11 @@ A measure that prunes in rounds (SynFlow) reaches the level's target t from the 
 t0 through the densities (1 - t0) ((1 - t) / (1 - t0))^(k / n), k = 1..n, rescoring the network
 pruned by the previous rounds each time: from a dense network round k keeps (1 - t)^(k / n),
 the authors' exponential schedule. ``rounds`` overrides the measure's own count (1 = one shot).
+
+How many weights a round masks (``count``, in rounds only): null / ``round`` (prune-run's) masks
+round((1 - density) n) of each scope group in all; ``floor`` masks int((1 - density) n), the
+Synaptic-Flow authors' rule (their ``k = int((1 - sparsity) * numel)``). At 1% density the
+per-layer counts of the two differ by up to 8 weights.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from prune_cli.errors import ConfigError
@@ -27,7 +33,9 @@ from prune_cli.pruning.level import LevelConfig, LevelPruning
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.measures import MeasureSettings, check
 from prune_cli.pruning.method import METHODS, PruneContext
-from prune_cli.pruning.scope import fraction_of_total, select
+from prune_cli.pruning.scope import CountRule, Groups, fraction_of_total, select
+
+COUNTS = ("round", "floor")
 
 
 @dataclass
@@ -40,6 +48,9 @@ class FlowConfig(MeasureSettings, LevelConfig):
     measure: str = "loss_preservation"
     #: scoring rounds per pruning step; null: the measure's own (SynFlow 100, the others 1)
     rounds: int | None = None
+    #: weights masked per round: null / ``round``: round((1 - density) n); ``floor``: int(...),
+    #: the Synaptic-Flow authors' count
+    count: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,6 +59,20 @@ class FlowConfig(MeasureSettings, LevelConfig):
             raise ConfigError("method.samples and method.samples_per_class must be >= 1")
         if self.rounds is not None and self.rounds < 1:
             raise ConfigError(f"method.rounds must be >= 1, got {self.rounds}")
+        if self.count not in (None, *COUNTS):
+            raise ConfigError(f"method.count must be round or floor, got {self.count!r}")
+
+
+def floor_of_total(target: float) -> CountRule:
+    """Prune so that each group ends with int(target * size) entries masked in all (the
+    Synaptic-Flow authors' count; :func:`fraction_of_total` rounds)."""
+
+    def rule(groups: Groups) -> Tensor:
+        want = torch.floor(groups.size.to(torch.float64) * target).to(torch.long)
+        already = groups.size - groups.mask.sum(dim=1)
+        return (want.to(already.device) - already).clamp(min=0)
+
+    return rule
 
 
 @METHODS.register("flow")
@@ -80,7 +105,6 @@ class FlowPruning(LevelPruning):
             current.apply_(params)  # score the network the previous rounds pruned
             density = before * (after / before) ** (k / n)
             scores = self.scores(model, params, ctx)
-            current.update(
-                select(params, scores, current, self.cfg.scope, fraction_of_total(1.0 - density))
-            )
+            counted = floor_of_total if self.cfg.count == "floor" else fraction_of_total
+            current.update(select(params, scores, current, self.cfg.scope, counted(1.0 - density)))
         return dict(current)
