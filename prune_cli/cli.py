@@ -443,9 +443,21 @@ def main() -> None:
         sys.argv.append(sweep_dir)
     if multirun:  # the jobs' outcomes and the workers' lifetime (prune_cli.sweep)
         sys.argv.append(sweep.CALLBACK_OVERRIDE)
+    search = multirun and objective.is_search(overrides)
+    if search:  # let the sweeper's own end-of-search error reach us instead of its traceback
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _run()
+    except ValueError as exc:
+        if not (search and objective.no_trial_completed(exc)):
+            raise
+        sweep.finish()  # one line per failed trial, and the count
+        print("prune-run: no trial of the search completed; nothing to optimise", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt as exc:
+        from prune_cli.entry import _silence
+
+        _silence()  # a second Ctrl-C while the sweep's end is told must not escape as -2
         if multirun:
             sweep.finish(interrupted=True)
         interrupted(exc)

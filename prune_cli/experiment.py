@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from rich.markup import escape
 from torch import Tensor
 
 from prune_cli import analysis, distributed, shared_dense, trackers
@@ -31,7 +32,7 @@ from prune_cli.checkpoint import selection_score
 from prune_cli.config import RunConfig
 from prune_cli.distributed import World
 from prune_cli.errors import RunFailed, UserError
-from prune_cli.io import DiskFull, interrupt_reason
+from prune_cli.io import DiskFull, interrupt_reason, interrupts_deferred
 from prune_cli.level_digests import LevelDigests
 from prune_cli.pruning.mask import Masks
 from prune_cli.ranks import Ranks
@@ -108,14 +109,16 @@ class Experiment:
         with self.store.lock():
             existing = None if self.cfg.overwrite else self.store.completed()
             if existing is not None:
-                console.print(
-                    f"[bold]{self.store.root}[/] is complete; showing its results "
-                    "(overwrite=true runs it again)"
+                console.print(  # never wrapped: the path is copied from the terminal
+                    f"[bold]{escape(str(self.store.root))}[/] is complete; showing its results "
+                    "(overwrite=true runs it again)",
+                    soft_wrap=True,
                 )
                 show_results(existing, self.store.root)
                 root, output_root = self.store.root, Path(self.cfg.output_root)
                 if line := trackers.log_completed(self.cfg.logger, root, output_root, self.config):
-                    console.print(line)  # sent to the tracker from its files, or already there
+                    # sent to the tracker from its files, or already there
+                    console.print(line, soft_wrap=True, markup=False, highlight=False)
                 return existing
             try:
                 self._start()
@@ -138,8 +141,10 @@ class Experiment:
                 info = s.method.finalize(s.model, s.masks, s.context(s.cursor.level))
                 analyses = self._analyses()
             except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (io.SignalInterrupt)
-                self._stopped("interrupted", self._where(interrupt_reason(exc)))
-                self._put_back()
+                # a second Ctrl-C waits until the interrupt is recorded and the old run is back
+                with interrupts_deferred():
+                    self._stopped("interrupted", self._where(interrupt_reason(exc)))
+                    self._put_back()
                 raise
             except Exception as exc:
                 known = isinstance(exc, RunFailed | UserError)  # their message is the reason
@@ -194,7 +199,9 @@ class Experiment:
                 # past a shared level 0: the summary goes on saying where it came from
                 s.shared = shared_dense.SharedDense(Path(previous["dense_shared"]), None)
             console.print(
-                f"resuming {store.root} at level {s.cursor.level}, epoch {s.cursor.epoch}"
+                f"resuming {store.root} at level {s.cursor.level}, epoch {s.cursor.epoch}",
+                soft_wrap=True,
+                markup=False,
             )
         self._write_summary("running")
         self.ranks.start(s, s.resume)
@@ -383,7 +390,9 @@ class Experiment:
         """``overwrite=true`` ended before the new run's level 0: the earlier run comes back."""
         if self.world.main and self.store.restore_aside():
             console.print(
-                f"{self.store.root}: the overwrite did not finish; the earlier run is kept"
+                f"{self.store.root}: the overwrite did not finish; the earlier run is kept",
+                soft_wrap=True,
+                markup=False,
             )
 
     def _stopped(self, status: str, reason: str) -> None:

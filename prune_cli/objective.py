@@ -128,6 +128,20 @@ def check_search(overrides: list[str], multirun: bool) -> None:
         )
 
 
+def is_search(overrides: list[str]) -> bool:
+    """Whether the command runs a hyperparameter search (a preset or Hydra's Optuna sweeper)."""
+    return (
+        _group_choice(overrides, "hparams_search") is not None
+        or _group_choice(overrides, "hydra/sweeper") == "optuna"
+    )
+
+
+def no_trial_completed(exc: BaseException) -> bool:
+    """Whether ``exc`` is the sweeper's complaint at the end of a search none of whose trials
+    completed (Optuna's ``study.best_trial`` raises it): the failed trials say why."""
+    return isinstance(exc, ValueError) and "No trials are completed" in str(exc)
+
+
 def fixed_overrides(overrides: list[str]) -> list[str] | None:
     """Of a search's command line, the overrides that every trial shares (not ``a=1,2``,
     ``choice(...)`` and the like, nor a sweep preset), to compose and check its config once

@@ -39,9 +39,10 @@ def run_config(overrides: list[str] | None = None) -> RunConfig:
     return to_run_config(compose_config(overrides))
 
 
-#: how the ``prune-run`` console script starts: ``main`` imported from the package, so that
-#: launchers pickle the task by reference, as they do for users (``-m`` would make it ``__main__``)
-CONSOLE_SCRIPT = [sys.executable, "-c", "from prune_cli.cli import main; main()"]
+#: how the ``prune-run`` console script starts (pyproject.toml's ``prune_cli.entry:prune_run``):
+#: ``main`` imported from the package, so that launchers pickle the task by reference, as they
+#: do for users (``-m`` would make it ``__main__``)
+CONSOLE_SCRIPT = [sys.executable, "-c", "from prune_cli.entry import prune_run; prune_run()"]
 
 
 def run_cli(
@@ -57,6 +58,41 @@ def run_cli(
         timeout=timeout,
         env=env,
     )
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``prune-run ARGS`` run in this process: what ``run_cli`` returns, without the seconds a
+    fresh interpreter spends importing torch and Hydra (for the tables of bad input, which end
+    before any training). The signal handlers, environment and logging it sets are put back."""
+    import logging
+    import signal
+
+    from prune_cli import cli
+
+    def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        root = logging.getLogger()
+        kept = (list(root.handlers), root.level)
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["prune-run", *args])
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+        monkeypatch.setenv(cli.SWEEP_OWNER_ENV, "")
+        capsys.readouterr()
+        code: int | str | None = 0
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            root.handlers[:], root.level = kept
+        out = capsys.readouterr()
+        status = code if isinstance(code, int) else (0 if code is None else 1)
+        return subprocess.CompletedProcess(args, status, out.out, out.err)
+
+    return run
 
 
 @pytest.fixture

@@ -183,8 +183,10 @@ def test_the_demonstration_does_not_import_libraries_it_does_not_use(tmp_path):
         (["dataset.val_size=0"], "train.select=val_accuracy needs a validation split"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    result = run_cli([*args, "progress=false", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message, cli_in_process):
+    result = cli_in_process(
+        [*args, "progress=false", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path
+    )
     assert result.returncode == 2
     lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr

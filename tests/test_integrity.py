@@ -131,6 +131,10 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "sweep without -m": (["sweep=sap_cifar10"], "add -m"),
         "run dir is a file": ([f"hydra.run.dir={a_file}"], "is a file"),
         "run dir under a file": ([f"hydra.run.dir={a_file}/run"], "is under"),
+        "sweep dir under a file": (
+            ["-m", "method=magnitude,random", f"hydra.sweep.dir={a_file}/sweep"],
+            "choose another hydra.sweep.dir",
+        ),
         "dense_from missing": ([f"dense_from={tmp / 'nowhere'}"], "no finished dense level"),
         "dense_from plain state dict": ([f"dense_from={plain}"], "plain state dict"),
         "filters it cannot group": (
@@ -163,14 +167,14 @@ def _case_names() -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", _case_names())
-def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, case):
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, case, cli_in_process):
     args, message = _bad_inputs(tmp_path)[case]
     if not any(a.startswith("hydra.run.dir=") for a in args):
         args = [*args, f"hydra.run.dir={tmp_path / 'run'}"]
     keys = {a.split("=", 1)[0] for a in args}
     quick = [a for a in QUICK[:2] if a.split("=", 1)[0] not in keys]  # the case's model wins
     before = snapshot(tmp_path)
-    result = run_cli([*args, *quick, "progress=false"], cwd=tmp_path)
+    result = cli_in_process([*args, *quick, "progress=false"], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in one_line(result)
     # set-up failures found only when the run is built included: no run directory, no .lock
@@ -366,13 +370,19 @@ def test_a_checkpoint_in_the_old_format_resumes_to_the_same_results(tmp_path, mo
         )
 
 
-def test_a_checkpoint_without_its_weights_is_one_line(tmp_path):
+@pytest.mark.parametrize("missing", ["model", "records"])
+def test_a_checkpoint_without_its_weights_or_records_is_one_line(tmp_path, missing):
+    """The right config hash, but a part of the checkpoint missing: refused by name."""
     cfg = run_config(QUICK)
     store = RunStore(tmp_path / "run", _container(cfg))
     store.paths.checkpoint.parent.mkdir(parents=True)
     cursor = {"level": 0, "epoch": 1, "pruned": False, "best": {}}
-    torch.save({"cursor": cursor, "config_hash": store.hash}, store.paths.checkpoint)
-    with pytest.raises(UserError, match=r"not a prune-run checkpoint \(KeyError: 'model'\)"):
+    whole = {"cursor": cursor, "config_hash": store.hash, "model": {}, "masks": {}}
+    whole |= {"optimizer": {}, "scheduler": None, "callbacks": [], "best_state": None}
+    whole |= {"records": {}, "method": {}, "wall_time_s": 0.0}
+    whole.pop(missing)
+    torch.save(whole, store.paths.checkpoint)
+    with pytest.raises(UserError, match=rf"not a prune-run checkpoint \(KeyError: '{missing}'\)"):
         store.load_checkpoint(torch.device("cpu"))
 
 

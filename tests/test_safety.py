@@ -109,6 +109,7 @@ LOADERS = {
 }
 WRAP = """\
 import sys
+import time
 from prune_cli.errors import UserError
 try:
     {call}
@@ -236,14 +237,14 @@ class _Planted:
 
 
 @pytest.mark.parametrize("form", ["separate", "equals"])
-def test_experimental_rerun_is_refused(tmp_path, form):
+def test_experimental_rerun_is_refused(tmp_path, form, cli_in_process):
     marker = tmp_path / "marker"
     pickled = tmp_path / "config.pickle"
     pickled.write_bytes(pickle.dumps(_Planted(marker)))
     flag = ["--experimental-rerun", str(pickled)]
     args = flag if form == "separate" else ["=".join(flag)]
     before = sorted(tmp_path.rglob("*"))
-    result = run_cli(args, cwd=tmp_path)
+    result = cli_in_process(args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "--experimental-rerun" in one_line(result)
     assert not marker.exists() and sorted(tmp_path.rglob("*")) == before
@@ -293,12 +294,14 @@ main()
 """
 
 
-def _signalled(args: list[str], cwd: Path, sig: str | None) -> subprocess.CompletedProcess:
+def _signalled(
+    args: list[str], cwd: Path, sig: str | None, script: str = SIGNALLED
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
     if sig:
         env["SEND_SIGNAL"] = sig
     return subprocess.run(
-        [sys.executable, "-c", SIGNALLED, *args],
+        [sys.executable, "-c", script, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -310,8 +313,6 @@ def _signalled(args: list[str], cwd: Path, sig: str | None) -> subprocess.Comple
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_a_signalled_run_is_marked_interrupted_and_resumes_to_the_same_files(tmp_path, sig):
-    straight = _signalled([*RESUMED, f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path, None)
-    assert straight.returncode == 0, straight.stderr[-2000:]
     run = tmp_path / "signalled"
     args = [*RESUMED, f"hydra.run.dir={run}"]
     killed = _signalled(args, tmp_path, sig)
@@ -321,6 +322,10 @@ def test_a_signalled_run_is_marked_interrupted_and_resumes_to_the_same_files(tmp
     summary = json.loads(RunPaths(run).summary.read_text())
     assert summary["status"] == "interrupted" and sig in summary["reason"]
     assert "level 1" in summary["reason"] and RunPaths(run).checkpoint.exists()
+    if sig == "SIGHUP":
+        return  # ended as SIGTERM ends it; the resume to the same files is SIGTERM's case
+    straight = _signalled([*RESUMED, f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path, None)
+    assert straight.returncode == 0, straight.stderr[-2000:]
     resumed = _signalled(args, tmp_path, None)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(RunPaths(run).summary.read_text())["status"] == "completed"
@@ -341,3 +346,91 @@ def test_a_signalled_sweep_marks_its_job_interrupted(tmp_path):
     assert "interrupted by SIGTERM" in killed.stderr and "Traceback" not in killed.stderr
     statuses = [json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json")]
     assert statuses == ["interrupted"]  # the first job; the second never started
+
+
+#: a Ctrl-C in level 0's first epoch, and a second one while the run records the first (the
+#: impatient user's double Ctrl-C), sent by the process to itself where it would land
+TWICE = """\
+import os, signal, sys
+from prune_cli.experiment import Experiment
+from prune_cli.training.loop import Trainer
+def train_epoch(self, epoch, generator):
+    os.kill(os.getpid(), signal.SIGINT)
+Trainer.train_epoch = train_epoch
+stopped = Experiment._stopped
+def _stopped(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return stopped(self, *args, **kwargs)
+Experiment._stopped = _stopped
+from prune_cli.entry import prune_run
+sys.argv = ["prune-run", *sys.argv[1:]]
+prune_run()
+"""
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_while_the_first_is_recorded_still_ends_in_one_line_and_130(tmp_path):
+    run = tmp_path / "run"
+    result = _signalled([*QUICK, f"hydra.run.dir={run}"], tmp_path, None, script=TWICE)
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "interrupted" in one_line(result)
+    summary = json.loads(RunPaths(run).summary.read_text())
+    assert summary["status"] == "interrupted"  # the second Ctrl-C did not cut the record short
+
+
+@pytest.mark.parametrize("command", ["prune_run", "prune_report", "prune_export"])
+def test_ctrl_c_during_the_start_up_imports_is_one_line_and_130(command, monkeypatch, capsys):
+    from prune_cli import entry
+
+    def importing(name):  # the Ctrl-C lands while torch / Hydra / pandas are being imported
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry.importlib, "import_module", importing)
+    # the guard ignores further signals as the command ends: put this process's handlers back,
+    # or every process the later tests start inherits an ignored Ctrl-C and SIGTERM
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(SystemExit) as ended:
+            getattr(entry, command)()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert ended.value.code == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted while starting; nothing was written" in lines[0]
+
+
+@pytest.mark.slow
+def test_the_console_scripts_go_through_the_guard(tmp_path):
+    """A real Ctrl-C early in start-up: sent once Python runs the entry point (before that, no
+    Python handler exists and the signal kills as it does any process), while it imports torch
+    and Hydra; on a machine fast enough to be past the imports, the run starts and is
+    interrupted: one line and 130 either way."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    # "ready" is printed inside the guard, just before the command's module is imported
+    code = (
+        "import importlib, types, prune_cli.entry as entry\n"
+        "def imp(name):\n"
+        "    print('ready', flush=True)\n"
+        "    return importlib.import_module(name)\n"
+        "entry.importlib = types.SimpleNamespace(import_module=imp)\n"
+        "entry.prune_run()\n"
+    )
+    started = subprocess.Popen(
+        [sys.executable, "-c", code, *QUICK],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert started.stdout.readline().strip() == "ready"
+    started.send_signal(signal.SIGINT)
+    _, err = started.communicate(timeout=120)
+    assert started.returncode == 130, err[-2000:]
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err
+    # the installed commands are these entry points (a plain-text check: tomllib needs 3.11)
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    for name in ("prune_run", "prune_report", "prune_export"):
+        assert f'{name.replace("_", "-")} = "prune_cli.entry:{name}"' in pyproject
