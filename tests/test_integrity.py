@@ -647,6 +647,24 @@ def test_an_overwrite_that_fails_with_a_nan_loss_keeps_the_old_run(tmp_path, don
     assert _files(run) == before  # byte for byte, and nothing of the failed run left over
 
 
+@pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM"])
+def test_an_overwrite_interrupted_in_level_0_keeps_the_old_run(
+    tmp_path, done_run, monkeypatch, stop
+):
+    import shutil
+
+    from prune_cli.io import SignalInterrupt
+
+    run = tmp_path / "copy"
+    shutil.copytree(done_run, run)
+    before = _files(run)
+    raised = KeyboardInterrupt() if stop == "Ctrl-C" else SignalInterrupt(signal.SIGTERM)
+    monkeypatch.setattr(Trainer, "train_epoch", lambda *a: (_ for _ in ()).throw(raised))
+    with pytest.raises(KeyboardInterrupt):
+        Experiment(run_config([*QUICK, "overwrite=true", "method.sparsity=0.5"]), run).run()
+    assert _files(run) == before  # the old run back, byte for byte, the new one's files gone
+
+
 def test_an_overwrite_killed_in_level_0_is_undone_at_the_next_start(
     tmp_path, done_run, monkeypatch
 ):
