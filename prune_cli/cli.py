@@ -455,9 +455,9 @@ def main() -> None:
         print("prune-run: no trial of the search completed; nothing to optimise", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as exc:
-        from prune_cli.entry import _silence
+        from prune_cli.entry import silence_signals
 
-        _silence()  # a second Ctrl-C while the sweep's end is told must not escape as -2
+        silence_signals()  # a second Ctrl-C while the sweep's end is told must not escape as -2
         if multirun:
             sweep.finish(interrupted=True)
         interrupted(exc)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 
-def _silence() -> None:
+def silence_signals() -> None:
     """Ignore further Ctrl-C, SIGTERM and SIGHUP: the command is ending, and a second signal
     must not turn the one line into a traceback or the exit status into -2."""
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
@@ -37,13 +37,13 @@ def guarded(command: str, module: str) -> None:
     try:
         main: Callable[[], None] = importlib.import_module(module).main
     except KeyboardInterrupt as exc:
-        _silence()
+        silence_signals()
         print(f"{command}: interrupted while starting; nothing was written", file=sys.stderr)
         sys.exit(_status(exc))
     try:
         main()
     except KeyboardInterrupt as exc:  # the commands end their own interrupts; this one escaped
-        _silence()
+        silence_signals()
         print(
             f"{command}: interrupted; re-run the same command to resume what it had begun",
             file=sys.stderr,
