@@ -202,13 +202,13 @@ class RunStore:
     def remove_if_empty(self) -> None:
         """Remove the run directory if it holds nothing but its lock (a run refused while being
         set up); called with the lock held, so no other run is using the directory."""
-        try:
+        # a directory that cannot be listed or removed (another process has just added a
+        # file, its permissions changed) is left as it is: the refusal's line is what counts
+        with contextlib.suppress(OSError):
             if {p.name for p in self.root.iterdir()} - {LOCK_NAME}:
                 return
             (self.root / LOCK_NAME).unlink(missing_ok=True)
-            self.root.rmdir()  # fails, and is left, if another process has just added a file
-        except OSError:
-            pass
+            self.root.rmdir()
 
     def _result_names(self, declared: tuple[str, ...]) -> tuple[list[str], tuple[str, ...]]:
         """(files, folders) of a run's results: every run's files, the files the new run's

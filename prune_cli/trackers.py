@@ -29,6 +29,7 @@ the config is composed.
 
 from __future__ import annotations
 
+import abc
 import csv
 import importlib.util
 import json
@@ -125,7 +126,7 @@ def level_values(entry: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-class Mirror(Tracker):
+class Mirror(Tracker, abc.ABC):
     """What both trackers share: the running epoch count, and sending each point once.
 
     ``held`` is the highest step the tracker holds of each tag; a point at or below it is not
@@ -151,20 +152,22 @@ class Mirror(Tracker):
         self.opened = False
 
     # --- what a tracker implements ----------------------------------------------------------
+    @abc.abstractmethod
     def open(self, config: Mapping[str, Any], name: str, fresh: bool) -> dict[str, int]:
         """Open the tracker's run (a new one when ``fresh``); the highest step of each tag
         it already holds."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write(self, points: list[Point]) -> None:
-        raise NotImplementedError
+        """Send ``points`` (each a tag, a step and a value) to the tracker."""
 
+    @abc.abstractmethod
     def close(self, status: str, completing: bool) -> None:
         """End the session; ``completing``: the run has just completed (hparams, artifacts)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def where(self) -> str:
-        raise NotImplementedError
+        """Where the tracker keeps the run, for the line a completed run prints."""
 
     # --- the hooks ------------------------------------------------------------------------------
     def start(self, config: Mapping[str, Any], name: str) -> None:

@@ -102,6 +102,19 @@ def test_hash_ignores_speed_and_display_settings_and_names_what_differs():
     assert differing_keys(base, other) == ["method.sparsity", "train.lr"]
 
 
+def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Ctrl-C at the start of the run's ``n``-th trained epoch (counted over all levels)."""
+    original, calls = Trainer.train_epoch, []
+
+    def interrupted(self, epoch, generator):
+        calls.append(epoch)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return original(self, epoch, generator)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+
+
 # --- bad input: one line, exit 2, nothing created ----------------------------------------------
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     a_file = tmp / "a_file"
@@ -262,15 +275,7 @@ def test_a_refused_run_leaves_the_owner_untouched(tmp_path, done_run):
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    original, calls = Trainer.train_epoch, []
-
-    def interrupt_in_level_1(self, epoch, generator):
-        calls.append(epoch)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch, generator)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_level_1)
+    interrupt_at_epoch(monkeypatch, 2)  # level 1's first epoch
     with pytest.raises(KeyboardInterrupt):
         Experiment(run_config([*QUICK, "method.sparsity=0.9"]), run).run()
     paths = RunPaths(run)
@@ -315,15 +320,8 @@ def test_a_checkpoint_in_the_old_format_resumes_to_the_same_results(tmp_path, mo
     level's training and ends where an uninterrupted run ends."""
     overrides = [*QUICK, "train.epochs=2", "train.retrain.epochs=2"]
     straight = Experiment(run_config(overrides), tmp_path / "straight").run()
-    original, calls = Trainer.train_epoch, []
-
-    def interrupt_in_level_1(self, epoch, generator):
-        calls.append(epoch)
-        if len(calls) == 4:  # level 1's second epoch: its first is checkpointed with the optimizer
-            raise KeyboardInterrupt
-        return original(self, epoch, generator)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_level_1)
+    # level 1's second epoch: its first is checkpointed with the optimizer
+    interrupt_at_epoch(monkeypatch, 4)
     run = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
         Experiment(run_config(overrides), run).run()
@@ -698,15 +696,7 @@ def test_an_overwrite_drops_the_old_run_once_level_0_is_written(tmp_path, done_r
 
     run = tmp_path / "copy"
     shutil.copytree(done_run, run)
-    original, calls = Trainer.train_epoch, []
-
-    def interrupt_in_level_1(self, epoch, generator):
-        calls.append(epoch)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch, generator)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_level_1)
+    interrupt_at_epoch(monkeypatch, 2)  # level 1's first epoch
     with pytest.raises(KeyboardInterrupt):
         Experiment(run_config([*QUICK, "overwrite=true", "method.sparsity=0.5"]), run).run()
     assert not (run / ASIDE).exists()  # past level 0: the new run stands, resumable
