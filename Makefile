@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-lowest lint format bench gpu-check clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns reproduce-sapp-smoke reproduce-sapp reproduce-limit-smoke reproduce-limit reproduce-crossword-smoke reproduce-crossword
+.PHONY: help install demo test test-fast test-lowest lint format bench bench-latency gpu-check clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns reproduce-sapp-smoke reproduce-sapp reproduce-limit-smoke reproduce-limit reproduce-crossword-smoke reproduce-crossword
 
 help: ## list the targets with what they do and how long they take
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -54,12 +54,15 @@ format: $(STAMP) ## format the code with ruff
 bench: $(STAMP) ## prune-run's training step against plain PyTorch loops (CPU ~2-3 min; GPU when present)
 	$(PY) scripts/bench_train.py
 
+bench-latency: $(STAMP) ## latency budgets: targets met on 4 networks, accuracy at equal latency on Fashion-MNIST, into docs/BENCHMARKS.md (CPU ~15 min)
+	$(PY) scripts/bench_latency.py
+
 # On a bare GPU machine: no venv. The system python3 (override: `make gpu-check PY=...`) must
 # have torch, torchvision, numpy, pytest, pandas, rich; hydra-core, omegaconf, antlr4 and
 # torch-pruning come from wheels in .whl/ (see docs/BENCHMARKS.md), installed into a
 # temporary folder that goes on PYTHONPATH with the repository root.
 gpu-check: PY = python3
-gpu-check: ## on a GPU machine: GPU tests + training/latency benchmarks into docs/BENCHMARKS.md (H100 ~6-8 min; no venv)
+gpu-check: ## on a GPU machine: GPU tests + training/latency/latency-target benchmarks into docs/BENCHMARKS.md (H100 ~10-14 min, estimated; no venv)
 	@set -e; site=""; \
 	if ls .whl/*.whl >/dev/null 2>&1; then \
 	  site=$$(mktemp -d); \

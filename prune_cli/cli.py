@@ -15,10 +15,12 @@ command resumes it, and re-running a sweep skips its finished jobs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -34,6 +36,7 @@ from prune_cli.config import (
     check_target_overrides,
     config_hash,
     group_options,
+    not_a_method_setting,
     register_configs,
     register_resolvers,
     to_run_config,
@@ -172,6 +175,12 @@ def _share_cores(hydra_cfg: DictConfig) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> dict[str, str] | float | None:
+    return _job(cfg)
+
+
+def _job(cfg: DictConfig, checked: RunConfig | None = None) -> dict[str, str] | float | None:
+    """Hydra's task: one run (a single run, or a sweep's job) of the composed ``cfg``;
+    ``checked``: its typed settings, when the pre-check made them from this very config."""
     from prune_cli.experiment import run_experiment
     from prune_cli.recording.console import show_overrides
 
@@ -187,7 +196,7 @@ def _run(cfg: DictConfig) -> dict[str, str] | float | None:
         _share_cores(hydra_cfg)
     try:
         check_target_overrides(list(hydra_cfg.overrides.task))
-        run_cfg = to_run_config(cfg)
+        run_cfg = to_run_config(cfg) if checked is None else checked
         if run_cfg.progress and world.main:
             show_overrides(config_hash(run_cfg), list(hydra_cfg.overrides.task))
         run_experiment(
@@ -254,6 +263,46 @@ def sweep_dir_override(overrides: list[str]) -> str | None:
     return f"hydra.sweep.dir=${{output_root}}/multirun/{preset}-{digest}"
 
 
+def _check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """What the overrides themselves get wrong, before anything is composed."""
+    check_choices(overrides, conf_dir)
+    check_target_overrides(overrides)
+    if any(o.startswith("sweep=") for o in overrides):
+        raise UserError("sweep=NAME is a sweep preset: add -m (prune-run -m sweep=NAME ...)")
+
+
+def _composed(compose: Callable[[], DictConfig], overrides: list[str]) -> DictConfig:
+    """``compose()``, whose errors (Hydra's several lines with exit status 1) become one line."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return compose()
+    except (OmegaConfBaseException, hydra.errors.HydraException) as exc:
+        cause = exc.__cause__ or exc
+        detail = str(cause).splitlines()[0]
+        where = next((f" ({ln.strip()})" for ln in str(cause).splitlines() if "full_key" in ln), "")
+        raise UserError(
+            _not_a_dataset_setting(cause, overrides)
+            or not_a_method_setting(cause)
+            or f"{detail}{where}; check the override's key and type"
+        ) from None
+
+
+def _checked(cfg: DictConfig) -> tuple[RunConfig, Path | None]:
+    """The composed config (``hydra`` node included, left as it is) as typed settings, and its
+    run directory, refused if unusable before anything creates it."""
+    from prune_cli.store import check_location
+
+    run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
+    task = copy.deepcopy(cfg)  # the settings alone; ``cfg`` goes on to Hydra's job
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    run_cfg = to_run_config(task)
+    if run_dir:
+        check_location(Path(str(run_dir)))
+    return run_cfg, Path(str(run_dir)) if run_dir else None
+
+
 def precheck(
     overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR
 ) -> tuple[RunConfig, Path | None] | None:
@@ -261,40 +310,104 @@ def precheck(
     returns the run's config and directory (None for a sweep).
 
     Hydra's own report of a bad key or type is several lines with exit status 1; here it is one
-    line and status 2. Sweeps (``-m``) are checked per job by Hydra, after the names.
+    line and status 2. Sweeps (``-m``) are checked per job by Hydra, after the names. A plain
+    ``prune-run`` composes once instead, through :class:`SingleRun`, which checks the same way.
     """
     from hydra import compose, initialize_config_dir
-    from omegaconf.errors import OmegaConfBaseException
 
-    from prune_cli.store import check_location
-
-    check_choices(overrides, conf_dir)
-    check_target_overrides(overrides)
     if multirun:
+        check_choices(overrides, conf_dir)
+        check_target_overrides(overrides)
         fixed = objective.fixed_overrides(overrides)
         if fixed is not None:  # a search: what its trials share is checked once, here
             precheck(fixed, multirun=False, conf_dir=conf_dir)
         return None
-    if any(o.startswith("sweep=") for o in overrides):
-        raise UserError("sweep=NAME is a sweep preset: add -m (prune-run -m sweep=NAME ...)")
-    try:
+    _check_overrides(overrides, conf_dir)
+
+    def composition() -> DictConfig:
         with initialize_config_dir(str(conf_dir), version_base="1.3"):
-            cfg = compose("config", overrides=overrides, return_hydra_config=True)
-            run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
-    except (OmegaConfBaseException, hydra.errors.HydraException) as exc:
-        cause = exc.__cause__ or exc
-        detail = str(cause).splitlines()[0]
-        where = next((f" ({ln.strip()})" for ln in str(cause).splitlines() if "full_key" in ln), "")
-        raise UserError(
-            _not_a_dataset_setting(cause, overrides)
-            or f"{detail}{where}; check the override's key and type"
-        ) from None
-    with read_write(cfg), open_dict(cfg):
-        del cfg["hydra"]
-    run_cfg = to_run_config(cfg)
-    if run_dir:
-        check_location(Path(str(run_dir)))
-    return run_cfg, Path(str(run_dir)) if run_dir else None
+            return compose("config", overrides=overrides, return_hydra_config=True)
+
+    return _checked(_composed(composition, overrides))
+
+
+class SingleRun:
+    """A plain run (no ``-m``, no Hydra flag) composed once: the config that the pre-check
+    validates is the one Hydra's job runs.
+
+    ``@hydra.main`` would compose the config twice more (once to read ``hydra.mode``, once to
+    run), about 0.1 s of CPU each; this does what its run does (Hydra 1.3's ``_run_hydra`` and
+    ``Hydra.run``: the same search path, task name, ``hydra.mode=RUN``, callbacks and
+    ``run_job``) with the one composition. :meth:`close` must follow (it clears GlobalHydra).
+    """
+
+    def __init__(self, overrides: list[str]) -> None:
+        from hydra._internal.hydra import Hydra
+        from hydra._internal.utils import (
+            create_automatic_config_search_path,
+            detect_calling_file_or_module_from_task_function,
+            detect_task_name,
+        )
+
+        _check_overrides(overrides)
+        calling_file, calling_module = detect_calling_file_or_module_from_task_function(_run)
+        search_path = create_automatic_config_search_path(
+            calling_file, calling_module, str(CONF_DIR)
+        )
+        self.app = Hydra.create_main_hydra2(
+            task_name=detect_task_name(calling_file, calling_module),
+            config_search_path=search_path,
+        )
+        try:
+            # Hydra's run adds ``hydra.mode=RUN`` when the config names no mode (ours does not)
+            self.overrides = [*overrides, "hydra.mode=RUN"]
+            self.cfg = _composed(
+                lambda: self.app.compose_config(
+                    "config", self.overrides, run_mode=RunMode.RUN, with_log_configuration=False
+                ),
+                overrides,
+            )
+            self.checked = _checked(self.cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def applies(flags: list[str], overrides: list[str]) -> bool:
+        """Whether a command is a plain run: no flag at all (Hydra's flags, ``-m``: Hydra's own
+        way) and no ``hydra.mode`` of its own."""
+        return not flags and not any(o.lstrip("+~").startswith("hydra.mode") for o in overrides)
+
+    def run(self) -> None:
+        """Hydra's job, as ``Hydra.run`` runs it, with an unexpected error reported as Hydra
+        reports it (a short traceback, exit status 1)."""
+        from hydra._internal.utils import run_and_report
+
+        run_and_report(self._run_job)
+
+    def _run_job(self) -> None:
+        from hydra._internal.callbacks import Callbacks
+        from hydra.core.utils import configure_log, run_job
+        from hydra.types import HydraContext
+
+        cfg = self.cfg
+        configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)  # Hydra's own logger
+        callbacks = Callbacks(cfg)
+        callbacks.on_run_start(config=cfg, config_name="config")
+        ret = run_job(
+            hydra_context=HydraContext(config_loader=self.app.config_loader, callbacks=callbacks),
+            task_function=lambda task_cfg: _job(task_cfg, self.checked[0]),
+            config=cfg,
+            job_dir_key="hydra.run.dir",
+            job_subdir_key=None,
+        )
+        callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+        _ = ret.return_value  # a failed job's exception, raised here as Hydra's run does
+
+    def close(self) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
 
 
 def _follow(run_cfg: RunConfig, run_dir: Path | None) -> None:
@@ -419,16 +532,22 @@ def main() -> None:
     modes = {m for f in flags for m in EXCLUSIVE_MODES if f in EXCLUSIVE_MODES[m]}
     if len(modes) > 1:
         fail(UserError(f"use only one of {', '.join(sorted(modes))} (Hydra runs one mode)"))
-    checked, follower = None, False
+    checked, follower, single = None, False, None
     if not any(f in HYDRA_FLAGS for f in flags):
         try:
             objective.check_search(overrides, multirun)  # the sweeper's extra, -m
-            checked = precheck(overrides, multirun=multirun)
+            if SingleRun.applies(flags, overrides):
+                single = SingleRun(overrides)
+                checked = single.checked
+            else:
+                checked = precheck(overrides, multirun=multirun)
             follower = checked is not None and not distributed.from_env().main
-        except UserError as exc:
-            fail(exc)
-        except ValueError as exc:  # a torchrun environment that does not add up
-            fail(UserError(str(exc)))
+        except (UserError, ValueError) as exc:  # ValueError: a torchrun environment that is wrong
+            if single is not None:
+                single.close()  # Hydra's global state goes with the refused command
+            fail(exc if isinstance(exc, UserError) else UserError(str(exc)))
+        if follower and single is not None:
+            single.close()  # a follower runs without Hydra's job
         if follower and checked is not None:
             try:
                 _follow(*checked)
@@ -447,7 +566,10 @@ def main() -> None:
     if search:  # let the sweeper's own end-of-search error reach us instead of its traceback
         os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        _run()
+        if single is not None:
+            single.run()
+        else:
+            _run()
     except ValueError as exc:
         if not (search and objective.no_trial_completed(exc)):
             raise
@@ -462,6 +584,8 @@ def main() -> None:
             sweep.finish(interrupted=True)
         interrupted(exc)
     finally:
+        if single is not None:
+            single.close()
         _SWEEP_LOCK.close()
         sweep.release()
         distributed.teardown()

@@ -170,9 +170,44 @@ def _unknown_keys(node: Any, prefix: str = "") -> list[str]:
     return found
 
 
+def other_method_setting(key: str, schema: Any) -> str | None:
+    """The error for ``method.<key>`` given to a method (settings class ``schema``) that lacks
+    it while other methods have it (``method.latency_target`` with ``method=magnitude``): the
+    methods to choose instead. None where no other method has it, or this one does."""
+    if not dataclasses.is_dataclass(schema) or key in {f.name for f in dataclasses.fields(schema)}:
+        return None
+    owners = [
+        n for n in METHODS if key in {f.name for f in dataclasses.fields(METHODS.get(n).Config)}
+    ]
+    # the method that defines the setting first, before those whose settings extend its own
+    owners.sort(key=lambda n: len(METHODS.get(n).Config.__mro__))
+    if not owners:
+        return None
+    this = next((n for n in METHODS if METHODS.get(n).Config is schema), None)
+    return (
+        f"method.{key} is not a setting of method={this or schema.__name__}, only of "
+        f"{' and '.join(f'method={n}' for n in owners)}: choose one of them "
+        f"(method={owners[0]} method.{key}=...)"
+    )
+
+
+def not_a_method_setting(cause: BaseException) -> str | None:
+    """:func:`other_method_setting` for OmegaConf's error about a key the chosen method's
+    settings class lacks, read from the error itself (its key, full key and class); None for
+    any other error."""
+    key, full_key = getattr(cause, "key", None), getattr(cause, "full_key", None)
+    if not key or full_key != f"method.{key}":
+        return None
+    return other_method_setting(str(key), getattr(cause, "object_type", None))
+
+
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Turn the composed config into dataclasses, running every ``__post_init__`` check."""
     unknown = _unknown_keys(cfg)
+    if unknown and unknown[0].startswith("method.") and isinstance(cfg.get("method"), DictConfig):
+        hint = other_method_setting(unknown[0].split(".", 1)[1], OmegaConf.get_type(cfg.method))
+        if hint is not None:
+            raise ConfigError(hint)
     if unknown:
         raise ConfigError(
             f"unknown key {unknown[0]} (added with '+'?); it is not a setting of this group and "

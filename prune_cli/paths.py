@@ -26,6 +26,9 @@ Layout of a run directory::
 A shared dense level (automatic dense sharing, :mod:`prune_cli.shared_dense`) is a dense-only
 run directory of the same layout under ``<output_root>/dense/<dataset>-<model>-s<seed>-<hash>/``
 (:func:`shared_dense_dir`), beside its ``.share.lock`` (:func:`shared_dense_lock`).
+
+A latency table measured for a model on a device is cached as ``<cache_dir>/latency-<key>.json``
+(:func:`latency_table_path`) beside its ``.lock`` (:func:`latency_table_lock`).
 """
 
 from __future__ import annotations
@@ -148,3 +151,22 @@ def shared_dense_marker(directory: Path) -> Path:
     """The file that says a run directory holds a shared dense level (``prune-report`` leaves
     such runs out of a folder it searches: their level 0 is in the runs that took it)."""
     return Path(directory) / ".shared-dense"
+
+
+def shared_cache_dir(output_root: Path) -> Path:
+    """What runs under ``output_root`` measure once and share (``PruneContext.cache_dir``: the
+    latency tables), outside every run directory so that no run's ``overwrite`` clears it."""
+    return Path(output_root) / "cache"
+
+
+def latency_table_path(cache_dir: Path, key: str) -> Path:
+    """The cached latency table (:mod:`prune_cli.pruning.latency`) that ``key`` names: a digest
+    of the device, torch version, model structure and measurement setting, so a sweep's runs on
+    one device share it."""
+    return Path(cache_dir) / f"latency-{key}.json"
+
+
+def latency_table_lock(path: Path) -> Path:
+    """The lock file beside a cached latency table (flock): one job measures, the others wait."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")

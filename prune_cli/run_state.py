@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prune_cli import analysis, distributed
+from prune_cli import analysis, distributed, paths
 from prune_cli.callbacks import Callback
 from prune_cli.checkpoint import Checkpoint, Cursor
 from prune_cli.config import RunConfig
@@ -38,6 +38,7 @@ from prune_cli.seeds import derive_seed
 from prune_cli.shared_dense import SharedDense
 from prune_cli.spec import ImageData
 from prune_cli.store import DenseSource, RunStore
+from prune_cli.training import optim
 from prune_cli.training.loop import EvalResult, evaluate, resolve_device
 
 
@@ -109,6 +110,7 @@ class RunState:
             artifact_path=store.artifact,
             model_name=cfg.model.name,
             evaluate=evaluate_split,
+            cache_dir=paths.shared_cache_dir(Path(cfg.output_root)),
         )
 
     def evaluate(self, split: str) -> EvalResult:
@@ -233,6 +235,7 @@ class RunState:
 def build(cfg: RunConfig, world: World, store: RunStore) -> Parts:
     """Data, method, model (with its starting weights) and ``dense_from``'s source; a config
     that cannot run is refused here, before the run directory is claimed."""
+    optim.new_run()  # its warnings are its own (a warm-up capped at every level: one line)
     device = resolve_device(distributed.training_device(cfg.device, world))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda was asked for but no CUDA GPU is visible; use device=auto")

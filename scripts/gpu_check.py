@@ -1,6 +1,7 @@
 """One command on a GPU machine: the GPU tests, the training and latency benchmarks, one table.
 
-Runs, in order (on an H100 in about 5-8 minutes):
+Runs, in order (on an H100 in about 5-8 minutes before step 3's per-layer rows and step 4
+were added; with them an estimated 10-14, not yet timed on a GPU):
 
 1. ``pytest -m gpu`` (the CUDA path; needs hydra-core and the others from ``.whl/``);
 2. ``bench_train``: ResNet-56, 50,000 synthetic 32x32 uint8 images, batch 128: the torchvision
@@ -10,9 +11,15 @@ Runs, in order (on an H100 in about 5-8 minutes):
    batches; the cost of one mask multiply;
 3. ``bench_thin``: structured pruning (50% of the filters) of ResNet-56, VGG-16 and
    MobileNet-V1, latency of the dense and the thinner network at batch 256 (channel counts
-   rounded to multiples of 8 and not), and of ResNet-50 at 224x224 (rounded to 8; the global
-   ranking and the per-layer one, which also thins the residual streams);
-4. only if 1-3 took less than ``--budget-s``: compiled kernels (``torch.compile`` default mode)
+   rounded to multiples of 8 and not, ranked globally; rounded to 8, ranked per layer), and of
+   ResNet-50 at 224x224 (rounded to 8; the global ranking and the per-layer one, which also
+   thins the residual streams);
+4. ``bench_latency`` part 1 (issue 27): the same four networks pruned to 0.5 and 0.7 of the
+   dense latency on this GPU (``--latency-targets``; a latency table measured here, bf16,
+   channels-last, graphed), by the knapsack and by the global and per-layer rankings tuned to
+   the same latency; batch 256 at 32x32, 64 at 224x224; the measured ratio against the
+   target (``--no-latency``: skipped; ``--device cpu``: the same code at toy sizes);
+5. only if 1-4 took less than ``--budget-s``: compiled kernels (``torch.compile`` default mode)
    with the whole step as one CUDA graph, and the compiled forward/backward with CUDA graphs of
    their own (``reduce-overhead``), bf16, masks 90%, added to the training table
    (``torch.compile``'s default mode without graphs only with ``--compile-default``).
@@ -123,11 +130,20 @@ def thin_section(args: argparse.Namespace) -> str:
     import bench_thin
 
     results = []
+    # (ranking, kept filters rounded to): the per-layer ranking at 8 only, where the global
+    # one is fastest; it had never been timed on a GPU
+    variants = (("global", 1), ("global", 8), ("layer", 8))
     for name in args.thin_models:
-        for round_to in (1, 8):
+        for scope, round_to in variants:
             results.append(
                 bench_thin.measure(
-                    name, torch.device(args.device), 0.5, args.thin_batch, 3, round_to=round_to
+                    name,
+                    torch.device(args.device),
+                    0.5,
+                    args.thin_batch,
+                    3,
+                    round_to=round_to,
+                    scope=scope,
                 )
             )
             log(bench_thin.table(results[-1:]).splitlines()[-1])
@@ -154,13 +170,29 @@ def thin_section(args: argparse.Namespace) -> str:
     return bench_thin.table(results)
 
 
-def write_section(doc: Path, section: str) -> None:
-    """Replace the text between the markers (or append the markers and the section)."""
+def latency_section(args: argparse.Namespace) -> str:
+    """``bench_latency`` part 1 on ``args.device``: its Markdown table and verdict lines. On CUDA
+    the GPU's cases (batch 256 at 32x32, 64 at 224x224); elsewhere the toy ones, a dry run."""
+    import bench_latency
+
+    device = torch.device(args.device)
+    cases = bench_latency.CUDA_CASES if device.type == "cuda" else bench_latency.QUICK_CASES
+    cases = tuple(c for c in cases if c.model in args.latency_models)
+    with bench_latency.cache_folder(None) as cache:
+        rows = bench_latency.run_budgets(
+            cases, args.latency_targets, device, cache, rounds=3, round_to=8, say=log
+        )
+    return bench_latency.budget_table(rows) + "\n\n" + bench_latency.budget_verdict(rows)
+
+
+def write_section(doc: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between the markers ``begin`` and ``end`` (gpu-check's by default; each
+    benchmark script has its own), or append the markers and the section."""
     text = doc.read_text() if doc.exists() else ""
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+    block = f"{begin}\n{section.rstrip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
         text = head + block + tail
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
@@ -184,7 +216,7 @@ def main() -> None:
     )
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="the default")
     ap.add_argument(
-        "--no-compiled-rows", dest="cudagraphs", action="store_false", help="skip step 4"
+        "--no-compiled-rows", dest="cudagraphs", action="store_false", help="skip step 5"
     )
     ap.add_argument("--no-tests", dest="tests", action="store_false")
     ap.add_argument("--thin-models", nargs="+", default=["resnet56", "vgg16", "mobilenet_v1"])
@@ -197,6 +229,20 @@ def main() -> None:
         help="MODEL:SIZE:CLASSES timed with channels rounded to 8, ranked globally and per layer "
         "(none: --thin-large)",
     )
+    ap.add_argument(
+        "--latency-targets",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.7],
+        help="bench_latency part 1: thin / dense latency targets",
+    )
+    ap.add_argument(
+        "--latency-models",
+        nargs="+",
+        default=["resnet56", "vgg16", "mobilenet_v1", "resnet50"],
+        help="bench_latency part 1: which of its four networks",
+    )
+    ap.add_argument("--no-latency", dest="latency", action="store_false", help="skip step 4")
     ap.add_argument("--model", default="resnet56", help="training benchmark model")
     ap.add_argument("--device", default="cuda", help="cpu: a quick dry run of this script")
     ap.add_argument(
@@ -242,6 +288,16 @@ def main() -> None:
         thin = f"latency benchmark failed: {type(exc).__name__}: {exc}"
     log(thin)
 
+    budgets = ""
+    if args.latency:
+        log(f"\n== latency targets {args.latency_targets} (bench_latency part 1) ==")
+        try:
+            budgets = latency_section(args)
+        except Exception as exc:
+            traceback.print_exc()
+            budgets = f"latency-target benchmark failed: {type(exc).__name__}: {exc}"
+        log(budgets)
+
     # optional, last, while the budget allows: the required figures are in by now
     elapsed = time.perf_counter() - started
     if summary is not None and args.cudagraphs and cuda:
@@ -272,8 +328,18 @@ def main() -> None:
         "",
         thin,
         "",
-        f"gpu-check took {time.perf_counter() - started:.0f} s.",
     ]
+    if args.latency:
+        parts += [
+            "Pruned to a latency target (issue 27, `scripts/bench_latency.py` part 1): "
+            "random-init weights, L1 scores, kept filters rounded to 8, latency table measured "
+            "on this device (bf16, channels-last, graphed); ratios thin / dense, the median of "
+            "3 alternating measurements after the selection; goal: within 5% of the target:",
+            "",
+            budgets,
+            "",
+        ]
+    parts += [f"gpu-check took {time.perf_counter() - started:.0f} s."]
     section = "\n".join(parts)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -158,13 +158,20 @@ def test_the_legacy_declarations_are_the_registered_methods_own():
     from prune_cli.pruning.method import METHODS
     from prune_cli.pruning.methods import __name__ as _registers  # noqa: F401
 
+    # the limit has declared each estimator's prediction since (issue 25): its legacy form
+    # stays as the old runs were written, each of its columns still declared today
+    grown = {"limit"}
+
+    def same(old: Results, now: Results, name: str) -> None:
+        assert set(old.columns) <= set(now.columns) if name in grown else old == now, name
+
     legacy = json.loads(declared.LEGACY.read_text())
     assert legacy["methods"] and set(legacy["methods"]) <= set(METHODS)
     for name, stored in legacy["methods"].items():
-        assert Results.from_dict(stored) == METHODS.get(name).results, name
+        same(Results.from_dict(stored), METHODS.get(name).results, name)
     assert set(legacy["analyses"]) <= set(ANALYSES)
     for name, stored in legacy["analyses"].items():
-        assert Results.from_dict(stored) == ANALYSES.get(name).results, name
+        same(Results.from_dict(stored), ANALYSES.get(name).results, name)
 
 
 def test_a_round_trip_of_every_registered_declaration():

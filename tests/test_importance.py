@@ -314,7 +314,13 @@ def test_hessian_grad_serves_the_g_of_grad(monkeypatch):
 
 def test_scoring_settings_are_declared_once_and_handed_to_the_measure():
     names = {f.name for f in dataclasses.fields(MeasureSettings)}
-    assert names == {"samples", "score_temperature", "grasp_temperature", "samples_per_class"}
+    assert names == {
+        "samples",
+        "score_temperature",
+        "grasp_temperature",
+        "samples_per_class",
+        "depthwise_score",
+    }
     for config in (FlowConfig, FilterConfig, CrosswordConfig):
         assert issubclass(config, MeasureSettings)
         # inherited, not declared again (the class body's own annotations)

@@ -2,12 +2,13 @@
 
 ``ChannelSchedule`` prunes on the schedules that fall inside a training run (``when``): ``init``
 and ``soft`` before the first step, ``early`` after each of the first ``rounds`` epochs (the
-fraction of the remaining filters that reaches ``sparsity`` after round n), ``soft`` afresh after
-every epoch. After every optimizer step it multiplies the BatchNorm parameters and biases of
+fraction of the remaining filters that reaches ``sparsity`` after round n; with
+``latency_target``, the round's latency ratio), ``soft`` afresh after every epoch (to F under a
+latency target). After every optimizer step it multiplies the BatchNorm parameters and biases of
 pruned channels by zero, so that the masked network keeps computing what the thinner one will:
 the masks alone cover the weights, not what is coupled to their channels. The factors are
-cached per version of the masks. The choice itself (ranking, floors, scope) is the method's
-``prune_fraction``; the callback decides only when.
+cached per version of the masks. The choice itself (ranking, floors, scope, latency budget) is
+the method's ``prune_fraction`` / ``prune_round``; the callback decides only when.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from torch import Tensor, nn
 
 from prune_cli.callbacks import Callback
 from prune_cli.errors import ConfigError
-from prune_cli.pruning.flow import early_round_fraction
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import PruneContext
 
@@ -72,7 +72,8 @@ class ChannelSchedule(Callback):
         cfg = self.method.cfg
         k = epoch + 1
         if cfg.when == "early" and self.level == 0 and k <= cfg.rounds:
-            self._prune(model, early_round_fraction(k, cfg.rounds, cfg.sparsity))
+            # p_k of the remaining filters, or the round's share of the latency budget
+            self.masks.update(self.method.prune_round(model, self.masks, self.ctx, k))
         if cfg.when == "soft" and self.level == 0:
             self._prune_afresh(model)
 

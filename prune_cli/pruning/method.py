@@ -114,7 +114,8 @@ class PruneContext:
     ``evaluate(model, split)`` returns the (mean loss, accuracy) of ``model`` on a split
     (``"val"`` or ``"test"``) as the run evaluates it, for analyses of pruned copies without
     fine-tuning (the pruning-limit sweep), (nan, nan) for a split with no samples; None where
-    no data is at hand (unit tests).
+    no data is at hand (unit tests). ``cache_dir`` is where measurements shared across runs
+    are kept (None: not kept).
     """
 
     level: int
@@ -132,6 +133,9 @@ class PruneContext:
     model_name: str | None = None
     #: (loss, accuracy) of a model on a split, evaluated like the run's own evaluations
     evaluate: Callable[[nn.Module, str], tuple[float, float]] | None = None
+    #: a folder shared by the runs under one ``output_root`` for what is measured once and
+    #: reused (the latency tables of ``method.latency_target``); None: nothing is cached
+    cache_dir: Path | None = None
 
 
 class PruningMethod:

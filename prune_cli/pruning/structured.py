@@ -56,6 +56,9 @@ class Unit:
     weights: list[str] = field(default_factory=list)  # params whose rows are the channels
     vectors: list[str] = field(default_factory=list)  # biases, BN gamma / beta (1-d)
     bn: list[str] = field(default_factory=list)  # BN weight params (for the |gamma| score)
+    #: conv / linear modules whose input channels are the unit's (the next layers; a
+    #: depthwise conv, whose inputs and outputs are both the unit's, is among the producers)
+    consumers: list[str] = field(default_factory=list)
 
 
 def _out_fn(module: nn.Module):
@@ -150,6 +153,12 @@ class FilterGroups:
                     unit.weights.append(f"{name}.weight")
                 if module.bias is not None:
                     unit.vectors.append(f"{name}.bias")
+            elif (
+                isinstance(module, nn.Conv2d | nn.Linear)
+                and self.graph.is_in_channel_pruning_fn(item.dep.handler)
+                and name not in unit.consumers
+            ):
+                unit.consumers.append(name)  # reads the unit's channels (the latency table's)
 
     def weight_names(self) -> list[str]:
         return sorted({w for u in self.units for w in u.weights})

@@ -43,19 +43,34 @@ def _build(params: list, cfg: TrainConfig, lr: float, extra: dict) -> torch.opti
     return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, **extra)
 
 
+#: the capped warm-ups (warm-up epochs, epochs) this run has warned about: a run builds a
+#: schedule for every level (and again on resuming), and one setting deserves one line, not one
+#: per level; a retraining schedule with other epochs is a case of its own
+_WARNED: set[tuple[float, int]] = set()
+
+
+def new_run() -> None:
+    """Forget the warnings given so far: called as a run is built, so that each run (a sweep's
+    job run in this process too) says once what it caps."""
+    _WARNED.clear()
+
+
 def warmup_epochs(cfg: TrainConfig, epochs: int) -> float:
-    """The warm-up, capped at half of the training.
+    """The warm-up, capped at half of the training (a warning, once per run and case).
 
     A warm-up as long as the training (``train.epochs=2`` with the default 2 warm-up epochs) would
     end the run at its peak learning rate without ever decaying: chance-level accuracy, silently.
     """
     if epochs > 0 and cfg.warmup_epochs > epochs / 2:
-        log.warning(
-            "train.warmup_epochs=%s is more than half of %d epochs: warming up for %s",
-            cfg.warmup_epochs,
-            epochs,
-            epochs / 2,
-        )
+        case = (cfg.warmup_epochs, epochs)
+        if case not in _WARNED:
+            _WARNED.add(case)
+            log.warning(
+                "train.warmup_epochs=%s is more than half of %d epochs: warming up for %s",
+                cfg.warmup_epochs,
+                epochs,
+                epochs / 2,
+            )
         return epochs / 2
     return cfg.warmup_epochs
 

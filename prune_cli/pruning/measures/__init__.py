@@ -10,6 +10,10 @@ and how it reduces what they computed, read off a ``Site`` by field (``site.g``,
   other statistics than the per-weight one (H g over all parameters, not the scored tensors), the
   measure says so in ``filter_needs``; methods ask ``needs_for("filter")``.
 
+A filter unit's channel (``units``) is scored by the sum of its filter scores over the unit's
+coupled tensors; ``depthwise_score=skip`` leaves out the depthwise convolutions among them
+(Lubana and Dick score a MobileNet-V1 channel by its pointwise or stem filter alone).
+
 Higher = more important; the lowest are pruned first. The settings of the scoring sample and of
 the measures that read any are declared once, in ``MeasureSettings``, which the configs of
 ``flow``, ``filter`` and ``crossword`` inherit; ``build(name, settings)`` hands them to the
@@ -35,6 +39,7 @@ from prune_cli.registry import Registry, import_submodules
 
 if TYPE_CHECKING:
     from prune_cli.pruning.method import PruneContext
+    from prune_cli.pruning.structured import FilterGroups, Unit
 
 
 class Site:
@@ -75,13 +80,59 @@ class Site:
         return t.reshape(self.theta.shape[0], -1)
 
 
+#: how a channel's score treats the depthwise convolutions coupled to it (``depthwise_score``)
+DEPTHWISE_SCORES = ("sum", "skip")
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise convolution: each output channel reads one input channel of its own, so
+    its filters are the channels it is coupled to, not a layer of filters of its own."""
+    return isinstance(module, nn.Conv2d) and 1 < module.groups == module.in_channels
+
+
 @dataclass
 class UnitSites:
     """A filter unit: the coupled weight tensors whose rows are its channels, and the BatchNorm
-    scales of those channels."""
+    scales of those channels; ``depthwise`` and ``bn_depthwise`` mark (in the same order)
+    the weights of depthwise convolutions and the BatchNorms that normalise their outputs
+    (empty: none is)."""
 
     sites: list[Site]
     bn: list[Tensor] = field(default_factory=list)
+    depthwise: list[bool] = field(default_factory=list)
+    bn_depthwise: list[bool] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, unit: Unit, groups: FilterGroups, found: Mapping[str, Site]) -> UnitSites:
+        """The sites of ``unit`` (``found``: a ``Site`` per weight name), what is depthwise
+        marked: a weight by its own module, a BatchNorm by the layer whose output it reads in
+        the dependency graph that made the unit."""
+        modules = dict(groups.model.named_modules())
+        params = dict(groups.model.named_parameters())
+
+        def reads_depthwise(bn_weight: str) -> bool:
+            node = groups.graph.module2node.get(modules[bn_weight.rsplit(".", 1)[0]])
+            return node is not None and any(is_depthwise(i.module) for i in node.inputs)
+
+        return cls(
+            [found[w] for w in unit.weights],
+            [params[b].detach() for b in unit.bn],
+            [is_depthwise(modules[w.rsplit(".", 1)[0]]) for w in unit.weights],
+            [reads_depthwise(b) for b in unit.bn],
+        )
+
+    def scored(self, rule: str | None) -> tuple[list[Site], list[Tensor]]:
+        """The sites and BatchNorm scales a channel's score sums (``depthwise_score``): all
+        of them (null / ``sum``), or (``skip``) all but the depthwise convolutions' and their
+        BatchNorms': the pointwise (or stem) filter alone, as Lubana and Dick score
+        MobileNet-V1. A unit of depthwise layers only keeps them (nothing else scores it)."""
+        if rule != "skip":
+            return self.sites, self.bn
+        depthwise = self.depthwise or [False] * len(self.sites)
+        bn_depthwise = self.bn_depthwise or [False] * len(self.bn)
+        sites = [s for s, dw in zip(self.sites, depthwise, strict=True) if not dw]
+        bn = [b for b, dw in zip(self.bn, bn_depthwise, strict=True) if not dw]
+        return sites or self.sites, bn or self.bn
 
 
 @dataclass
@@ -98,6 +149,22 @@ class MeasureSettings:
     grasp_temperature: float = 200.0
     #: GraSP's examples of each class; null: samples // classes, as the authors
     samples_per_class: int | None = 10
+    #: a filter unit's channel score: null / ``sum``: its filter scores summed over every
+    #: coupled layer, a depthwise convolution's (and its BatchNorm's) included; ``skip``:
+    #: without the depthwise ones, the pointwise (or stem) filter alone (Lubana and Dick's
+    #: MobileNet-V1). Structured methods only: a per-weight score has no units
+    depthwise_score: str | None = None
+
+    def __post_init__(self) -> None:
+        # cooperative: the method configs that inherit these settings run their own checks
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if self.depthwise_score not in (None, *DEPTHWISE_SCORES):
+            raise ConfigError(
+                f"method.depthwise_score must be one of {', '.join(DEPTHWISE_SCORES)}, "
+                f"got {self.depthwise_score!r}"
+            )
 
     def scoring_sample(self) -> Sample:
         """The sample these settings describe (a measure may prescribe its own from it)."""
@@ -163,8 +230,10 @@ class Measure:
         return {k: self.weight(s) for k, s in sites.items()}
 
     def units(self, units: Mapping[str, UnitSites], ctx: PruneContext | None) -> dict[str, Tensor]:
-        """Score of each channel of each unit: summed over the unit's coupled tensors."""
-        return {root: sum(self.filter(s) for s in u.sites) for root, u in units.items()}
+        """Score of each channel of each unit: summed over the unit's coupled tensors (those
+        that ``depthwise_score`` keeps: ``UnitSites.scored``)."""
+        rule = self.settings.depthwise_score
+        return {root: sum(self.filter(s) for s in u.scored(rule)[0]) for root, u in units.items()}
 
 
 IMPORTANCE: Registry[type[Measure]] = Registry("measure")

@@ -72,7 +72,8 @@ class Random(Measure):
 @IMPORTANCE.register("bn_gamma")
 @dataclass
 class BatchNormScale(Measure):
-    """|gamma| of the filter's BatchNorm (summed over the unit's BatchNorms)."""
+    """|gamma| of the filter's BatchNorm (summed over the unit's BatchNorms; with
+    ``depthwise_score=skip``, over those that do not normalise a depthwise convolution)."""
 
     needs: ClassVar[frozenset[str]] = frozenset({"bn"})
     per_weight: ClassVar[bool] = False
@@ -81,7 +82,8 @@ class BatchNormScale(Measure):
         missing = [r for r, u in units.items() if not u.bn]
         if missing:
             raise ConfigError(f"measure bn_gamma needs BatchNorm after {', '.join(missing)}")
-        return {r: sum(b.abs() for b in u.bn) for r, u in units.items()}
+        rule = self.settings.depthwise_score
+        return {r: sum(b.abs() for b in u.scored(rule)[1]) for r, u in units.items()}
 
 
 @IMPORTANCE.register("activation")

@@ -41,6 +41,23 @@ network's outputs equal the masked one's, and saves it twice:
 
 ``score_temperature`` divides the logits of the scoring loss (the reference sheet lists T = 5);
 GraSP uses its own ``grasp_temperature`` (200) and a class-balanced sample.
+
+A latency budget (``latency_target`` F, issue 27; HALP, Shen et al., NeurIPS 2022) replaces the
+filter fraction ``sparsity`` (then not used): each pruning step keeps the filters that maximise
+the summed importance under a latency table's prediction of the thin network
+(``prune_cli.pruning.latency``, measured once per run on the dense model, on the run's device,
+and cached under ``output_root``), by the knapsack of ``prune_cli.pruning.latency_budget``
+(``latency_by: knapsack``, the default; ``scope`` is then not used), or, as the baseline at
+equal latency, by the scope's own ranking at the filter fraction bisected to the same latency
+(``latency_by: fraction``). After each selection the thin network is built and its latency
+measured (``latency_ms`` at ``latency_batch``); while it is off F times the dense latency by
+more than ``latency_tolerance``, the selection is made again with the table's budget scaled by
+target / measured (three tries at most, the closest kept). ``trained`` and ``init`` prune to F
+in one step, ``soft`` to F afresh after every epoch, and ``early`` round k to the latency
+ratio 1 - c_k, c_k the reduction the filter fraction's curve gives after round k with p = 1 - F
+(``latency_budget.early_round_latency``; F after round n). ``summary.json`` records the
+target, the table's prediction for the final widths and its error against the measured thin
+latency, and ``latency_warning`` when the per-unit floors kept F out of reach.
 """
 
 from __future__ import annotations
@@ -48,7 +65,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +75,18 @@ from torch import Tensor, nn
 from prune_cli.callbacks import Callback
 from prune_cli.errors import ConfigError
 from prune_cli.io import save_torch
+from prune_cli.pruning import latency
 from prune_cli.pruning.derivatives import Derivatives, Sample, compute
 from prune_cli.pruning.filter_schedule import ChannelSchedule
+from prune_cli.pruning.flow import early_round_fraction
+from prune_cli.pruning.latency_budget import (
+    BudgetUnit,
+    bisect_fraction,
+    calibrate,
+    early_round_latency,
+    min_widths,
+    solve,
+)
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.measures import Measure, MeasureSettings, UnitSites, build, check, sites
 from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod, check_range
@@ -72,6 +99,25 @@ from prune_cli.pruning.structured import (
 )
 
 WHEN = ("early", "init", "trained", "soft")
+LATENCY_BY = ("knapsack", "fraction")
+#: selections per pruning step under a latency target (the first and two corrected ones)
+LATENCY_TRIES = 3
+#: (thin, dense) timing pairs per measurement of a selection (the median ratio is kept)
+LATENCY_PAIRS = 3
+
+#: what a run with a latency target adds to the report: the achieved latency ratio against F
+LATENCY_COLUMNS = (
+    Column("latency_target", "latency_target"),
+    Column(
+        "latency_ratio",
+        "latency_reached",
+        heading="latency / dense (target -> reached)",
+        display="arrow",
+        pair="latency_target",
+    ),
+    Column("latency_predicted_ms", "latency_predicted_ms"),
+    Column("latency_table_error", "latency_table_error"),
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +126,12 @@ log = logging.getLogger(__name__)
 class FilterConfig(MeasureSettings, MethodConfig):
     """The settings of ``method=filter``; the scoring settings (``samples``,
     ``score_temperature``, ``grasp_temperature``, ``samples_per_class``) come from
-    ``MeasureSettings``."""
+    ``MeasureSettings``. With ``latency_target`` set, ``sparsity`` is not used: the latency
+    budget decides how many filters go (``filter_sparsity`` in summary.json says how many)."""
 
     name: str = "filter"
     measure: str = "magnitude"
-    #: p: fraction of the prunable filters removed in all
+    #: p: fraction of the prunable filters removed in all (not used with ``latency_target``)
     sparsity: float = 0.5
     when: str = "early"
     #: n: pruning rounds of one epoch each (``early``)
@@ -107,8 +154,21 @@ class FilterConfig(MeasureSettings, MethodConfig):
     #: pruned (FPGM's authors); ``kept``: int(n (1 - p)) kept, n - int(n (1 - p)) pruned (the
     #: L1-norm reference code); they differ by one filter where p n is not whole
     layer_count: str | None = None
+    #: F in (0, 1]: prune to this fraction of the dense network's latency on the run's device
+    #: (``latency_batch``), measured; ``sparsity`` is then not used. Null: prune ``sparsity``
+    latency_target: float | None = None
+    #: how filters are chosen under ``latency_target``: null / ``knapsack`` (the importance
+    #: kept under the latency table's costs, all units at once; ``scope`` not used) or
+    #: ``fraction`` (the baseline: the scope's ranking at the filter fraction bisected to F)
+    latency_by: str | None = None
+    #: the latency table's measured kept counts per layer dimension (null = 8)
+    latency_points: int | None = None
+    #: relative: a step selects again while the measured thin latency is further than this
+    #: from its target (null = 0.03)
+    latency_tolerance: float | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # MeasureSettings' checks (depthwise_score)
         check(self.measure, "filter")
         if self.scope not in (None, "global", "layer"):
             raise ConfigError(f"method.scope must be global or layer, got {self.scope!r}")
@@ -129,6 +189,31 @@ class FilterConfig(MeasureSettings, MethodConfig):
             raise ConfigError(
                 f"method.layer_count must be pruned or kept, got {self.layer_count!r}"
             )
+        check_range(
+            "latency_target",
+            self.latency_target,
+            0.0,
+            1.0,
+            low_open=True,
+            high_open=False,
+            nullable=True,
+        )
+        if self.latency_by not in (None, *LATENCY_BY):
+            raise ConfigError(
+                f"method.latency_by must be {' or '.join(LATENCY_BY)}, got {self.latency_by!r}"
+            )
+        check_range("latency_points", self.latency_points, 2, nullable=True)
+        check_range("latency_tolerance", self.latency_tolerance, 0.0, low_open=True, nullable=True)
+
+    @property
+    def latency_choice(self) -> str:
+        """``latency_by`` with its default."""
+        return self.latency_by or "knapsack"
+
+    @property
+    def tolerance(self) -> float:
+        """``latency_tolerance`` with its default."""
+        return 0.03 if self.latency_tolerance is None else self.latency_tolerance
 
 
 def layer_pruned(n: int, fraction: float, rule: str | None) -> int:
@@ -168,6 +253,27 @@ class FilterPruning(PruningMethod):
         super().__init__(cfg)
         self.groups: FilterGroups | None = None
         self.warned = False  # the unreachable-target warning is given once per run
+        self.latency_warned = False  # and so is the unreachable-latency one
+        #: the run's latency table (``latency.build_table``), built at the first need
+        self.table: latency.LatencyTable | None = None
+        #: the latency ratio the pruning step under way aims at (an early round's); None: F
+        self.step_latency: float | None = None
+        if cfg.latency_target is not None:
+            # a run with a latency target declares its latency columns, and F as a target
+            # setting (the report's series across targets leaves it out); the class's own
+            # declaration, that of the runs without one, stays as it was
+            base = type(self).results
+            self.results = replace(
+                base,
+                columns=base.columns + LATENCY_COLUMNS,
+                target_keys=(*base.target_keys, "latency_target"),
+            )
+
+    def nominal_target(self) -> dict[str, Any]:
+        """With a latency target the nominal ratio is dense / thin latency, 1 / F."""
+        if self.cfg.latency_target is None:
+            return super().nominal_target()
+        return {"unit": "latency", "ratio": float(f"{1 / self.cfg.latency_target:.6g}")}
 
     def floor(self, channels: int) -> int:
         """The filters a unit of ``channels`` always keeps: floor(min_keep * channels) + 1."""
@@ -262,10 +368,7 @@ class FilterPruning(PruningMethod):
         """Each unit's channel scores by ``measure``, from derivatives ``d`` already computed."""
         params = dict(model.named_parameters())
         found = sites(params, d, groups.weight_names())
-        units = {
-            u.root: UnitSites([found[w] for w in u.weights], [params[b].detach() for b in u.bn])
-            for u in groups.units
-        }
+        units = {u.root: UnitSites.of(u, groups, found) for u in groups.units}
         return measure.units(units, ctx)
 
     def channel_scores(
@@ -279,11 +382,18 @@ class FilterPruning(PruningMethod):
     def prune_fraction(
         self, model: nn.Module, masks: Masks, ctx: PruneContext, fraction: float
     ) -> dict[str, Tensor]:
-        """Prune ``fraction`` of the remaining filters (within the scope, per-unit floor)."""
+        """Prune ``fraction`` of the remaining filters (within the scope, per-unit floor); with
+        ``latency_target``, prune to the step's latency ratio instead (``step_latency``, else
+        F), ``fraction`` unused."""
         groups = self.units(model, ctx)
-        self.warn_unreachable(groups)
         device_keep = self.keep_from(masks, groups)
-        keep = self.choose(groups, device_keep, self.channel_scores(model, groups, ctx), fraction)
+        scores = self.channel_scores(model, groups, ctx)
+        if self.cfg.latency_target is None:
+            self.warn_unreachable(groups)
+            keep = self.choose(groups, device_keep, scores, fraction)
+        else:
+            ratio = self.cfg.latency_target if self.step_latency is None else self.step_latency
+            keep = self.choose_latency(groups, device_keep, scores, ctx, ratio)
         groups.zero_channels(keep)
         new: dict[str, Tensor] = {}
         for u in groups.units:
@@ -292,6 +402,147 @@ class FilterPruning(PruningMethod):
                     rows = keep[u.root].to(masks[w].device).view(-1, *([1] * (masks[w].dim() - 1)))
                     new[w] = (new.get(w, masks[w]) & rows).expand_as(masks[w]).clone()
         return new
+
+    def prune_round(
+        self, model: nn.Module, masks: Masks, ctx: PruneContext, k: int
+    ) -> dict[str, Tensor]:
+        """Round k of the ``early`` schedule: p_k of the remaining filters, or with a latency
+        target the round's latency ratio (``early_round_latency``)."""
+        cfg = self.cfg
+        fraction = early_round_fraction(k, cfg.rounds, cfg.sparsity)
+        if cfg.latency_target is None:
+            return self.prune_fraction(model, masks, ctx, fraction)
+        # through prune_fraction, so that a subclass's own (crossword's search first) runs too
+        self.step_latency = early_round_latency(k, cfg.rounds, cfg.latency_target)
+        try:
+            return self.prune_fraction(model, masks, ctx, fraction)
+        finally:
+            self.step_latency = None
+
+    # --- the latency budget -------------------------------------------------------------------
+    def latency_inputs(self, ctx: PruneContext) -> tuple[Tensor, Tensor]:
+        """(one example, the ``latency_batch`` batch) of training inputs, on ctx's device."""
+        x, _ = next(iter(ctx.batches(1)))
+        batch = torch.cat([x] * math.ceil(self.cfg.latency_batch / len(x)))
+        return x[:1], batch[: self.cfg.latency_batch]
+
+    def latency_table(self, groups: FilterGroups, ctx: PruneContext) -> latency.LatencyTable:
+        """The run's latency table: built once (read from the cache when another run of the
+        same model, device and setting measured it), on the dense architecture; the masks do
+        not change what it measures (layer shapes)."""
+        if self.table is None:
+            example, _ = self.latency_inputs(ctx)
+            channels = {u.root: u.channels for u in groups.units}
+            setting = latency.LatencySetting(
+                batch=self.cfg.latency_batch,
+                input_shape=tuple(example.shape[1:]),
+                device=ctx.device.type,
+                repeats=self.cfg.latency_repeats,
+            )
+            self.table = latency.build_table(
+                groups.model,
+                groups,
+                example,
+                setting,
+                round_to=self.cfg.round_to,
+                points=self.cfg.latency_points or 8,
+                cache_dir=ctx.cache_dir,
+                floor_of=lambda root: self.floor(channels[root]),
+            )
+        return self.table
+
+    def choose_latency(
+        self,
+        groups: FilterGroups,
+        device_keep: dict[str, Tensor],
+        channel_scores: Mapping[str, Tensor],
+        ctx: PruneContext,
+        ratio: float,
+    ) -> dict[str, Tensor]:
+        """The kept channels of each unit for a thin network at ``ratio`` of the dense one's
+        latency: selected under the table's prediction, measured, selected again with a
+        corrected budget while off by more than ``latency_tolerance`` (``calibrate``)."""
+        cfg = self.cfg
+        table = self.latency_table(groups, ctx)
+        example, batch = self.latency_inputs(ctx)
+        step = cfg.round_to or 1
+        scores = {r: s.detach().cpu().tolist() for r, s in channel_scores.items()}
+        units = [
+            BudgetUnit(
+                u.root, scores[u.root], device_keep[u.root].cpu().tolist(), self.floor(u.channels)
+            )
+            for u in groups.units
+        ]
+        # the budget in the table's ms, of its own dense prediction
+        dense_predicted = table.predict({u.root: u.channels for u in groups.units})
+        budget = ratio * dense_predicted
+
+        def widths(keep: Mapping[str, Tensor]) -> dict[str, int]:
+            return {r: int(k.sum()) for r, k in keep.items()}
+
+        def select(budget_ms: float) -> dict[str, Tensor]:
+            if cfg.latency_choice == "fraction":
+                f = bisect_fraction(
+                    lambda f: widths(self.choose(groups, device_keep, channel_scores, f)),
+                    table.predict,
+                    budget_ms,
+                )
+                return self.choose(groups, device_keep, channel_scores, f)
+            chosen = solve(units, table.predict, budget_ms, step=step)
+            return {r: torch.tensor(k, dtype=torch.bool) for r, k in chosen.keep.items()}
+
+        def measure(keep: Mapping[str, Tensor]) -> float:
+            # thin / dense, timed back to back: a machine that slows down for a while (a
+            # shared CPU) slows both, where a dense time taken once would go stale; the median
+            # of LATENCY_PAIRS pairs, as a slowdown may still begin between the two timings
+            thin = groups.thin(dict(keep), example)
+            ratios = sorted(
+                latency_ms(thin, batch, cfg.latency_repeats)
+                / latency_ms(groups.model, batch, cfg.latency_repeats)
+                for _ in range(LATENCY_PAIRS)
+            )
+            return ratios[len(ratios) // 2]
+
+        def same(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+            return all(torch.equal(a[r].cpu(), b[r].cpu()) for r in a)
+
+        # a correction moves the budget at most halfway from the target to the dense latency:
+        # a timing that says "prune nothing" for a target below 1 is a busy machine's
+        most = dense_predicted * (1 + ratio) / 2
+        found = calibrate(select, measure, budget, ratio, cfg.tolerance, LATENCY_TRIES, same, most)
+        keep = found.chosen
+        predicted = table.predict(widths(keep))
+        log.info(
+            "latency step: %.3f of the dense latency targeted, %.3f measured after %d "
+            "selection(s) (the table predicts %.4g of its %.4g ms)",
+            ratio,
+            found.measured,
+            found.tries,
+            predicted,
+            dense_predicted,
+        )
+        at_floors = widths(keep) == min_widths(units, step)
+        if at_floors and found.measured > ratio * (1 + cfg.tolerance):
+            self.warn_latency(predicted, found.measured, ratio)
+        return {r: k.to(device_keep[r].device) for r, k in keep.items()}
+
+    def warn_latency(self, predicted_ms: float, reached: float, ratio: float) -> None:
+        """Say once that the per-unit floors keep the latency target out of reach."""
+        if self.latency_warned:
+            return
+        self.latency_warned = True
+        log.warning("%s", self.latency_message(predicted_ms, reached, ratio))
+
+    def latency_message(self, predicted_ms: float, reached: float, ratio: float) -> str:
+        """The unreachable-latency warning: what was asked, and what the floors allow."""
+        return (
+            f"method.latency_target={self.cfg.latency_target:g} cannot be reached (this step "
+            f"aimed at {ratio:g}): every unit keeps floor(min_keep * filters) + 1 of its "
+            f"filters (method.min_keep={self.cfg.min_keep:g}), where the thin network's "
+            f"latency is {reached:.3f} of the dense one's, measured ({predicted_ms:.4g} ms "
+            "predicted by the table); pruning stops at the floors (lower method.min_keep or "
+            "raise method.latency_target)"
+        )
 
     def choose(
         self,
@@ -359,10 +610,7 @@ class FilterPruning(PruningMethod):
         keep = self.keep_from(masks, groups)
         groups.zero_channels(keep)
         x, _ = next(iter(ctx.batches(1)))
-        example = x[:1]
-        batch = torch.cat([x] * math.ceil(self.cfg.latency_batch / len(x)))[
-            : self.cfg.latency_batch
-        ]
+        example, batch = self.latency_inputs(ctx)
         thin = groups.thin(keep, example)
         model.eval()
         with torch.no_grad():
@@ -385,12 +633,16 @@ class FilterPruning(PruningMethod):
         exported = export(thin, x[:2], ctx.artifact_path("final_model.pt2"))
         total = sum(u.channels for u in groups.units)
         kept = sum(int(k.sum()) for k in keep.values())
+        latency = {}
+        if self.cfg.latency_target is not None:
+            latency = self.latency_info(groups, keep, ctx, thin_ms / dense_ms, thin_ms)
         return {
             "filters_prunable": total,
             "filters_kept": kept,
             # reached, beside what was asked and what the per-unit floors allow
             "filter_sparsity": 1 - kept / max(1, total),
-            "filter_sparsity_target": self.cfg.sparsity,
+            # with a latency target the filter fraction is what the budget left, not a target
+            "filter_sparsity_target": None if latency else self.cfg.sparsity,
             "filter_sparsity_max": self.reachable(groups),
             "params_before": params_before,
             "params_after": params_after,
@@ -403,7 +655,42 @@ class FilterPruning(PruningMethod):
             "max_output_difference": difference,
             "final_model": "final_model.pt",
             "exported_model": exported,
+            **latency,
         }
+
+    def latency_info(
+        self,
+        groups: FilterGroups,
+        keep: Mapping[str, Tensor],
+        ctx: PruneContext,
+        reached: float,
+        thin_ms: float,
+    ) -> dict[str, Any]:
+        """The latency target's entries of ``method_info``: the table's prediction for the final
+        widths and its error against the measured thin latency (``thin_ms``), the table itself,
+        and a warning where the floors kept the target out of reach."""
+        cfg = self.cfg
+        assert cfg.latency_target is not None
+        table = self.latency_table(groups, ctx)
+        widths = {u.root: int(keep[u.root].sum()) for u in groups.units}
+        predicted = float(table.predict(widths))
+        info: dict[str, Any] = {
+            "latency_target": cfg.latency_target,
+            "latency_by": cfg.latency_choice,
+            "latency_tolerance": cfg.tolerance,
+            "latency_predicted_ms": predicted,
+            "latency_table_error": latency.measure_thin_error(table, widths, thin_ms),
+            "latency_table": table.describe(),
+        }
+        dense = [
+            BudgetUnit(u.root, [0.0] * u.channels, [True] * u.channels, self.floor(u.channels))
+            for u in groups.units
+        ]
+        at_floors = widths == min_widths(dense, cfg.round_to or 1)
+        if at_floors and reached > cfg.latency_target * (1 + cfg.tolerance):
+            info["latency_warning"] = self.latency_message(predicted, reached, cfg.latency_target)
+            self.warn_latency(predicted, reached, cfg.latency_target)
+        return info
 
 
 def round_kept(

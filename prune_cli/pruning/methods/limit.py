@@ -30,6 +30,11 @@ L1-trained MLP with the exact Hessian (an independent check) the formula gives 0
 is the one to compare with the paper's tables.
 ``summary.json`` records ``estimator`` and ``zero_mass`` beside the prediction (``zero_mass``
 applies to the Ritz nodes, or to the grid points with ``binned``; the authors' is ``none``).
+The other estimator predicts on the same run too, with its own zero mass (``threshold`` for
+``quadrature``, the authors' ``none`` for ``binned``; ``OWN_ZERO_MASS``), on a spectrum of its own
+Hessian (one more Lanczos run where the two parameter sets differ): ``summary.json`` has
+``predicted_limit_<estimator>``, ``zero_mass_<estimator>`` and ``hessian_dim_<estimator>`` for
+both, and the report's limit table shows both beside ``predicted`` (the chosen one's).
 
 Choices left open by the paper, as settings: ``l1_scope`` (``all``: every weight and bias,
 BatchNorm's included, as the authors' ``get_regularization_loss_my``; ``prunable``: the conv and
@@ -178,14 +183,19 @@ def loss_spread(model: nn.Module, batches: list[Batch], ctx: PruneContext) -> fl
 
 LIMIT_NOTE = (
     "Mean ± std over seeds. `predicted`: the limit rho* from the weight magnitudes and the "
-    "Hessian spectrum; `actual`: the largest rho whose one-shot pruned accuracy (no fine-tuning) "
-    "is not below the dense one; `actual (tolerance)`: within `method.tolerance` of it; "
-    "`dense acc`: on the split the limit is measured on."
+    "Hessian spectrum, by the run's `method.estimator` and `method.zero_mass`; `quadrature` / "
+    "`binned`: each estimator's rho* on the same run (the one not chosen with its own zero mass: "
+    "`threshold` for quadrature, the authors' `none` for binned; summary.json's "
+    "`zero_mass_<estimator>`); `actual`: the largest rho whose one-shot pruned accuracy (no "
+    "fine-tuning) is not below the dense one; `actual (tolerance)`: within `method.tolerance` of "
+    "it; `dense acc`: on the split the limit is measured on."
 )
 
 #: the limit's figures (``measure_limit``'s keys) -> their report columns
 LIMIT_COLUMNS = {
     "predicted_limit": "predicted_limit",
+    "predicted_limit_quadrature": "predicted_limit_quadrature",
+    "predicted_limit_binned": "predicted_limit_binned",
     "actual_limit": "actual_limit",
     "actual_limit_tolerance": "actual_limit_tolerance",
     "dense_accuracy": "limit_dense_accuracy",
@@ -225,6 +235,8 @@ def limit_results(source: str = "method_info", prefix: str = "") -> Results:
         when="predicted_limit",
         cells=(
             Cell("predicted_limit", "predicted"),
+            Cell("predicted_limit_quadrature", "quadrature"),
+            Cell("predicted_limit_binned", "binned"),
             Cell("actual_limit", "actual"),
             Cell("actual_limit_tolerance", "actual (tolerance)"),
             Cell("limit_dense_accuracy", "dense acc"),
@@ -304,6 +316,56 @@ def hessian_spectrum(
     return spectrum, len(y)
 
 
+#: the zero-mass rule of each estimator where it is not the chosen one (``method.zero_mass``
+#: applies to the chosen one): prune-run's default for ``quadrature``, the authors' for
+#: ``binned``, so that a run with the defaults also records the authors' pipeline as it is
+OWN_ZERO_MASS = {"quadrature": "threshold", "binned": "none"}
+
+
+@dataclass
+class Estimate:
+    """One estimator's prediction of the limit and what made it."""
+
+    estimator: str
+    zero_mass: str
+    predicted: float
+    #: g(R) of each row of the sweep (at whole-number R with ``binned``)
+    g_values: list[float]
+    spectrum: Spectrum
+    #: the Hessian's samples, and the share of the mass ``zero_mass`` counts as exactly 0
+    samples: int
+    zero_mass_fraction: float
+
+
+def estimate(
+    estimator: str,
+    zero_mass_mode: str,
+    spectrum: Spectrum,
+    samples: int,
+    norm: PrunedNorm,
+    eps: float,
+    rhos: list[float],
+    radii: list[float],
+    zero_tol: float,
+) -> Estimate:
+    """The prediction of ``estimator`` from a Hessian ``spectrum`` (over the prunable weights
+    for ``quadrature``, over every trainable parameter for ``binned``) and the sweep's
+    sparsities ``rhos`` with the norms ``radii`` of what each removes."""
+    if estimator == "binned":
+        points, mass = binned_density(spectrum)
+    else:
+        points, mass = spectrum.nodes, spectrum.weights
+    nodes = zero_mass(points, zero_mass_mode, zero_tol)
+    if estimator == "binned":
+        predicted, g_values = integer_radius_limit(rhos, radii, eps, nodes, mass)
+    else:
+        predicted = predicted_limit(norm, eps, nodes, mass)
+        g_values = [limit_fraction(r, eps, nodes, mass) for r in radii]
+    zero = nodes == 0
+    fraction = float(mass[zero].sum() / max(float(mass.sum()), 1e-300))
+    return Estimate(estimator, zero_mass_mode, predicted, g_values, spectrum, samples, fraction)
+
+
 def measure_limit(
     model: nn.Module,
     params: Mapping[str, nn.Parameter],
@@ -314,7 +376,12 @@ def measure_limit(
 ) -> dict[str, Any]:
     """The actual and the predicted pruning limit of ``model`` as it is; writes ``limit.csv``,
     ``spectrum.csv`` and ``limit.png`` where ``path(name)`` says. ``method=limit`` calls it
-    after its L1 training; ``analysis=[limit]`` on any run's dense level."""
+    after its L1 training; ``analysis=[limit]`` on any run's dense level.
+
+    Both estimators predict: ``cfg.estimator`` with ``cfg.zero_mass`` gives ``predicted_limit``
+    (and the files' g(R) and spectrum); the other, with its own zero mass (``OWN_ZERO_MASS``),
+    is recorded beside it, each as ``predicted_limit_<estimator>`` with its
+    ``zero_mass_<estimator>`` and ``hessian_dim_<estimator>``."""
     evaluate = ctx.evaluate
     if evaluate is None:
         raise ConfigError("the pruning limit needs a way to evaluate models (ctx.evaluate)")
@@ -322,34 +389,46 @@ def measure_limit(
     batches = list(ctx.batches(cfg.eps_batches or 10**9))
     full = [b for b in batches if len(b[1]) == len(batches[0][1])]
     eps = loss_spread(model, full, ctx)
-    binned = cfg.estimator == "binned"
-    # the authors take the Hessian over every trainable parameter, not the prunable weights
-    hessian_params = (
-        {k: p for k, p in model.named_parameters() if p.requires_grad} if binned else params
-    )
-    spectrum, samples = hessian_spectrum(model, hessian_params, ctx, cfg)
-    if binned:
-        points, mass = binned_density(spectrum)
-    else:
-        points, mass = spectrum.nodes, spectrum.weights
-    nodes = zero_mass(points, cfg.zero_mass, cfg.zero_tol)
+    chosen = cfg.estimator or "quadrature"
+    order = (chosen, *(e for e in ESTIMATORS if e != chosen))
+    # the authors take the Hessian over every trainable parameter, not the prunable weights;
+    # one spectrum serves both where the two sets are the same (a model without biases)
+    over = {
+        "quadrature": dict(params),
+        "binned": {k: p for k, p in model.named_parameters() if p.requires_grad},
+    }
+    spectra: dict[tuple[str, ...], tuple[Spectrum, int]] = {}
+    for name in order:
+        if tuple(over[name]) not in spectra:
+            spectra[tuple(over[name])] = hessian_spectrum(model, over[name], ctx, cfg)
     magnitudes = torch.cat([(p.detach() * masks[k]).abs().reshape(-1) for k, p in params.items()])
     norm = PrunedNorm(magnitudes)
-
     rows = magnitude_sweep(params, masks, cfg.grid, lambda: evaluate(model, cfg.split))
+    rhos = [r[0] for r in rows]
     radii = [norm.at_count(k) for _, k, _, _ in rows]
-    if binned:
-        predicted, g_values = integer_radius_limit([r[0] for r in rows], radii, eps, nodes, mass)
-    else:
-        predicted = predicted_limit(norm, eps, nodes, mass)
-        g_values = [limit_fraction(r, eps, nodes, mass) for r in radii]
+    estimates = {
+        name: estimate(
+            name,
+            cfg.zero_mass if name == chosen else OWN_ZERO_MASS[name],
+            *spectra[tuple(over[name])],
+            norm,
+            eps,
+            rhos,
+            radii,
+            cfg.zero_tol,
+        )
+        for name in order
+    }
+    main = estimates[chosen]
+    predicted, spectrum = main.predicted, main.spectrum
+
     dense_loss, dense_accuracy = rows[0][2], rows[0][3]
     if math.isnan(dense_accuracy):
         raise ConfigError(f"method.split={cfg.split} holds no samples here; use a split with data")
-    limits = actual_limits([r[0] for r in rows], [r[3] for r in rows], cfg.tolerance)
+    limits = actual_limits(rhos, [r[3] for r in rows], cfg.tolerance)
     table = [
         (rho, k, loss, accuracy, radius, g)
-        for (rho, k, loss, accuracy), radius, g in zip(rows, radii, g_values, strict=True)
+        for (rho, k, loss, accuracy), radius, g in zip(rows, radii, main.g_values, strict=True)
     ]
     save_csv(
         table,
@@ -368,13 +447,21 @@ def measure_limit(
     )
     plot_limit(table, predicted, limits, path("limit.png"))
     log.info(
-        "pruning limit: predicted %.4f, actual %.4f (strict) / %.4f (tolerance %.4g)",
+        "pruning limit: predicted %.4f (%s), actual %.4f (strict) / %.4f (tolerance %.4g); %s",
         predicted,
+        chosen,
         limits["strict"],
         limits["tolerance"],
         cfg.tolerance,
+        ", ".join(
+            f"{e.estimator} {e.predicted:.4f} (zero_mass {e.zero_mass})" for e in estimates.values()
+        ),
     )
-    zero = nodes == 0
+    each: dict[str, Any] = {}
+    for e in estimates.values():
+        each[f"predicted_limit_{e.estimator}"] = e.predicted
+        each[f"zero_mass_{e.estimator}"] = e.zero_mass
+        each[f"hessian_dim_{e.estimator}"] = e.spectrum.dim
     return {
         "predicted_limit": predicted,
         "actual_limit": limits["strict"],
@@ -387,15 +474,17 @@ def measure_limit(
         "eps": eps,
         "eps_batches": len(full),
         "hessian_trace": spectrum.trace,
-        "hessian_samples": samples,
+        "hessian_samples": main.samples,
         "lanczos_iter": cfg.lanczos_iter,
         "lanczos_steps": spectrum.steps,
         "probes": cfg.probes,
         # what made the prediction
-        "estimator": cfg.estimator or "quadrature",
+        "estimator": chosen,
         "zero_mass": cfg.zero_mass,
-        "zero_mass_fraction": float(mass[zero].sum() / max(float(mass.sum()), 1e-300)),
+        "zero_mass_fraction": main.zero_mass_fraction,
         "hessian_dim": spectrum.dim,
+        # each estimator's prediction, the chosen one's included
+        **each,
         "prunable_weights": sum(p.numel() for p in params.values()),
         "weights_norm": norm.at_count(norm.count),
         "files": ["limit.csv", "spectrum.csv", "limit.png"],

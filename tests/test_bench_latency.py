@@ -1,0 +1,134 @@
+"""The latency-budget benchmark (scripts/bench_latency.py) and its part in scripts/gpu_check.py:
+the sweep's arms compose to the three selections, the tables and verdicts say what the rows
+hold, each script writes only its own section of docs/BENCHMARKS.md, and gpu-check's latency
+step runs (on the CPU, at toy sizes) through the filter method with one table per network."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_config
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_latency  # noqa: E402 (scripts/ is not a package)
+import gpu_check  # noqa: E402
+
+
+def _row(arm: str, ratio: float, target: float = 0.5) -> dict:
+    return {
+        "model": "resnet56",
+        "input": "32x32",
+        "batch": 64,
+        "target": target,
+        "arm": arm,
+        "predicted_ratio": 0.5,
+        "dense_ms": 10.0,
+        "thin_ms": 10.0 * ratio,
+        "ratio": ratio,
+        "error": ratio / target - 1,
+        "macs_ratio": 0.4,
+        "params_ratio": 0.3,
+        "filters_kept": 0.45,
+        "importance_kept": 0.6,
+        "seconds": 3.0,
+    }
+
+
+def test_the_table_marks_the_rows_that_miss_the_target_by_more_than_5_percent():
+    rows = [_row("knapsack", 0.51), _row("knapsack", 0.54), _row("global ranking, tuned", 0.45)]
+    rows[1]["at_floors"] = True
+    lines = bench_latency.budget_table(rows).splitlines()[2:]
+    assert ["(missed)" in line for line in lines] == [False, True, True]  # +2%, +8%, -10%
+    assert ["(floors reached)" in line for line in lines] == [False, True, False]
+    verdict = bench_latency.budget_verdict(rows).splitlines()
+    assert verdict[0].startswith("- knapsack: 1 of 2 within 5% of the target")
+    assert "(largest error 8.0%)" in verdict[0]
+    assert verdict[1].startswith("- global ranking, tuned: 0 of 1 within")
+    assert len(verdict) == 2  # no line for an arm without rows
+
+
+@pytest.mark.parametrize("experiment", bench_latency.Study().experiments)
+def test_the_sweeps_arms_compose_to_the_knapsack_and_the_two_tuned_rankings(experiment):
+    study = bench_latency.Study(target=0.7, method=(("latency_points", "3"),))
+    chosen = []
+    for arm in bench_latency.arm_overrides(study):
+        method = run_config([f"experiment={experiment}", f"method={arm}"]).method
+        assert method.name == "filter" and method.when == "trained"  # dense shared per seed
+        assert method.latency_target == 0.7 and method.latency_points == 3
+        chosen.append((method.latency_by, method.scope))
+    assert chosen == [("knapsack", None), ("fraction", "global"), ("fraction", "layer")]
+    command = bench_latency.sweep_command(study, Path("/tmp/x"))
+    assert f"experiment={','.join(study.experiments)}" in command  # one sweep, both models
+    assert "output_root=/tmp/x" in command  # the dense models shared under it
+
+
+def test_the_study_verdict_reads_the_pruned_level_of_the_reports_csv(tmp_path):
+    header = "dataset,model,label,level,test_mean,test_std,latency_reached_mean,"
+    header += "method.latency_by,method.scope\n"
+    rows = [
+        "fashion_mnist,lenet5,dense,0,0.99,0.0,,knapsack,",  # level 0: not compared
+        "fashion_mnist,lenet5,k,1,0.85,0.01,0.51,knapsack,",
+        "fashion_mnist,lenet5,g,1,0.84,0.01,0.50,fraction,global",
+        "fashion_mnist,lenet5,l,1,0.86,0.02,0.49,fraction,layer",
+        "fashion_mnist,vgg11,k,1,0.90,0.01,0.50,knapsack,",
+        "fashion_mnist,vgg11,g,1,0.80,0.01,0.50,fraction,global",
+    ]
+    path = tmp_path / "accuracy.csv"
+    path.write_text(header + "\n".join(rows) + "\n")
+    lenet, vgg = bench_latency.study_verdict(path).splitlines()
+    assert lenet == (
+        "- lenet5: knapsack 85.00 ± 1.00% at latency 0.510; global 84.00 ± 1.00% at latency "
+        "0.500; layer 86.00 ± 2.00% at latency 0.490 — knapsack less accurate"  # 85 < 86
+    )  # 0.51 / 0.49 is within 5%: no warning
+    assert vgg.endswith("knapsack at least as accurate")
+    path.write_text(header + rows[4] + "\n" + rows[5].replace(",0.50,", ",0.40,") + "\n")
+    assert bench_latency.study_verdict(path).endswith("not at equal latency)")
+
+
+def test_each_script_writes_its_own_section_and_leaves_the_others(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    gpu = f"{gpu_check.BEGIN}\nH100 figures\n{gpu_check.END}"
+    doc.write_text(
+        f"# Benchmarks\n\n{gpu}\n\ntext\n\n{bench_latency.BEGIN}\nold\n{bench_latency.END}\n"
+    )
+    bench_latency.write_section(doc, "new figures")
+    text = doc.read_text()
+    assert f"{bench_latency.BEGIN}\nnew figures\n{bench_latency.END}" in text
+    assert "old" not in text and gpu in text and "\ntext\n" in text
+    gpu_check.write_section(doc, "GPU again")
+    assert "H100 figures" not in doc.read_text() and "new figures" in doc.read_text()
+    fresh = tmp_path / "other.md"  # no markers yet: appended with them
+    fresh.write_text("# Other\n")
+    bench_latency.write_section(fresh, "figures")
+    assert fresh.read_text() == f"# Other\n\n{bench_latency.BEGIN}\nfigures\n{bench_latency.END}\n"
+
+
+def test_gpu_checks_latency_step_prunes_each_network_to_its_target_on_the_cpu(monkeypatch):
+    """The code path ``make gpu-check`` runs on CUDA, here on the CPU with a tiny network: one
+    row per way of choosing filters, the table measured once and read from the cache after."""
+    case = bench_latency.Case("lenet5", 32, 10, 2, 2, 1)  # seconds, not minutes
+    monkeypatch.setattr(bench_latency, "QUICK_CASES", (case,))
+    rows: list[dict] = []
+    real = bench_latency.run_budgets
+
+    def keep_rows(*args, **kwargs):
+        rows.extend(real(*args, **kwargs))
+        return rows
+
+    monkeypatch.setattr(bench_latency, "run_budgets", keep_rows)
+    args = argparse.Namespace(device="cpu", latency_models=["lenet5"], latency_targets=[0.7])
+    section = gpu_check.latency_section(args)
+    assert [r["arm"] for r in rows] == [label for label, _, _ in bench_latency.ARMS]
+    assert [r["table_from_cache"] for r in rows] == [False, True, True]
+    for r in rows:
+        assert r["target"] == 0.7 and r["model"] == "lenet5"
+        assert 0 < r["macs_ratio"] <= 1 and 0 < r["params_ratio"] <= 1
+        assert 0 < r["filters_kept"] <= 1 and 0 < r["importance_kept"] <= 1
+        assert r["ratio"] == pytest.approx(r["thin_ms"] / r["dense_ms"])
+    assert section.count("| lenet5 | 32x32, 2 | 0.7 |") == 3
+    assert "- knapsack: " in section and "- per-layer ranking, tuned: " in section
