@@ -65,7 +65,8 @@ from prune_cli.spec import DataSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from gpu_check import write_section as _write_section  # noqa: E402 (scripts/ is not a package)
+from gpu_check import publish  # noqa: E402 (scripts/ is not a package)
+from gpu_check import write_section as _write_section  # noqa: E402
 
 BEGIN, END = "<!-- bench-latency:begin -->", "<!-- bench-latency:end -->"
 
@@ -549,14 +550,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "",
         ]
     parts.append(f"bench_latency took {time.perf_counter() - started:.0f} s.")
-    section = "\n".join(parts)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(section + "\n")
-        log(f"wrote {args.out}")
-    if not args.no_doc:
-        write_section(args.doc, section)
-        log(f"wrote the section into {args.doc}")
+    publish("\n".join(parts), args.out, None if args.no_doc else args.doc, BEGIN, END)
     if failed:
         sys.exit(1)
 

@@ -185,6 +185,20 @@ def latency_section(args: argparse.Namespace) -> str:
     return bench_latency.budget_table(rows) + "\n\n" + bench_latency.budget_verdict(rows)
 
 
+def publish(
+    section: str, out: Path | None, doc: Path | None, begin: str = BEGIN, end: str = END
+) -> None:
+    """Write a benchmark's section to ``out`` (when given) and between its markers in ``doc``
+    (when given)."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(section + "\n")
+        log(f"wrote {out}")
+    if doc is not None:
+        write_section(doc, section, begin, end)
+        log(f"wrote the section into {doc}")
+
+
 def write_section(doc: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace the text between the markers ``begin`` and ``end`` (gpu-check's by default; each
     benchmark script has its own), or append the markers and the section."""
@@ -340,14 +354,7 @@ def main() -> None:
             "",
         ]
     parts += [f"gpu-check took {time.perf_counter() - started:.0f} s."]
-    section = "\n".join(parts)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(section + "\n")
-        log(f"\nwrote {args.out}")
-    if not args.no_doc:
-        write_section(args.doc, section)
-        log(f"wrote the section into {args.doc}")
+    publish("\n".join(parts), args.out, None if args.no_doc else args.doc)
 
 
 if __name__ == "__main__":

@@ -635,7 +635,7 @@ class FilterPruning(PruningMethod):
         kept = sum(int(k.sum()) for k in keep.values())
         latency = {}
         if self.cfg.latency_target is not None:
-            latency = self.latency_info(groups, keep, ctx, thin_ms / dense_ms, thin_ms)
+            latency = self.latency_info(groups, keep, ctx, dense_ms, thin_ms)
         return {
             "filters_prunable": total,
             "filters_kept": kept,
@@ -663,13 +663,16 @@ class FilterPruning(PruningMethod):
         groups: FilterGroups,
         keep: Mapping[str, Tensor],
         ctx: PruneContext,
-        reached: float,
+        dense_ms: float,
         thin_ms: float,
     ) -> dict[str, Any]:
         """The latency target's entries of ``method_info``: the table's prediction for the final
-        widths and its error against the measured thin latency (``thin_ms``), the table itself,
-        and a warning where the floors kept the target out of reach."""
+        widths and its error against the measured thin latency, as ratios to the dense latency
+        (the table's own, and ``dense_ms`` timed beside ``thin_ms``: a load that changed since
+        the table was measured scales both timings alike), the table itself, and a warning
+        where the floors kept the target out of reach."""
         cfg = self.cfg
+        reached = thin_ms / dense_ms
         assert cfg.latency_target is not None
         table = self.latency_table(groups, ctx)
         widths = {u.root: int(keep[u.root].sum()) for u in groups.units}
@@ -679,7 +682,7 @@ class FilterPruning(PruningMethod):
             "latency_by": cfg.latency_choice,
             "latency_tolerance": cfg.tolerance,
             "latency_predicted_ms": predicted,
-            "latency_table_error": latency.measure_thin_error(table, widths, thin_ms),
+            "latency_table_error": latency.measure_thin_error(table, widths, thin_ms, dense_ms),
             "latency_table": table.describe(),
         }
         dense = [
