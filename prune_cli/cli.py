@@ -375,8 +375,27 @@ class SingleRun:
     @staticmethod
     def applies(flags: list[str], overrides: list[str]) -> bool:
         """Whether a command is a plain run: no flag at all (Hydra's flags, ``-m``: Hydra's own
-        way) and no ``hydra.mode`` of its own."""
-        return not flags and not any(o.lstrip("+~").startswith("hydra.mode") for o in overrides)
+        way), no ``hydra.mode`` of its own, and a Hydra whose internals this class knows."""
+        plain = not flags and not any(o.lstrip("+~").startswith("hydra.mode") for o in overrides)
+        return plain and SingleRun.supported()
+
+    @staticmethod
+    def supported() -> bool:
+        """Whether the installed Hydra has the internals a run composed once goes through.
+        They are private (``hydra._internal``), so another Hydra release may move them; the
+        run then takes ``@hydra.main``'s way, which composes three times but runs the same."""
+        try:
+            from hydra._internal.callbacks import Callbacks  # noqa: F401
+            from hydra._internal.hydra import Hydra
+            from hydra._internal.utils import (  # noqa: F401
+                create_automatic_config_search_path,
+                detect_calling_file_or_module_from_task_function,
+                detect_task_name,
+                run_and_report,
+            )
+        except ImportError:
+            return False
+        return hasattr(Hydra, "create_main_hydra2") and hasattr(Hydra, "compose_config")
 
     def run(self) -> None:
         """Hydra's job, as ``Hydra.run`` runs it, with an unexpected error reported as Hydra

@@ -16,6 +16,9 @@ or opens a file itself. The store keeps a run directory whole:
   the level models' sizes and digests are recorded so that a truncated one is detected;
 - **safe reads**: every torch file goes through :func:`prune_cli.io.load_torch`
   (``weights_only=True``);
+- **written behind the training**: while the levels train (:meth:`RunStore.background_writes`)
+  the files go to disk on one background thread, in order, each atomic and ``fsync``'d; a read
+  of a file still being written gets its bytes, and the block ends only when all are written;
 - **one format**: a checkpoint is written and read as a typed
   :class:`~prune_cli.checkpoint.Checkpoint`, stored as the plain dict every earlier version
   wrote; every ``summary.json`` starts with the run's identity (config hash, model, dataset,
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -43,13 +48,16 @@ from prune_cli.checkpoint import Checkpoint
 from prune_cli.errors import UserError
 from prune_cli.identity import config_hash, differing_keys
 from prune_cli.io import (
+    BackgroundWriter,
+    interrupts_deferred,
+    json_text,
     load_json_mapping,
     load_torch,
     remove_stale_temporaries,
     save_bytes,
     save_json,
     save_text,
-    save_torch,
+    torch_bytes,
 )
 from prune_cli.paths import RESULT_DIRS, RESULT_FILES, RunPaths
 from prune_cli.provenance import versions
@@ -92,6 +100,8 @@ class RunStore:
         self._written: dict[str, int] | None = None
         #: a completed run on read-only storage, held for showing only (``lock``)
         self._read_only = False
+        #: the thread that writes the files while the levels train (None: written at once)
+        self._writer: BackgroundWriter | None = None
 
     @property
     def root(self) -> Path:
@@ -135,6 +145,7 @@ class RunStore:
         )
 
     def summary(self) -> dict[str, Any] | None:
+        self._settle(self.paths.summary)
         if not self.paths.summary.exists():
             return None
         return load_json_mapping(self.paths.summary, "summary")
@@ -277,7 +288,10 @@ class RunStore:
         shutil.rmtree(folder)
 
     def drop_aside(self) -> None:
-        """The new run has written its level 0: the old run's results go."""
+        """The new run has written its level 0: the old run's results go, once the new run's
+        level 0 is on the disk (the writes before this one are waited for)."""
+        if self._aside.is_dir():
+            self.flush()
         shutil.rmtree(self._aside, ignore_errors=True)
 
     def tidy(self) -> None:
@@ -315,23 +329,81 @@ class RunStore:
         for name, text in (hydra_files or {}).items():
             save_text(text, self.root / ".hydra" / name)
 
+    # --- writing behind the training ---------------------------------------------------------
+    @contextlib.contextmanager
+    def background_writes(self) -> Iterator[None]:
+        """Write the run's files on a background thread while the block runs (the levels'
+        training), so that the disk's ``fsync`` overlaps the next epoch (:class:`BackgroundWriter`:
+        in order, each atomic and durable before the next). However the block ends, every file
+        handed over is on the disk before it returns (a second Ctrl-C waits): the summary of an
+        interrupted or failed run, the restored overwrite and the lock's release come after.
+
+        A write that failed (a full disk) is raised here or at the next write, as the one-line
+        error it is; when the block already ends with an exception (Ctrl-C), that one is kept.
+        """
+        writer = self._writer = BackgroundWriter()
+        try:
+            yield
+        except BaseException:
+            with interrupts_deferred():
+                self._writer = None
+                # the exception in flight is what the run reports (its summary says why)
+                with contextlib.suppress(Exception):
+                    writer.close()
+            raise
+        with interrupts_deferred():
+            self._writer = None
+            writer.close()
+
+    def flush(self) -> None:
+        """Wait until every file handed to the background writer is on the disk."""
+        if self._writer is not None:
+            self._writer.drain()
+
+    def _settle(self, path: Path) -> None:
+        """Before ``path`` is read, changed or removed: its pending write done."""
+        if self._writer is not None and self._writer.touches(path):
+            self._writer.drain()
+
+    def _pending(self, path: Path) -> bytes | None:
+        """The bytes of a write of ``path`` not yet done (a read takes them, not the file)."""
+        return None if self._writer is None else self._writer.pending(path)
+
+    def _write_bytes(self, data: bytes, path: Path) -> None:
+        if self._writer is not None:
+            self._writer.submit_bytes(data, path)
+        else:
+            save_bytes(data, path)
+
+    def _save_torch(self, obj: Any, path: Path) -> bytes:
+        """Save ``obj`` at ``path`` (in the background while the levels train); its bytes."""
+        data = torch_bytes(obj, path)  # now: training goes on changing the tensors
+        self._write_bytes(data, path)
+        return data
+
+    def _load_torch(self, path: Path, device: torch.device, what: str) -> Any:
+        return load_torch(path, device, what=what, data=self._pending(path))
+
+    def _exists(self, path: Path) -> bool:
+        return self._pending(path) is not None or path.exists()
+
     # --- states -------------------------------------------------------------------------------
     def load_init(self, device: torch.device) -> dict[str, torch.Tensor] | None:
-        if not self.paths.init_state.exists():
+        if not self._exists(self.paths.init_state):
             return None
-        return load_torch(self.paths.init_state, device, what="initial weights")
+        return self._load_torch(self.paths.init_state, device, "initial weights")
 
     def save_init(self, state: dict[str, torch.Tensor]) -> None:
-        save_torch(state, self.paths.init_state)
+        self._save_torch(state, self.paths.init_state)
 
     def save_rewind(self, state: dict[str, torch.Tensor]) -> None:
-        save_torch(state, self.paths.rewind_state)
+        self._save_torch(state, self.paths.rewind_state)
 
     def load_rewind(self, device: torch.device) -> dict[str, torch.Tensor]:
-        return load_torch(self.paths.rewind_state, device, what="rewind weights")
+        return self._load_torch(self.paths.rewind_state, device, "rewind weights")
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        save_torch(
+        self._save_torch(
             {**checkpoint.to_dict(), "config_hash": self.hash, "config": self.config},
             self.paths.checkpoint,
         )
@@ -339,9 +411,9 @@ class RunStore:
     def load_checkpoint(self, device: torch.device) -> Checkpoint | None:
         """The resumable state, if this config wrote one (another config's is refused); a
         file of this or an earlier version (:meth:`Checkpoint.from_dict`)."""
-        if not self.paths.checkpoint.exists():
+        if not self._exists(self.paths.checkpoint):
             return None
-        ck = load_torch(self.paths.checkpoint, device, what="checkpoint")
+        ck = self._load_torch(self.paths.checkpoint, device, "checkpoint")
         if not isinstance(ck, dict) or "cursor" not in ck:
             raise self._not_a_checkpoint()
         if ck.get("config_hash") != self.hash:
@@ -363,28 +435,44 @@ class RunStore:
         )
 
     def discard_checkpoint(self) -> None:
+        self._settle(self.paths.checkpoint)  # a checkpoint still to be written would come back
         self.paths.checkpoint.unlink(missing_ok=True)
 
-    def save_level(self, level: int, model: dict, mask: dict, model_info: dict) -> None:
-        """The selected model of a level, with what rebuilds it, and its mask."""
-        save_torch(
-            {
-                "model": model,
-                "mask": mask,
-                "config": self.config,
-                "model_info": model_info,
-                "level": level,
-            },
-            self.paths.level_model(level),
-        )
-        save_torch(mask, self.paths.level_mask(level))
+    def save_level(
+        self, level: int, model: dict, mask: dict, model_info: dict
+    ) -> dict[str, dict[str, Any]]:
+        """The selected model of a level, with what rebuilds it, and its mask; returns the two
+        files' sizes and SHA-256 (:func:`~prune_cli.rundir.file_digest`'s form), taken from the
+        bytes written, so that a file damaged once on the disk is never recorded as intact."""
+        state = {
+            "model": model,
+            "mask": mask,
+            "config": self.config,
+            "model_info": model_info,
+            "level": level,
+        }
+        digests = {}
+        for obj, path in (
+            (state, self.paths.level_model(level)),
+            (mask, self.paths.level_mask(level)),
+        ):
+            data = self._save_torch(obj, path)
+            digests[str(path.relative_to(self.root))] = {
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        return digests
 
     def load_level(self, level: int, device: torch.device) -> dict[str, Any]:
-        return self._level_file(self.paths, level, device)
+        return self._level_file(
+            self.paths, level, device, self._pending(self.paths.level_model(level))
+        )
 
     @staticmethod
-    def _level_file(paths: RunPaths, level: int, device: torch.device) -> dict[str, Any]:
-        state = load_torch(paths.level_model(level), device, what=f"level {level} model")
+    def _level_file(
+        paths: RunPaths, level: int, device: torch.device, data: bytes | None = None
+    ) -> dict[str, Any]:
+        state = load_torch(paths.level_model(level), device, what=f"level {level} model", data=data)
         if not isinstance(state, dict) or not {"model", "mask"} <= state.keys():
             raise UserError(
                 f"{paths.level_model(level)} is a plain state dict, not a prune-run level model; "
@@ -394,6 +482,7 @@ class RunStore:
 
     def level_files(self, levels: int) -> dict[str, Any]:
         """Sizes and digests of the level files, recorded in the summary."""
+        self.flush()
         out = {}
         for k in range(levels):
             for path in (self.paths.level_model(k), self.paths.level_mask(k)):
@@ -446,9 +535,9 @@ class RunStore:
         return DenseSource(level0=level0, init_path=source.init_state, metrics=rows)
 
     def adopt_init(self, path: Path) -> None:
-        if not self.paths.init_state.exists():
+        if not self._exists(self.paths.init_state):
             # an atomic copy: a dangling link planted as init.pt is refused, not written through
-            save_bytes(Path(path).read_bytes(), self.paths.init_state)
+            self._write_bytes(Path(path).read_bytes(), self.paths.init_state)
 
     # --- results ------------------------------------------------------------------------------
     def write_results(self, records: Any, durable: bool = False) -> None:
@@ -458,12 +547,24 @@ class RunStore:
         The checkpoint carries the rows of the level in progress, so those need no fsync: a
         crash, even in the middle of an append, is repaired by the rewrite that starts the next
         session. The rows of a finished level are in the files alone once the next checkpoint
-        is written, so the level's end writes them ``durable`` (and so does the rewrite).
+        is written, so the level's end writes them ``durable`` (and so does the rewrite); the
+        background writer writes them before that checkpoint, in the order they were handed over.
         """
-        if self._written is None:
+        written = self._written
+        if self._writer is not None:
+            # the rows as they are now (the run goes on adding to its lists); rows are tuples
+            rows = {f.name: list(getattr(records, f.name)) for f in dataclasses.fields(records)}
+            snapshot = dataclasses.replace(records, **rows)
+            p = self.paths
+            tables = (p.metrics, p.per_class_recall, p.pqi, p.gini, p.sparsity, p.recall_distortion)
+            if written is None:
+                self._writer.submit(tables, lambda: snapshot.write(self.paths, durable=True))
+            else:
+                self._writer.submit(tables, lambda: snapshot.append(self.paths, written, durable))
+        elif written is None:
             records.write(self.paths, durable=True)
         else:
-            records.append(self.paths, self._written, durable)
+            records.append(self.paths, written, durable)
         self._written = records.counts()
 
     def write_summary(self, status: str, wall_time_s: float, **fields: Any) -> dict[str, Any]:
@@ -482,7 +583,11 @@ class RunStore:
             **fields,
         }
         summary.setdefault("levels", [])
-        save_json(summary, self.paths.summary)
+        if self._writer is not None:
+            text = json_text(summary)  # now: the run goes on changing what it holds
+            self._writer.submit((self.paths.summary,), lambda: save_text(text, self.paths.summary))
+        else:
+            save_json(summary, self.paths.summary)
         return summary
 
     def artifact(self, name: str) -> Path:

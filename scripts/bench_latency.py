@@ -15,20 +15,23 @@ selection took (the first one of a model includes measuring its latency table; t
 it from the cache). Batches on the CPU: 64 at 32x32 and 8 at 224x224, which keeps the part in
 minutes (CUDA: 256 and 64, ``scripts/gpu_check.py``).
 
-Part 2, **accuracy at equal latency** (``--part 2``): one ``prune-run -m`` sweep on
-Fashion-MNIST (``experiment=latency_fmnist_lenet5`` and ``latency_fmnist_vgg11``: LeNet-5 on
-10,000 training images, and VGG-11 at a quarter of its width on 6,000), three seeds, the same
-target for the knapsack and the two tuned rankings, pruned once after the dense training
-(``method.when=trained``: the dense model of each seed is trained once and shared by the three,
-under one ``output_root``), then fine-tuned; ``prune-report`` summarises it, and its table is
-what goes into the docs, with the commands.
+Part 2, **accuracy at equal latency** (``--part 2``): ``prune-run -m`` sweeps on Fashion-MNIST
+(``experiment=latency_fmnist_lenet5`` and ``latency_fmnist_vgg11``: LeNet-5 on 10,000 training
+images, and VGG-11 at a quarter of its width on 6,000), three seeds, the same target for the
+knapsack and the two tuned rankings, pruned once after the dense training
+(``method.when=trained``), then fine-tuned; one sweep per filter importance (``--study-measure``,
+default ``l1``, ``taylor`` and ``halp``, HALP's own group Taylor score), all under one
+``output_root``, so each seed's dense model is trained once for all of them; ``prune-report``
+summarises each sweep, and its table is what goes into the docs, with the commands.
 
-The script prints everything and writes a Markdown section (device: the CPU model from
-/proc/cpuinfo or the GPU's name, torch threads, torch version, date, load average, command) into
-docs/BENCHMARKS.md between ``<!-- bench-latency:begin -->`` and ``<!-- bench-latency:end -->``
-(``--no-doc``: not; ``--out``: also to that file). ``--quick`` runs both parts at toy sizes
-(batch 2, ResNet-50 at 64x64, 3 grid points, one seed, 500 images): a check of the script, not
-figures. ``make bench-latency`` runs the full CPU benchmark.
+The script prints everything and writes each part's Markdown section (device: the CPU model
+from /proc/cpuinfo or the GPU's name, torch threads, torch version, date, load average,
+command) into docs/BENCHMARKS.md, part 1 between ``<!-- bench-latency:begin -->`` and
+``<!-- bench-latency:end -->``, part 2 between the ``bench-latency-study`` markers, so that
+running one part keeps the other's figures (``--no-doc``: not; ``--out``: also to that file).
+``--quick`` runs both parts at toy sizes (batch 2, ResNet-50 at 64x64, 3 grid points, one seed,
+500 images): a check of the script, not figures. ``make bench-latency`` runs the full CPU
+benchmark.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from torch import nn
 
 from prune_cli.models import build_model
 from prune_cli.pruning.latency import kept_widths
+from prune_cli.pruning.latency_budget import BudgetUnit, min_widths
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, PruneContext
 from prune_cli.pruning.methods.filter_pruning import FilterConfig
@@ -68,7 +72,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from gpu_check import publish  # noqa: E402 (scripts/ is not a package)
 from gpu_check import write_section as _write_section  # noqa: E402
 
-BEGIN, END = "<!-- bench-latency:begin -->", "<!-- bench-latency:end -->"
+BEGIN, END = "<!-- bench-latency:begin -->", "<!-- bench-latency:end -->"  # part 1
+STUDY_BEGIN, STUDY_END = "<!-- bench-latency-study:begin -->", "<!-- bench-latency-study:end -->"
 
 #: the ways of choosing filters under a latency target: (label, method.latency_by, method.scope)
 ARMS: tuple[tuple[str, str, str | None], ...] = (
@@ -192,6 +197,16 @@ def budgeted(
     assert table is not None, "a latency target builds the table"
     widths = kept_widths(keep)
     predicted_ratio = table.predict(widths) / table.predict({})
+    # what the table predicts with every unit at its floor (min_keep, rounded): a target
+    # below it cannot be met by any selection, and the arms then choose the same network
+    floors = min_widths(
+        [
+            BudgetUnit(u.root, [0.0] * u.channels, [True] * u.channels, method.floor(u.channels))
+            for u in groups.units
+        ],
+        round_to or 1,
+    )
+    floor_ratio = table.predict(floors) / table.predict({})
     dense_ms, thin_ms = alternate(dense, thin, x, rounds, case.repeats)
     macs_d, params_d = macs_and_params(dense, x[:1])
     macs_t, params_t = macs_and_params(thin, x[:1])
@@ -216,6 +231,7 @@ def budgeted(
         "table_from_cache": bool(table.from_cache),
         # the method warned that the per-unit floors keep the target out of reach
         "at_floors": bool(getattr(method, "latency_warned", False)),
+        "floor_ratio": floor_ratio,
         "seconds": seconds,
     }
 
@@ -224,6 +240,33 @@ def build_dense(case: Case, device: torch.device) -> nn.Module:
     """The randomly initialised (seed 0) registered network of ``case``, in eval mode."""
     torch.manual_seed(0)
     return build_model(case.model, DataSpec(3, case.classes, case.size)).to(device).eval()
+
+
+#: alternating pairs of the timing-noise check (the dense network against a copy of itself)
+NOISE_PAIRS = 5
+
+
+def timing_noise(case: Case, dense: nn.Module, device: torch.device) -> dict[str, Any]:
+    """The dense network timed against a copy of itself in ``NOISE_PAIRS`` alternating pairs:
+    the spread of those ratios (ideally all 1) is what this machine's timing noise alone does
+    to a measured ratio, beside which the 5% goal is to be read."""
+    torch.manual_seed(0)
+    x = torch.randn(case.batch, 3, case.size, case.size, device=device)
+    twin = copy.deepcopy(dense)
+    ratios = [
+        latency_ms(twin, x, case.repeats) / latency_ms(dense, x, case.repeats)
+        for _ in range(NOISE_PAIRS)
+    ]
+    return {"model": case.model, "low": min(ratios), "high": max(ratios)}
+
+
+def noise_lines(noise: Sequence[dict[str, Any]]) -> str:
+    """One line per network: the self-ratio spread of :func:`timing_noise`."""
+    return "\n".join(
+        f"- {n['model']}: the dense network against a copy of itself, {NOISE_PAIRS} pairs: "
+        f"ratios {n['low']:.3f} to {n['high']:.3f}"
+        for n in noise
+    )
 
 
 def run_budgets(
@@ -236,11 +279,16 @@ def run_budgets(
     rounds: int = 2,
     round_to: int | None = 8,
     say: Callable[[str], None] = log,
+    noise: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Part 1: every case x target x arm, one row each, printed as it comes."""
+    """Part 1: every case x target x arm, one row each, printed as it comes; with ``noise``,
+    each network's :func:`timing_noise` is appended to it first."""
     rows: list[dict[str, Any]] = []
     for case in cases:
         dense = build_dense(case, device)
+        if noise is not None:
+            noise.append(timing_noise(case, dense, device))
+            say(noise_lines(noise[-1:]))
         for target in targets:
             for arm in arms:
                 row = budgeted(
@@ -261,7 +309,8 @@ def budget_table(rows: Sequence[dict[str, Any]]) -> str:
     ]
     for r in rows:
         met = "" if abs(r["error"]) <= GOAL else " (missed)"
-        met += " (floors reached)" if r.get("at_floors") else ""
+        if r.get("at_floors") or r.get("floor_ratio", 0) > r["target"]:
+            met += f" (floors: {r.get('floor_ratio', float('nan')):.3f})"
         lines.append(
             f"| {r['model']} | {r['input']}, {r['batch']} | {r['target']:g} | {r['arm']} "
             f"| {r['predicted_ratio']:.3f} | **{r['ratio']:.3f}** | {100 * r['error']:+.1f}%{met} "
@@ -336,9 +385,10 @@ def arm_overrides(study: Study) -> list[str]:
     return out
 
 
-def sweep_command(study: Study, out: Path) -> list[str]:
+def sweep_command(study: Study, out: Path, name: str = "sweep") -> list[str]:
     """The ``prune-run -m`` command of part 2: the arms as dict overrides of ``method`` (one
-    sweep, so the three share each seed's dense model)."""
+    sweep, so the three share each seed's dense model; the sweeps of other importance
+    measures under the same ``out`` share it too), into ``out / name``."""
     return [
         _tool("prune-run"),
         "-m",
@@ -348,12 +398,12 @@ def sweep_command(study: Study, out: Path) -> list[str]:
         f"seed={','.join(str(s) for s in study.seeds)}",
         *study.extra,
         f"output_root={out}",
-        f"hydra.sweep.dir={out / 'sweep'}",
+        f"hydra.sweep.dir={out / name}",
     ]
 
 
-def report_command(out: Path) -> list[str]:
-    return [_tool("prune-report"), str(out / "sweep"), "-o", str(out / "report")]
+def report_command(out: Path, name: str = "sweep") -> list[str]:
+    return [_tool("prune-report"), str(out / name), "-o", str(out / f"{name}-report")]
 
 
 def shown(cmd: Sequence[str]) -> str:
@@ -401,14 +451,15 @@ def study_verdict(csv_path: Path) -> str:
     return "\n".join(out)
 
 
-def run_study(study: Study, out: Path) -> tuple[str, str, list[str]]:
-    """Part 2: the sweep and its report; (the report's accuracy table, the verdict, the
-    commands as typed)."""
-    sweep, report = sweep_command(study, out), report_command(out)
+def run_study(study: Study, out: Path, name: str = "sweep") -> tuple[str, str, list[str]]:
+    """Part 2: the sweep into ``out / name`` and its report; (the report's accuracy table, the
+    verdict, the commands as typed)."""
+    sweep, report = sweep_command(study, out, name), report_command(out, name)
     run(sweep)
     run(report)
-    table = (out / "report" / "accuracy.md").read_text().strip()
-    return table, study_verdict(out / "report" / "accuracy.csv"), [shown(sweep), shown(report)]
+    folder = out / f"{name}-report"
+    table = (folder / "accuracy.md").read_text().strip()
+    return table, study_verdict(folder / "accuracy.csv"), [shown(sweep), shown(report)]
 
 
 # --- the document ----------------------------------------------------------------------------
@@ -468,6 +519,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--study-target", type=float, default=0.5, help="part 2's latency target")
     ap.add_argument("--seeds", type=int, nargs="+", help="part 2's seeds (default 0 1 2)")
+    ap.add_argument(
+        "--study-measure",
+        nargs="+",
+        default=["l1", "taylor", "halp"],
+        help="part 2: one sweep per filter importance, every arm with it (l1: the weights' "
+        "norms; taylor: |sum theta g| of the mean gradient; halp: HALP's group Taylor score "
+        "of the BatchNorms, the batches' mean of |sum gamma g_gamma + beta g_beta|)",
+    )
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     ap.add_argument("--no-doc", action="store_true", help="do not edit docs/BENCHMARKS.md")
     ap.add_argument("--out", type=Path, help="also write the Markdown section to this file")
@@ -486,9 +545,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = shlex.join(["python", "scripts/bench_latency.py", *sys.argv[1:]])
     head = device_line(device)
     log(head)
-    parts = [f"{head}. Command: `{command}`.", ""]
-    if args.quick:
-        parts += ["**Quick run (toy sizes): checks the script; these are not figures.**", ""]
+    quick = ["**Quick run (toy sizes): checks the script; these are not figures.**", ""]
+    # each part has its own markers in the document, so that running one keeps the other's
+    sections: dict[int, list[str]] = {}
 
     if 1 in args.part:
         cases = QUICK_CASES if args.quick else CPU_CASES
@@ -500,26 +559,40 @@ def main(argv: Sequence[str] | None = None) -> None:
                 ap.error(f"--models: {', '.join(sorted(unknown))} not among the four networks")
             cases = tuple(c for c in cases if c.model in args.models)
         log(f"\n== part 1: latency targets {args.targets}, {len(cases)} networks ==")
+        part_started = time.perf_counter()
+        noise: list[dict[str, Any]] = []
         with cache_folder(args.cache_dir) as cache:
             rows = run_budgets(
-                cases, args.targets, device, cache, rounds=args.rounds, round_to=args.round_to
+                cases,
+                args.targets,
+                device,
+                cache,
+                rounds=args.rounds,
+                round_to=args.round_to,
+                noise=noise,
             )
         table = budget_table(rows)
         verdict = budget_verdict(rows)
+        verdict += "\n\nTiming noise on this machine:\n\n" + noise_lines(noise)
         log(f"\n{table}\n\n{verdict}")
-        parts += [
+        sections[1] = [
+            f"{head}. Command: `{command}`.",
+            "",
+            *(quick if args.quick else []),
             f"**Latency targets met** ({device.type}; random-init weights, L1 filter scores, "
             f"kept filters rounded to {args.round_to}, the first convolution kept; ratios "
             f"thin / dense, each the median of {args.rounds} alternating measurements made "
-            "after the selection; goal: the measured ratio within 5% of the target; floors "
-            "reached: the method warned that every unit is at its `min_keep` floor and the "
-            "target is out of reach; `s`: the selection's seconds, the first of a network "
-            "including its latency table):",
+            "after the selection; goal: the measured ratio within 5% of the target; "
+            "`floors: R`: the table predicts ratio R with every unit at its `min_keep` floor, "
+            "above the target, so no selection reaches it and the three ways choose the same "
+            "network (their measured ratios then differ by timing noise alone); `s`: the "
+            "selection's seconds, the first of a network including its latency table):",
             "",
             table,
             "",
             verdict,
             "",
+            f"Part 1 took {time.perf_counter() - part_started:.0f} s.",
         ]
 
     if 2 in args.part:
@@ -527,30 +600,41 @@ def main(argv: Sequence[str] | None = None) -> None:
         study = replace(study, target=args.study_target)
         if args.seeds:
             study = replace(study, seeds=tuple(args.seeds))
-        log(f"\n== part 2: accuracy at equal latency (target {study.target:g}) ==")
-        try:
-            table, verdict, commands = run_study(study, args.study_dir)
-        except (RuntimeError, OSError) as exc:  # written down, and the exit status says so
-            failed = True
-            table, verdict, commands = f"part 2 failed: {exc}", "", []
-        log(f"\n{table}\n\n{verdict}")
-        parts += [
-            f"**Accuracy at equal latency** (Fashion-MNIST, target {study.target:g}, seeds "
-            f"{', '.join(str(s) for s in study.seeds)}; each seed's dense model trained once "
-            "and shared by the three ways of choosing filters; `prune-report`'s table, "
-            "verbatim; goal: the knapsack at least as accurate). Commands:",
-            "",
-            "```",
-            *commands,
-            "```",
-            "",
-            table,
-            "",
-            verdict,
-            "",
-        ]
-    parts.append(f"bench_latency took {time.perf_counter() - started:.0f} s.")
-    publish("\n".join(parts), args.out, None if args.no_doc else args.doc, BEGIN, END)
+        sections[2] = [f"{head}. Command: `{command}`.", "", *(quick if args.quick else [])]
+        part_started = time.perf_counter()
+        for measure in args.study_measure:
+            log(f"\n== part 2: accuracy at equal latency (target {study.target:g}, {measure}) ==")
+            arms = replace(study, method=(*study.method, ("measure", measure)))
+            try:
+                table, verdict, commands = run_study(arms, args.study_dir, f"sweep-{measure}")
+            except (RuntimeError, OSError) as exc:  # written down, and the exit status says so
+                failed = True
+                table, verdict, commands = f"part 2 failed: {exc}", "", []
+            log(f"\n{table}\n\n{verdict}")
+            sections[2] += [
+                f"**Accuracy at equal latency, filter importance `{measure}`** (Fashion-MNIST, "
+                f"target {study.target:g}, seeds {', '.join(str(s) for s in study.seeds)}; "
+                "each seed's dense model trained once and shared by every sweep; "
+                "`prune-report`'s table, verbatim; goal: the knapsack at least as accurate). "
+                "Commands:",
+                "",
+                "```",
+                *commands,
+                "```",
+                "",
+                table,
+                "",
+                verdict,
+                "",
+            ]
+        sections[2].append(f"Part 2 took {time.perf_counter() - part_started:.0f} s.")
+    doc = None if args.no_doc else args.doc
+    markers = {1: (BEGIN, END), 2: (STUDY_BEGIN, STUDY_END)}
+    for part, lines in sections.items():
+        publish("\n".join(lines), None, doc, *markers[part])
+    if args.out is not None:
+        publish("\n\n".join("\n".join(lines) for lines in sections.values()), args.out, None)
+    log(f"bench_latency took {time.perf_counter() - started:.0f} s.")
     if failed:
         sys.exit(1)
 

@@ -24,6 +24,12 @@ start-up plus the script's data loading (``sklearn.datasets``). The script less 
 is its start-up and training; a prune-run without any overhead of its own could not go below
 that, so ``(plain - data loading) / plain`` is the best ratio this comparison admits.
 
+``--old DIR`` times a change instead: ``prune-run`` from an older copy of the package in ``DIR``
+(put first on ``PYTHONPATH``) against the installed one (or the one on the caller's
+``PYTHONPATH``), alternating which goes first, and the paired differences of their wall and CPU
+times; the plain script is not run. For example, with the committed code as
+the old one: ``git archive HEAD prune_cli | tar -x -C /tmp/old``.
+
 Needs scikit-learn (the ``dev`` extra). Run: ``python scripts/bench_process.py --rounds 5``.
 """
 
@@ -131,13 +137,46 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, cpu
 
 
+def paired(old: Path, rounds: int, env: dict[str, str], run: list[str], work: Path) -> None:
+    """``prune-run`` from the package in ``old`` against the installed one (see the docstring)."""
+    if not (old / "prune_cli" / "__init__.py").is_file():
+        sys.exit(f"--old {old}: no prune_cli package in it; copy one there first")
+    envs = {"old": {**env, "PYTHONPATH": str(old.resolve())}, "new": env}
+    times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+    for r in range(rounds):
+        for version in ("old", "new") if r % 2 == 0 else ("new", "old"):
+            out = work / f"{version}{r}"
+            times[version].append(
+                timed([*run, "progress=false", f"output_root={out}"], envs[version])
+            )
+        (ow, oc), (nw, nc) = times["old"][-1], times["new"][-1]
+        print(
+            f"pair {r + 1}: old {ow:.2f} s wall / {oc:.2f} s CPU, new {nw:.2f} s / {nc:.2f} s",
+            flush=True,
+        )
+    for k, name in ((0, "wall"), (1, "CPU")):
+        saved = [o[k] - n[k] for o, n in zip(times["old"], times["new"], strict=True)]
+        print(
+            f"{name}: old median {statistics.median(o[k] for o in times['old']):.2f} s, new "
+            f"{statistics.median(n[k] for n in times['new']):.2f} s, saved per run (paired) "
+            f"median {statistics.median(saved):.2f} s, range {min(saved):.2f} to {max(saved):.2f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--old", type=Path, help="time prune-run from the package in this folder too")
     args = ap.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     run = [str(Path(sys.executable).with_name("prune-run"))]
     work = Path(tempfile.mkdtemp(prefix="bench_process-"))
+    if args.old is not None:
+        try:
+            paired(args.old, args.rounds, env, run, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     script = work / "plain.py"
     script.write_text(PLAIN)
     walls: dict[str, list[float]] = {"ours": [], "plain": [], "ratio": [], "cpu_ratio": []}

@@ -178,11 +178,19 @@ def latency_section(args: argparse.Namespace) -> str:
     device = torch.device(args.device)
     cases = bench_latency.CUDA_CASES if device.type == "cuda" else bench_latency.QUICK_CASES
     cases = tuple(c for c in cases if c.model in args.latency_models)
+    noise: list[dict] = []
     with bench_latency.cache_folder(None) as cache:
         rows = bench_latency.run_budgets(
-            cases, args.latency_targets, device, cache, rounds=3, round_to=8, say=log
+            cases, args.latency_targets, device, cache, rounds=3, round_to=8, say=log, noise=noise
         )
-    return bench_latency.budget_table(rows) + "\n\n" + bench_latency.budget_verdict(rows)
+    return "\n\n".join(
+        [
+            bench_latency.budget_table(rows),
+            bench_latency.budget_verdict(rows),
+            "Timing noise on this device:",
+            bench_latency.noise_lines(noise),
+        ]
+    )
 
 
 def publish(

@@ -63,6 +63,25 @@ def test_a_plain_run_composes_once_and_writes_what_hydras_own_run_writes(
     assert "- hydra.mode=RUN" in (run_dir(one) / ".hydra" / "hydra.yaml").read_text()
 
 
+def test_a_hydra_without_the_internals_takes_hydras_own_way(
+    tmp_path, composes, cli_in_process, monkeypatch
+):
+    """Another Hydra release may move the private API a single composition uses: the run
+    then goes through ``@hydra.main`` (three compositions) and still completes."""
+    import sys
+
+    from prune_cli.cli import SingleRun
+
+    assert SingleRun.supported()
+    monkeypatch.setitem(sys.modules, "hydra._internal.callbacks", None)  # import fails
+    assert not SingleRun.supported()
+    args = ["model=mlp", "train.epochs=1", "method.levels=1", "dataset.limit_train=256"]
+    result = cli_in_process([*args, "progress=false"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(composes) == 3
+    assert (run_dir(tmp_path) / "summary.json").exists()
+
+
 @pytest.mark.parametrize(
     ("retrain", "cases"),
     [

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_config
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -41,10 +43,12 @@ def _row(arm: str, ratio: float, target: float = 0.5) -> dict:
 
 def test_the_table_marks_the_rows_that_miss_the_target_by_more_than_5_percent():
     rows = [_row("knapsack", 0.51), _row("knapsack", 0.54), _row("global ranking, tuned", 0.45)]
-    rows[1]["at_floors"] = True
+    # the table predicts 0.6 with every unit at its floor: a target of 0.5 is out of reach
+    rows[1]["floor_ratio"], rows[2]["floor_ratio"] = 0.6, 0.3
     lines = bench_latency.budget_table(rows).splitlines()[2:]
     assert ["(missed)" in line for line in lines] == [False, True, True]  # +2%, +8%, -10%
-    assert ["(floors reached)" in line for line in lines] == [False, True, False]
+    assert ["(floors: 0.600)" in line for line in lines] == [False, True, False]
+    assert "floors" not in lines[0] + lines[2]
     verdict = bench_latency.budget_verdict(rows).splitlines()
     assert verdict[0].startswith("- knapsack: 1 of 2 within 5% of the target")
     assert "(largest error 8.0%)" in verdict[0]
@@ -131,4 +135,45 @@ def test_gpu_checks_latency_step_prunes_each_network_to_its_target_on_the_cpu(mo
         assert 0 < r["filters_kept"] <= 1 and 0 < r["importance_kept"] <= 1
         assert r["ratio"] == pytest.approx(r["thin_ms"] / r["dense_ms"])
     assert section.count("| lenet5 | 32x32, 2 | 0.7 |") == 3
+    assert "- lenet5: the dense network against a copy of itself, 5 pairs: ratios " in section
     assert "- knapsack: " in section and "- per-layer ranking, tuned: " in section
+
+
+def test_part_2_alone_keeps_part_1s_section_and_runs_one_sweep_per_measure(tmp_path, monkeypatch):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# B\n\n{bench_latency.BEGIN}\npart one figures\n{bench_latency.END}\n")
+    calls = []
+
+    def fake_run_study(study, out, name):
+        calls.append((dict(study.method)["measure"], name, out))
+        return "| table |", "- verdict", ["prune-run -m ..."]
+
+    monkeypatch.setattr(bench_latency, "run_study", fake_run_study)
+    bench_latency.main(["--part", "2", "--doc", str(doc), "--study-dir", str(tmp_path / "s")])
+    text = doc.read_text()
+    assert f"{bench_latency.BEGIN}\npart one figures\n{bench_latency.END}" in text
+    # one output_root for both sweeps: each seed's dense model is trained once for the two
+    measures = ["l1", "taylor", "halp"]
+    assert calls == [(m, f"sweep-{m}", tmp_path / "s") for m in measures]
+    study = text.split(bench_latency.STUDY_BEGIN)[1].split(bench_latency.STUDY_END)[0]
+    assert study.count("| table |") == 3 and "filter importance `halp`" in study
+
+
+def test_the_timing_noise_is_the_spread_of_the_dense_networks_ratio_to_its_copy(monkeypatch):
+    """Alternating pairs of (copy, dense): scripted times give ratios 0.9 .. 1.2."""
+    times = iter([9.0, 10.0, 12.0, 10.0, 10.0, 10.0, 11.0, 10.0, 10.5, 10.0])
+    seen: list[nn.Module] = []
+
+    def fake(model, batch, repeats):
+        seen.append(model)
+        return next(times)
+
+    monkeypatch.setattr(bench_latency, "latency_ms", fake)
+    case = bench_latency.Case("lenet5", 32, 10, 2, 2, 1)
+    dense = bench_latency.build_dense(case, torch.device("cpu"))
+    noise = bench_latency.timing_noise(case, dense, torch.device("cpu"))
+    assert (noise["low"], noise["high"]) == (0.9, 1.2)
+    assert seen[1::2] == [dense] * 5 and all(m is not dense for m in seen[0::2])
+    assert bench_latency.noise_lines([noise]) == (
+        "- lenet5: the dense network against a copy of itself, 5 pairs: ratios 0.900 to 1.200"
+    )

@@ -19,6 +19,7 @@ from prune_cli.config import config_hash
 from prune_cli.errors import ConfigError
 from prune_cli.experiment import Experiment
 from prune_cli.paths import shared_cache_dir
+from prune_cli.pruning import latency_step
 from prune_cli.pruning.filter_schedule import ChannelSchedule
 from prune_cli.pruning.flow import early_round_fraction
 from prune_cli.pruning.latency_budget import (
@@ -32,7 +33,6 @@ from prune_cli.pruning.latency_budget import (
 )
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS
-from prune_cli.pruning.methods import filter_pruning
 from prune_cli.pruning.methods.filter_pruning import FilterConfig, FilterPruning
 
 
@@ -335,7 +335,7 @@ def timed_by_table(monkeypatch: pytest.MonkeyPatch):
             widths = {r: modules[r].out_channels for r in table.full}
             return table.predict(widths) + overhead
 
-        monkeypatch.setattr(filter_pruning, "latency_ms", fake_latency_ms)
+        monkeypatch.setattr(latency_step, "latency_ms", fake_latency_ms)
 
     return install
 
@@ -504,6 +504,7 @@ BAD = {
         ({"latency_by": "greedy"}, "method.latency_by must be knapsack or fraction"),
         ({"latency_tolerance": 0.0}, "method.latency_tolerance must be > 0"),
         ({"latency_points": 1}, "method.latency_points must be >= 2"),
+        ({"latency_repeats": 0}, "method.latency_repeats must be >= 1"),
     ],
 )
 def test_bad_latency_values_are_refused_when_the_config_is_made(settings, message):

@@ -1,7 +1,7 @@
 """Choosing filters under a latency budget: the latency-saliency knapsack of HALP (Shen et al.,
 "Structural Pruning via Latency-Saliency Knapsack", NeurIPS 2022), and what ``method=filter``
 needs around it (the equal-latency fraction baseline, calibration on measured latency, the
-early schedule's per-round targets).
+median of paired thin / dense timings, the early schedule's per-round targets).
 
 The problem: each prunable unit (a coupled group of ``FilterGroups``) keeps some of its
 channels; maximise the summed importance of the kept channels subject to
@@ -366,6 +366,54 @@ def calibrate(
             budget = min(budget, most_ms)
     best = min(range(len(chosen)), key=lambda k: (abs(history[k][1] / target - 1), k))
     return Calibrated(chosen[best], history[best][1], len(chosen), history)
+
+
+@dataclass
+class PairedTiming:
+    """Latency ratios (thin / dense) from pairs of timings taken back to back: a machine that
+    slows down for a while (a shared CPU) slows both timings of a pair alike, where a dense
+    time taken once would go stale, and the median pair is kept, as a slowdown may still begin
+    between the two timings of one pair."""
+
+    #: every pair's (thin ms, dense ms), in the order they were timed
+    pairs: list[tuple[float, float]]
+
+    @property
+    def ratios(self) -> list[float]:
+        """Each pair's thin / dense, in the order timed."""
+        return [thin / dense for thin, dense in self.pairs]
+
+    @property
+    def median_pair(self) -> tuple[float, float]:
+        """The (thin ms, dense ms) pair of the median ratio (the upper one of an even count)."""
+        ratios = self.ratios
+        order = sorted(range(len(ratios)), key=lambda k: (ratios[k], k))
+        return self.pairs[order[len(order) // 2]]
+
+    @property
+    def ratio(self) -> float:
+        """The median of the pairs' ratios."""
+        thin, dense = self.median_pair
+        return thin / dense
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """The smallest and the largest of the pairs' ratios."""
+        return min(self.ratios), max(self.ratios)
+
+
+def time_pairs(
+    time_thin: Callable[[], float], time_dense: Callable[[], float], pairs: int
+) -> PairedTiming:
+    """Time the thin and the dense network alternately, ``pairs`` times (thin first in each
+    pair); ``time_*`` return ms."""
+    if pairs < 1:
+        raise ValueError(f"pairs must be >= 1, got {pairs}")
+    timed = []
+    for _ in range(pairs):
+        thin = float(time_thin())
+        timed.append((thin, float(time_dense())))
+    return PairedTiming(timed)
 
 
 def early_round_latency(k: int, n: int, target: float) -> float:

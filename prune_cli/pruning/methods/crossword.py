@@ -9,12 +9,18 @@ candidates, and the one of highest objective prunes ``sparsity`` of the filters 
 structured path of ``method=filter`` (``scope`` null: one global ranking with the per-unit floor;
 ``layer``: the same fraction of each unit), which also builds, measures and saves the thinner
 network. ``expression`` prunes by a given expression instead of searching (``l1`` is Li et al.'s
-criterion through the same path).
+criterion through the same path). With ``latency_target`` F the metric found prunes to F of the
+dense latency instead of ``sparsity``, as ``method=filter`` does (``latency_by``: the knapsack
+over the metric's scores, or the scope's ranking at the bisected fraction).
 
 The premise is checked, not assumed: the pruned validation accuracy (before fine-tuning) of a
 sample of the kept candidates (every block, the chosen one, then a seeded sample of the rest; at
 most ``accuracy_sample``) and the Spearman correlation across them between objective and that
-accuracy are reported. ``crossword_search.csv`` in the run directory lists every candidate: its
+accuracy are reported. Each candidate is pruned as the step will prune: ``sparsity`` of the
+filters, or with a latency target the step's latency budget by the latency table's prediction
+alone (no thin network is built or timed per candidate, so the candidates are compared at the
+same predicted latency; the final pruning then corrects the chosen metric's selection on the
+measured latency). ``crossword_search.csv`` in the run directory lists every candidate: its
 expression, status, objective, Spearman correlation with L1 and with the geometric-median
 criterion, and pruned validation accuracy where measured; ``summary.json`` has the chosen
 expression and the correlation under ``method_info``.
@@ -315,7 +321,8 @@ class CrosswordPruning(FilterPruning):
         chosen: Any,
     ) -> dict[int, float]:
         """Pruned validation accuracy (no fine-tuning) of the blocks, the chosen candidate and a
-        seeded sample of the other kept ones, at most ``accuracy_sample`` in all."""
+        seeded sample of the other kept ones, at most ``accuracy_sample`` in all, each pruned
+        at the step's ``fraction`` or, with a latency target, its latency budget (the table's)."""
         if ctx.evaluate is None or self.cfg.accuracy_sample == 0:
             return {}
         kept = pool.kept()
@@ -330,7 +337,8 @@ class CrosswordPruning(FilterPruning):
         try:
             for cand in sample:
                 assert cand.values is not None
-                keep = self.choose(groups, device_keep, blocks.split(cand.values), fraction)
+                scores = blocks.split(cand.values)
+                keep = self.select(groups, device_keep, scores, ctx, fraction, timed=False)
                 groups.zero_channels(keep)
                 accuracy = float(ctx.evaluate(model, "val")[1])
                 model.load_state_dict(backup)

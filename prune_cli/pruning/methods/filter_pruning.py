@@ -44,20 +44,17 @@ GraSP uses its own ``grasp_temperature`` (200) and a class-balanced sample.
 
 A latency budget (``latency_target`` F, issue 27; HALP, Shen et al., NeurIPS 2022) replaces the
 filter fraction ``sparsity`` (then not used): each pruning step keeps the filters that maximise
-the summed importance under a latency table's prediction of the thin network
-(``prune_cli.pruning.latency``, measured once per run on the dense model, on the run's device,
-and cached under ``output_root``), by the knapsack of ``prune_cli.pruning.latency_budget``
-(``latency_by: knapsack``, the default; ``scope`` is then not used), or, as the baseline at
-equal latency, by the scope's own ranking at the filter fraction bisected to the same latency
-(``latency_by: fraction``). After each selection the thin network is built and its latency
-measured (``latency_ms`` at ``latency_batch``); while it is off F times the dense latency by
-more than ``latency_tolerance``, the selection is made again with the table's budget scaled by
-target / measured (three tries at most, the closest kept). ``trained`` and ``init`` prune to F
-in one step, ``soft`` to F afresh after every epoch, and ``early`` round k to the latency
-ratio 1 - c_k, c_k the reduction the filter fraction's curve gives after round k with p = 1 - F
-(``latency_budget.early_round_latency``; F after round n). ``summary.json`` records the
-target, the table's prediction for the final widths and its error against the measured thin
-latency, and ``latency_warning`` when the per-unit floors kept F out of reach.
+the summed importance under a latency table's prediction of the thin network, calibrated on
+measured latency (``prune_cli.pruning.latency_step``: the settings, the table, the knapsack or
+the fraction baseline, the corrections, what summary.json records). ``trained`` and ``init``
+prune to F in one step, ``soft`` to F afresh after every epoch, and ``early`` round k to the
+latency ratio 1 - c_k, c_k the reduction the filter fraction's curve gives after round k with
+p = 1 - F (``latency_budget.early_round_latency``; F after round n).
+
+The thin network's latency in summary.json (``latency_ratio``, with or without a target) is the
+median of ``latency_step.LATENCY_PAIRS`` alternating thin / dense timings, ``latency_dense_ms``
+and ``latency_thin_ms`` that median pair's, and ``latency_ratio_min`` / ``_max`` the spread of
+the pairs: one pair on a loaded CPU may be off by a fifth.
 """
 
 from __future__ import annotations
@@ -79,54 +76,31 @@ from prune_cli.pruning import latency
 from prune_cli.pruning.derivatives import Derivatives, Sample, compute
 from prune_cli.pruning.filter_schedule import ChannelSchedule
 from prune_cli.pruning.flow import early_round_fraction
-from prune_cli.pruning.latency_budget import (
-    BudgetUnit,
-    bisect_fraction,
-    calibrate,
-    early_round_latency,
-    min_widths,
-    solve,
+from prune_cli.pruning.latency_budget import early_round_latency
+from prune_cli.pruning.latency_step import (
+    LATENCY_COLUMNS,
+    LATENCY_PAIRS,
+    LatencySettings,
+    LatencyStep,
+    dense_reference,
 )
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.measures import Measure, MeasureSettings, UnitSites, build, check, sites
 from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, PruningMethod, check_range
 from prune_cli.pruning.results import Column, Network, Results
-from prune_cli.pruning.structured import (
-    FilterGroups,
-    latency_ms,
-    macs_and_params,
-    thin_checkpoint,
-)
+from prune_cli.pruning.structured import FilterGroups, macs_and_params, thin_checkpoint
 
 WHEN = ("early", "init", "trained", "soft")
-LATENCY_BY = ("knapsack", "fraction")
-#: selections per pruning step under a latency target (the first and two corrected ones)
-LATENCY_TRIES = 3
-#: (thin, dense) timing pairs per measurement of a selection (the median ratio is kept)
-LATENCY_PAIRS = 3
-
-#: what a run with a latency target adds to the report: the achieved latency ratio against F
-LATENCY_COLUMNS = (
-    Column("latency_target", "latency_target"),
-    Column(
-        "latency_ratio",
-        "latency_reached",
-        heading="latency / dense (target -> reached)",
-        display="arrow",
-        pair="latency_target",
-    ),
-    Column("latency_predicted_ms", "latency_predicted_ms"),
-    Column("latency_table_error", "latency_table_error"),
-)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FilterConfig(MeasureSettings, MethodConfig):
+class FilterConfig(MeasureSettings, LatencySettings, MethodConfig):
     """The settings of ``method=filter``; the scoring settings (``samples``,
     ``score_temperature``, ``grasp_temperature``, ``samples_per_class``) come from
-    ``MeasureSettings``. With ``latency_target`` set, ``sparsity`` is not used: the latency
+    ``MeasureSettings``, the latency ones (``latency_target``, ``latency_by``, ...) from
+    ``LatencySettings``. With ``latency_target`` set, ``sparsity`` is not used: the latency
     budget decides how many filters go (``filter_sparsity`` in summary.json says how many)."""
 
     name: str = "filter"
@@ -143,9 +117,6 @@ class FilterConfig(MeasureSettings, MethodConfig):
     #: (tensor-core tiles), and a thinner network of odd widths may run no faster than the
     #: dense one (docs/BENCHMARKS.md). Null = 1, no rounding.
     round_to: int | None = None
-    #: batch of the latency measurement, and repetitions (median reported)
-    latency_batch: int = 64
-    latency_repeats: int = 20
     #: null or ``global`` (one ranking, per-unit floor) or ``layer`` (the same fraction per unit)
     scope: str | None = None
     #: prune the first layer's filters too (null = false: it keeps all of them)
@@ -154,21 +125,9 @@ class FilterConfig(MeasureSettings, MethodConfig):
     #: pruned (FPGM's authors); ``kept``: int(n (1 - p)) kept, n - int(n (1 - p)) pruned (the
     #: L1-norm reference code); they differ by one filter where p n is not whole
     layer_count: str | None = None
-    #: F in (0, 1]: prune to this fraction of the dense network's latency on the run's device
-    #: (``latency_batch``), measured; ``sparsity`` is then not used. Null: prune ``sparsity``
-    latency_target: float | None = None
-    #: how filters are chosen under ``latency_target``: null / ``knapsack`` (the importance
-    #: kept under the latency table's costs, all units at once; ``scope`` not used) or
-    #: ``fraction`` (the baseline: the scope's ranking at the filter fraction bisected to F)
-    latency_by: str | None = None
-    #: the latency table's measured kept counts per layer dimension (null = 8)
-    latency_points: int | None = None
-    #: relative: a step selects again while the measured thin latency is further than this
-    #: from its target (null = 0.03)
-    latency_tolerance: float | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # MeasureSettings' checks (depthwise_score)
+        super().__post_init__()  # MeasureSettings' and LatencySettings' checks
         check(self.measure, "filter")
         if self.scope not in (None, "global", "layer"):
             raise ConfigError(f"method.scope must be global or layer, got {self.scope!r}")
@@ -189,31 +148,6 @@ class FilterConfig(MeasureSettings, MethodConfig):
             raise ConfigError(
                 f"method.layer_count must be pruned or kept, got {self.layer_count!r}"
             )
-        check_range(
-            "latency_target",
-            self.latency_target,
-            0.0,
-            1.0,
-            low_open=True,
-            high_open=False,
-            nullable=True,
-        )
-        if self.latency_by not in (None, *LATENCY_BY):
-            raise ConfigError(
-                f"method.latency_by must be {' or '.join(LATENCY_BY)}, got {self.latency_by!r}"
-            )
-        check_range("latency_points", self.latency_points, 2, nullable=True)
-        check_range("latency_tolerance", self.latency_tolerance, 0.0, low_open=True, nullable=True)
-
-    @property
-    def latency_choice(self) -> str:
-        """``latency_by`` with its default."""
-        return self.latency_by or "knapsack"
-
-    @property
-    def tolerance(self) -> float:
-        """``latency_tolerance`` with its default."""
-        return 0.03 if self.latency_tolerance is None else self.latency_tolerance
 
 
 def layer_pruned(n: int, fraction: float, rule: str | None) -> int:
@@ -253,9 +187,8 @@ class FilterPruning(PruningMethod):
         super().__init__(cfg)
         self.groups: FilterGroups | None = None
         self.warned = False  # the unreachable-target warning is given once per run
-        self.latency_warned = False  # and so is the unreachable-latency one
-        #: the run's latency table (``latency.build_table``), built at the first need
-        self.table: latency.LatencyTable | None = None
+        #: the latency budget's state and steps (its table, its warning), and the timings
+        self.latency = LatencyStep(cfg, self.floor, cfg.round_to, cfg.min_keep)
         #: the latency ratio the pruning step under way aims at (an early round's); None: F
         self.step_latency: float | None = None
         if cfg.latency_target is not None:
@@ -268,6 +201,21 @@ class FilterPruning(PruningMethod):
                 columns=base.columns + LATENCY_COLUMNS,
                 target_keys=(*base.target_keys, "latency_target"),
             )
+
+    @property
+    def table(self) -> latency.LatencyTable | None:
+        """The run's latency table (None until a latency step needs it); settable, so that a
+        test or a benchmark can hand in its own."""
+        return self.latency.table
+
+    @table.setter
+    def table(self, table: latency.LatencyTable | None) -> None:
+        self.latency.table = table
+
+    @property
+    def latency_warned(self) -> bool:
+        """Whether the per-unit floors kept the latency target out of reach (warned once)."""
+        return self.latency.warned
 
     def nominal_target(self) -> dict[str, Any]:
         """With a latency target the nominal ratio is dense / thin latency, 1 / F."""
@@ -379,6 +327,7 @@ class FilterPruning(PruningMethod):
         d = self.derivatives(needs, measure.sample(self.sample()), model, groups, ctx)
         return self.unit_scores(measure, model, groups, ctx, d)
 
+    # --- one pruning step: score, select, apply -----------------------------------------------
     def prune_fraction(
         self, model: nn.Module, masks: Masks, ctx: PruneContext, fraction: float
     ) -> dict[str, Tensor]:
@@ -388,13 +337,43 @@ class FilterPruning(PruningMethod):
         groups = self.units(model, ctx)
         device_keep = self.keep_from(masks, groups)
         scores = self.channel_scores(model, groups, ctx)
+        keep = self.select(groups, device_keep, scores, ctx, fraction)
+        return self.apply(groups, keep, masks)
+
+    def step_ratio(self) -> float:
+        """The latency ratio (thin / dense) the step under way aims at: an early round's, or F."""
+        assert self.cfg.latency_target is not None
+        return self.cfg.latency_target if self.step_latency is None else self.step_latency
+
+    def select(
+        self,
+        groups: FilterGroups,
+        device_keep: dict[str, Tensor],
+        scores: Mapping[str, Tensor],
+        ctx: PruneContext,
+        fraction: float,
+        *,
+        timed: bool = True,
+    ) -> dict[str, Tensor]:
+        """The kept channels after this step: ``fraction`` by the scope's ranking, or with a
+        latency target the step's latency ratio, calibrated on measured latency (``timed``) or
+        by the table's budget alone (``timed=False``: no network is built or timed)."""
         if self.cfg.latency_target is None:
             self.warn_unreachable(groups)
-            keep = self.choose(groups, device_keep, scores, fraction)
-        else:
-            ratio = self.cfg.latency_target if self.step_latency is None else self.step_latency
-            keep = self.choose_latency(groups, device_keep, scores, ctx, ratio)
-        groups.zero_channels(keep)
+            return self.choose(groups, device_keep, scores, fraction)
+
+        def by_fraction(f: float) -> dict[str, Tensor]:  # the baseline's ranking (latency_by)
+            return self.choose(groups, device_keep, scores, f)
+
+        pick = self.latency.choose if timed else self.latency.preview
+        return pick(groups, device_keep, scores, ctx, self.step_ratio(), by_fraction)
+
+    def apply(
+        self, groups: FilterGroups, keep: Mapping[str, Tensor], masks: Masks
+    ) -> dict[str, Tensor]:
+        """Zero the removed channels of the model (with what is coupled to them) and return the
+        masks of the units' weights with their removed rows off."""
+        groups.zero_channels(dict(keep))
         new: dict[str, Tensor] = {}
         for u in groups.units:
             for w in u.weights:
@@ -418,131 +397,6 @@ class FilterPruning(PruningMethod):
             return self.prune_fraction(model, masks, ctx, fraction)
         finally:
             self.step_latency = None
-
-    # --- the latency budget -------------------------------------------------------------------
-    def latency_inputs(self, ctx: PruneContext) -> tuple[Tensor, Tensor]:
-        """(one example, the ``latency_batch`` batch) of training inputs, on ctx's device."""
-        x, _ = next(iter(ctx.batches(1)))
-        batch = torch.cat([x] * math.ceil(self.cfg.latency_batch / len(x)))
-        return x[:1], batch[: self.cfg.latency_batch]
-
-    def latency_table(self, groups: FilterGroups, ctx: PruneContext) -> latency.LatencyTable:
-        """The run's latency table: built once (read from the cache when another run of the
-        same model, device and setting measured it), on the dense architecture; the masks do
-        not change what it measures (layer shapes)."""
-        if self.table is None:
-            example, _ = self.latency_inputs(ctx)
-            channels = {u.root: u.channels for u in groups.units}
-            setting = latency.LatencySetting(
-                batch=self.cfg.latency_batch,
-                input_shape=tuple(example.shape[1:]),
-                device=ctx.device.type,
-                repeats=self.cfg.latency_repeats,
-            )
-            self.table = latency.build_table(
-                groups.model,
-                groups,
-                example,
-                setting,
-                round_to=self.cfg.round_to,
-                points=self.cfg.latency_points or 8,
-                cache_dir=ctx.cache_dir,
-                floor_of=lambda root: self.floor(channels[root]),
-            )
-        return self.table
-
-    def choose_latency(
-        self,
-        groups: FilterGroups,
-        device_keep: dict[str, Tensor],
-        channel_scores: Mapping[str, Tensor],
-        ctx: PruneContext,
-        ratio: float,
-    ) -> dict[str, Tensor]:
-        """The kept channels of each unit for a thin network at ``ratio`` of the dense one's
-        latency: selected under the table's prediction, measured, selected again with a
-        corrected budget while off by more than ``latency_tolerance`` (``calibrate``)."""
-        cfg = self.cfg
-        table = self.latency_table(groups, ctx)
-        example, batch = self.latency_inputs(ctx)
-        step = cfg.round_to or 1
-        scores = {r: s.detach().cpu().tolist() for r, s in channel_scores.items()}
-        units = [
-            BudgetUnit(
-                u.root, scores[u.root], device_keep[u.root].cpu().tolist(), self.floor(u.channels)
-            )
-            for u in groups.units
-        ]
-        # the budget in the table's ms, of its own dense prediction
-        dense_predicted = table.predict({u.root: u.channels for u in groups.units})
-        budget = ratio * dense_predicted
-
-        def widths(keep: Mapping[str, Tensor]) -> dict[str, int]:
-            return {r: int(k.sum()) for r, k in keep.items()}
-
-        def select(budget_ms: float) -> dict[str, Tensor]:
-            if cfg.latency_choice == "fraction":
-                f = bisect_fraction(
-                    lambda f: widths(self.choose(groups, device_keep, channel_scores, f)),
-                    table.predict,
-                    budget_ms,
-                )
-                return self.choose(groups, device_keep, channel_scores, f)
-            chosen = solve(units, table.predict, budget_ms, step=step)
-            return {r: torch.tensor(k, dtype=torch.bool) for r, k in chosen.keep.items()}
-
-        def measure(keep: Mapping[str, Tensor]) -> float:
-            # thin / dense, timed back to back: a machine that slows down for a while (a
-            # shared CPU) slows both, where a dense time taken once would go stale; the median
-            # of LATENCY_PAIRS pairs, as a slowdown may still begin between the two timings
-            thin = groups.thin(dict(keep), example)
-            ratios = sorted(
-                latency_ms(thin, batch, cfg.latency_repeats)
-                / latency_ms(groups.model, batch, cfg.latency_repeats)
-                for _ in range(LATENCY_PAIRS)
-            )
-            return ratios[len(ratios) // 2]
-
-        def same(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
-            return all(torch.equal(a[r].cpu(), b[r].cpu()) for r in a)
-
-        # a correction moves the budget at most halfway from the target to the dense latency:
-        # a timing that says "prune nothing" for a target below 1 is a busy machine's
-        most = dense_predicted * (1 + ratio) / 2
-        found = calibrate(select, measure, budget, ratio, cfg.tolerance, LATENCY_TRIES, same, most)
-        keep = found.chosen
-        predicted = table.predict(widths(keep))
-        log.info(
-            "latency step: %.3f of the dense latency targeted, %.3f measured after %d "
-            "selection(s) (the table predicts %.4g of its %.4g ms)",
-            ratio,
-            found.measured,
-            found.tries,
-            predicted,
-            dense_predicted,
-        )
-        at_floors = widths(keep) == min_widths(units, step)
-        if at_floors and found.measured > ratio * (1 + cfg.tolerance):
-            self.warn_latency(predicted, found.measured, ratio)
-        return {r: k.to(device_keep[r].device) for r, k in keep.items()}
-
-    def warn_latency(self, predicted_ms: float, reached: float, ratio: float) -> None:
-        """Say once that the per-unit floors keep the latency target out of reach."""
-        if self.latency_warned:
-            return
-        self.latency_warned = True
-        log.warning("%s", self.latency_message(predicted_ms, reached, ratio))
-
-    def latency_message(self, predicted_ms: float, reached: float, ratio: float) -> str:
-        """The unreachable-latency warning: what was asked, and what the floors allow."""
-        return (
-            f"method.latency_target={self.cfg.latency_target:g} cannot be reached (this step "
-            f"aimed at {ratio:g}): every unit keeps floor(min_keep * filters) + 1 of its "
-            f"filters (method.min_keep={self.cfg.min_keep:g}), where the thin network's "
-            f"latency is {reached:.3f} of the dense one's, measured ({predicted_ms:.4g} ms "
-            "predicted by the table); pruning stops at the floors (lower method.min_keep or "
-            "raise method.latency_target)"
-        )
 
     def choose(
         self,
@@ -610,15 +464,19 @@ class FilterPruning(PruningMethod):
         keep = self.keep_from(masks, groups)
         groups.zero_channels(keep)
         x, _ = next(iter(ctx.batches(1)))
-        example, batch = self.latency_inputs(ctx)
+        example, batch = self.latency.inputs(ctx)
         thin = groups.thin(keep, example)
         model.eval()
         with torch.no_grad():
             difference = float((model(x) - thin(x)).abs().max())
         macs_before, params_before = macs_and_params(model, example)
         macs_after, params_after = macs_and_params(thin, example)
-        dense_ms = latency_ms(model, batch, self.cfg.latency_repeats)
-        thin_ms = latency_ms(thin, batch, self.cfg.latency_repeats)
+        # the median of alternating pairs, not one timing of each: a shared CPU's load moves a
+        # single pair's ratio by a fifth (0.50 to 0.69 of dense for one network)
+        # against the dense architecture's fresh copy: the masked model's zeros time faster
+        timing = self.latency.timing(dense_reference(model), thin, batch)
+        thin_ms, dense_ms = timing.median_pair
+        low, high = timing.spread
         # The registry name is the experiment's: PruneContext does not carry it yet, so read it
         # if a newer context does; otherwise load_thin_model takes it from the run's config.yaml.
         checkpoint = thin_checkpoint(
@@ -633,67 +491,34 @@ class FilterPruning(PruningMethod):
         exported = export(thin, x[:2], ctx.artifact_path("final_model.pt2"))
         total = sum(u.channels for u in groups.units)
         kept = sum(int(k.sum()) for k in keep.values())
-        latency = {}
+        budget = {}
         if self.cfg.latency_target is not None:
-            latency = self.latency_info(groups, keep, ctx, dense_ms, thin_ms)
+            budget = self.latency.info(groups, keep, ctx, thin_ms, dense_ms)
         return {
             "filters_prunable": total,
             "filters_kept": kept,
             # reached, beside what was asked and what the per-unit floors allow
             "filter_sparsity": 1 - kept / max(1, total),
             # with a latency target the filter fraction is what the budget left, not a target
-            "filter_sparsity_target": None if latency else self.cfg.sparsity,
+            "filter_sparsity_target": None if budget else self.cfg.sparsity,
             "filter_sparsity_max": self.reachable(groups),
             "params_before": params_before,
             "params_after": params_after,
             "macs_before": macs_before,
             "macs_after": macs_after,
             "latency_batch": self.cfg.latency_batch,
+            # the median pair's timings, its ratio, and the spread of the pairs' ratios
             "latency_dense_ms": dense_ms,
             "latency_thin_ms": thin_ms,
-            "latency_ratio": thin_ms / dense_ms,
+            "latency_ratio": timing.ratio,
+            "latency_ratio_min": low,
+            "latency_ratio_max": high,
+            "latency_pairs": LATENCY_PAIRS,
             "max_output_difference": difference,
             "final_model": "final_model.pt",
             "exported_model": exported,
-            **latency,
+            **budget,
         }
-
-    def latency_info(
-        self,
-        groups: FilterGroups,
-        keep: Mapping[str, Tensor],
-        ctx: PruneContext,
-        dense_ms: float,
-        thin_ms: float,
-    ) -> dict[str, Any]:
-        """The latency target's entries of ``method_info``: the table's prediction for the final
-        widths and its error against the measured thin latency, as ratios to the dense latency
-        (the table's own, and ``dense_ms`` timed beside ``thin_ms``: a load that changed since
-        the table was measured scales both timings alike), the table itself, and a warning
-        where the floors kept the target out of reach."""
-        cfg = self.cfg
-        reached = thin_ms / dense_ms
-        assert cfg.latency_target is not None
-        table = self.latency_table(groups, ctx)
-        widths = {u.root: int(keep[u.root].sum()) for u in groups.units}
-        predicted = float(table.predict(widths))
-        info: dict[str, Any] = {
-            "latency_target": cfg.latency_target,
-            "latency_by": cfg.latency_choice,
-            "latency_tolerance": cfg.tolerance,
-            "latency_predicted_ms": predicted,
-            "latency_table_error": latency.measure_thin_error(table, widths, thin_ms, dense_ms),
-            "latency_table": table.describe(),
-        }
-        dense = [
-            BudgetUnit(u.root, [0.0] * u.channels, [True] * u.channels, self.floor(u.channels))
-            for u in groups.units
-        ]
-        at_floors = widths == min_widths(dense, cfg.round_to or 1)
-        if at_floors and reached > cfg.latency_target * (1 + cfg.tolerance):
-            info["latency_warning"] = self.latency_message(predicted, reached, cfg.latency_target)
-            self.warn_latency(predicted, reached, cfg.latency_target)
-        return info
 
 
 def round_kept(

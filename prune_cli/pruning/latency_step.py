@@ -1,0 +1,382 @@
+"""Pruning filters to a latency budget, the step ``method=filter`` takes with ``latency_target``
+(issue 27; HALP, Shen et al., "Structural Pruning via Latency-Saliency Knapsack", NeurIPS 2022).
+
+``LatencySettings`` declares the settings (inherited by ``FilterConfig``, and so by crossword's
+config). ``LatencyStep`` holds a run's latency state and does the work around the knapsack of
+``prune_cli.pruning.latency_budget``:
+
+- the run's latency table (``prune_cli.pruning.latency``), built at the first need on the dense
+  architecture, on the run's device, and cached under ``output_root``;
+- a selection of the kept channels under a budget in the table's ms: the knapsack
+  (``latency_by: knapsack``, all units at once, the scope not used), or the method's own ranking
+  at the filter fraction bisected to the budget (``latency_by: fraction``, the baseline at equal
+  latency; the ranking is handed in, so this module knows nothing of scopes);
+- calibration: the thin network is built and timed against the dense one in pairs (the median
+  pair's ratio), and while it is off the step's target by more than ``latency_tolerance`` the
+  selection is made again with the budget scaled by target / measured (``LATENCY_TRIES`` at
+  most, the closest kept);
+- what ``summary.json`` records for a latency target, and the warning where the per-unit floors
+  keep it out of reach.
+
+It works on ``FilterGroups`` of any ``nn.Module``; it imports no model and no dataset.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prune_cli.errors import ConfigError
+from prune_cli.pruning import latency
+from prune_cli.pruning.latency_budget import (
+    BudgetUnit,
+    PairedTiming,
+    bisect_fraction,
+    calibrate,
+    min_widths,
+    solve,
+    time_pairs,
+)
+from prune_cli.pruning.method import PruneContext, check_range
+from prune_cli.pruning.results import Column
+from prune_cli.pruning.structured import FilterGroups, latency_ms
+
+LATENCY_BY = ("knapsack", "fraction")
+#: selections per pruning step under a latency target (the first and two corrected ones)
+LATENCY_TRIES = 3
+#: (thin, dense) timing pairs per measurement of a thin network, in a step and at the end
+#: (the median pair's ratio is kept)
+LATENCY_PAIRS = 3
+
+#: what a run with a latency target adds to the report: the achieved latency ratio against F
+LATENCY_COLUMNS = (
+    Column("latency_target", "latency_target"),
+    Column(
+        "latency_ratio",
+        "latency_reached",
+        heading="latency / dense (target -> reached)",
+        display="arrow",
+        pair="latency_target",
+    ),
+    Column("latency_predicted_ms", "latency_predicted_ms"),
+    Column("latency_table_error", "latency_table_error"),
+)
+
+#: the channels a unit keeps, by unit root
+Keep = dict[str, Tensor]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LatencySettings:
+    """The latency settings of the filter methods (``method.latency_*``). Every default leaves
+    a run as it was before latency targets existed (null: not set), so old hashes stay."""
+
+    #: batch of the latency measurement, and repetitions (median reported)
+    latency_batch: int = 64
+    latency_repeats: int = 20
+    #: F in (0, 1]: prune to this fraction of the dense network's latency on the run's device
+    #: (``latency_batch``), measured; ``sparsity`` is then not used. Null: prune ``sparsity``
+    latency_target: float | None = None
+    #: how filters are chosen under ``latency_target``: null / ``knapsack`` (the importance
+    #: kept under the latency table's costs, all units at once; ``scope`` not used) or
+    #: ``fraction`` (the baseline: the scope's ranking at the filter fraction bisected to F)
+    latency_by: str | None = None
+    #: the latency table's measured kept counts per layer dimension (null = 8)
+    latency_points: int | None = None
+    #: relative: a step selects again while the measured thin latency is further than this
+    #: from its target (null = 0.03)
+    latency_tolerance: float | None = None
+
+    def __post_init__(self) -> None:
+        # cooperative, as ``MeasureSettings``: the configs that inherit these run their checks
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        check_range("latency_repeats", self.latency_repeats, 1)
+        check_range(
+            "latency_target",
+            self.latency_target,
+            0.0,
+            1.0,
+            low_open=True,
+            high_open=False,
+            nullable=True,
+        )
+        if self.latency_by not in (None, *LATENCY_BY):
+            raise ConfigError(
+                f"method.latency_by must be {' or '.join(LATENCY_BY)}, got {self.latency_by!r}"
+            )
+        check_range("latency_points", self.latency_points, 2, nullable=True)
+        check_range("latency_tolerance", self.latency_tolerance, 0.0, low_open=True, nullable=True)
+
+    @property
+    def latency_choice(self) -> str:
+        """``latency_by`` with its default."""
+        return self.latency_by or "knapsack"
+
+    @property
+    def tolerance(self) -> float:
+        """``latency_tolerance`` with its default."""
+        return 0.03 if self.latency_tolerance is None else self.latency_tolerance
+
+
+def dense_reference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with freshly initialised parameters and BatchNorm statistics: the
+    dense network a thin one's latency is compared with.
+
+    Not ``model`` itself: its pruned channels are zero (masked, or zeroed before thinning), and
+    on the CPU zeros make some kernels cheaper than they are on a dense network's values (max
+    pooling compares them: 73 against 137 ms in ten VGG-11 passes at batch 128 on one thread,
+    the masked network against the dense one, in one process), so a ratio taken against the
+    masked network comes out too high. Fresh weights time as trained ones do (within the noise
+    of alternating measurements). The global random state is left as it was (seeded here, so
+    the copy is the same on every call)."""
+    ref = copy.deepcopy(model)
+    cuda = sorted({p.device.index or 0 for p in ref.parameters() if p.is_cuda})
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        torch.manual_seed(0)
+        for module in ref.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()  # BatchNorm's also resets its running statistics
+    return ref
+
+
+def widths_of(keep: Mapping[str, Tensor]) -> dict[str, int]:
+    """Each unit's kept count."""
+    return {r: int(k.sum()) for r, k in keep.items()}
+
+
+class LatencyStep:
+    """A run's latency state (its table, whether it warned) and its latency-budgeted steps.
+
+    ``floor(channels)`` is the fewest filters a unit of ``channels`` keeps (``min_keep``'s),
+    ``round_to`` the multiple each unit keeps; both are the method's."""
+
+    def __init__(
+        self,
+        settings: LatencySettings,
+        floor: Callable[[int], int],
+        round_to: int | None,
+        min_keep: float,
+    ) -> None:
+        self.settings = settings
+        self.floor = floor
+        self.round_to = round_to
+        self.step = round_to or 1
+        self.min_keep = min_keep
+        #: the run's latency table (``latency.build_table``), built at the first need
+        self.table: latency.LatencyTable | None = None
+        #: the unreachable-latency warning is given once per run
+        self.warned = False
+
+    # --- measuring ----------------------------------------------------------------------------
+    def inputs(self, ctx: PruneContext) -> tuple[Tensor, Tensor]:
+        """(one example, the ``latency_batch`` batch) of training inputs, on ctx's device."""
+        x, _ = next(iter(ctx.batches(1)))
+        n = self.settings.latency_batch
+        batch = torch.cat([x] * math.ceil(n / len(x)))
+        return x[:1], batch[:n]
+
+    def timing(self, dense: nn.Module, thin: nn.Module, batch: Tensor) -> PairedTiming:
+        """``LATENCY_PAIRS`` alternating timings of ``thin`` and ``dense`` on ``batch``."""
+        repeats = self.settings.latency_repeats
+        return time_pairs(
+            lambda: latency_ms(thin, batch, repeats),
+            lambda: latency_ms(dense, batch, repeats),
+            LATENCY_PAIRS,
+        )
+
+    def table_for(self, groups: FilterGroups, ctx: PruneContext) -> latency.LatencyTable:
+        """The run's latency table: built once (read from the cache when another run of the
+        same model, device and setting measured it), on the dense architecture; the masks do
+        not change what it measures (layer shapes)."""
+        if self.table is None:
+            example, _ = self.inputs(ctx)
+            channels = {u.root: u.channels for u in groups.units}
+            s = self.settings
+            setting = latency.LatencySetting(
+                batch=s.latency_batch,
+                input_shape=tuple(example.shape[1:]),
+                device=ctx.device.type,
+                repeats=s.latency_repeats,
+            )
+            self.table = latency.build_table(
+                groups.model,
+                groups,
+                example,
+                setting,
+                round_to=self.round_to,
+                points=s.latency_points or 8,
+                cache_dir=ctx.cache_dir,
+                floor_of=lambda root: self.floor(channels[root]),
+            )
+        return self.table
+
+    # --- selecting ----------------------------------------------------------------------------
+    def dense_predicted(self, groups: FilterGroups, ctx: PruneContext) -> float:
+        """The table's prediction for the dense widths: budgets are fractions of it."""
+        return self.table_for(groups, ctx).predict({u.root: u.channels for u in groups.units})
+
+    def budget_units(
+        self, groups: FilterGroups, device_keep: Keep, channel_scores: Mapping[str, Tensor]
+    ) -> list[BudgetUnit]:
+        """The units as the knapsack sees them: scores, channels kept now, floors (on the host:
+        the knapsack loops over channels in Python)."""
+        scores = {r: s.detach().cpu().tolist() for r, s in channel_scores.items()}
+        return [
+            BudgetUnit(
+                u.root, scores[u.root], device_keep[u.root].cpu().tolist(), self.floor(u.channels)
+            )
+            for u in groups.units
+        ]
+
+    def select(
+        self,
+        groups: FilterGroups,
+        units: list[BudgetUnit],
+        ctx: PruneContext,
+        budget_ms: float,
+        by_fraction: Callable[[float], Keep],
+    ) -> Keep:
+        """One selection under ``budget_ms`` of the table's ms, by the table alone (no timing):
+        the knapsack over ``units``, or ``by_fraction`` (the method's ranking at a filter
+        fraction) at the fraction bisected to the budget."""
+        table = self.table_for(groups, ctx)
+        if self.settings.latency_choice == "fraction":
+            f = bisect_fraction(lambda f: widths_of(by_fraction(f)), table.predict, budget_ms)
+            return by_fraction(f)
+        chosen = solve(units, table.predict, budget_ms, step=self.step)
+        return {r: torch.tensor(k, dtype=torch.bool) for r, k in chosen.keep.items()}
+
+    def preview(
+        self,
+        groups: FilterGroups,
+        device_keep: Keep,
+        channel_scores: Mapping[str, Tensor],
+        ctx: PruneContext,
+        ratio: float,
+        by_fraction: Callable[[float], Keep],
+    ) -> Keep:
+        """The kept channels at ``ratio`` of the dense latency by the table's budget alone, neither
+        timed nor corrected (crossword checks its candidates' accuracy on these)."""
+        budget = ratio * self.dense_predicted(groups, ctx)
+        units = self.budget_units(groups, device_keep, channel_scores)
+        keep = self.select(groups, units, ctx, budget, by_fraction)
+        return {r: k.to(device_keep[r].device) for r, k in keep.items()}
+
+    def choose(
+        self,
+        groups: FilterGroups,
+        device_keep: Keep,
+        channel_scores: Mapping[str, Tensor],
+        ctx: PruneContext,
+        ratio: float,
+        by_fraction: Callable[[float], Keep],
+    ) -> Keep:
+        """The kept channels of each unit for a thin network at ``ratio`` of the dense one's
+        latency: selected under the table's prediction, measured, selected again with a
+        corrected budget while off by more than ``latency_tolerance`` (``calibrate``)."""
+        s = self.settings
+        table = self.table_for(groups, ctx)
+        example, batch = self.inputs(ctx)
+        dense_predicted = self.dense_predicted(groups, ctx)
+        units = self.budget_units(groups, device_keep, channel_scores)
+
+        def select(budget_ms: float) -> Keep:
+            return self.select(groups, units, ctx, budget_ms, by_fraction)
+
+        dense = dense_reference(groups.model)  # an earlier round's zeros would flatter it
+
+        def measure(keep: Keep) -> float:
+            return self.timing(dense, groups.thin(dict(keep), example), batch).ratio
+
+        def same(a: Keep, b: Keep) -> bool:
+            return all(torch.equal(a[r].cpu(), b[r].cpu()) for r in a)
+
+        # a correction moves the budget at most halfway from the target to the dense latency:
+        # a timing that says "prune nothing" for a target below 1 is a busy machine's
+        most = dense_predicted * (1 + ratio) / 2
+        budget = ratio * dense_predicted
+        found = calibrate(select, measure, budget, ratio, s.tolerance, LATENCY_TRIES, same, most)
+        keep = found.chosen
+        predicted = table.predict(widths_of(keep))
+        log.info(
+            "latency step: %.3f of the dense latency targeted, %.3f measured after %d "
+            "selection(s) (the table predicts %.4g of its %.4g ms)",
+            ratio,
+            found.measured,
+            found.tries,
+            predicted,
+            dense_predicted,
+        )
+        at_floors = widths_of(keep) == min_widths(units, self.step)
+        if at_floors and found.measured > ratio * (1 + s.tolerance):
+            self.warn(predicted, found.measured, ratio)
+        return {r: k.to(device_keep[r].device) for r, k in keep.items()}
+
+    # --- reporting ----------------------------------------------------------------------------
+    def warn(self, predicted_ms: float, reached: float, ratio: float) -> None:
+        """Say once that the per-unit floors keep the latency target out of reach."""
+        if self.warned:
+            return
+        self.warned = True
+        log.warning("%s", self.message(predicted_ms, reached, ratio))
+
+    def message(self, predicted_ms: float, reached: float, ratio: float) -> str:
+        """The unreachable-latency warning: what was asked, and what the floors allow."""
+        return (
+            f"method.latency_target={self.settings.latency_target:g} cannot be reached (this "
+            f"step aimed at {ratio:g}): every unit keeps floor(min_keep * filters) + 1 of its "
+            f"filters (method.min_keep={self.min_keep:g}), where the thin network's "
+            f"latency is {reached:.3f} of the dense one's, measured ({predicted_ms:.4g} ms "
+            "predicted by the table); pruning stops at the floors (lower method.min_keep or "
+            "raise method.latency_target)"
+        )
+
+    def info(
+        self,
+        groups: FilterGroups,
+        keep: Mapping[str, Tensor],
+        ctx: PruneContext,
+        thin_ms: float,
+        dense_ms: float,
+    ) -> dict[str, Any]:
+        """The latency target's entries of ``method_info``: the table's prediction for the final
+        widths and its error against the measured thin latency, as ratios to the dense latency
+        (the table's own, and ``dense_ms`` timed beside ``thin_ms``: a load that changed since
+        the table was measured scales both timings alike), the table itself, and a warning
+        where the floors kept the target out of reach."""
+        s = self.settings
+        target = s.latency_target
+        assert target is not None
+        reached = thin_ms / dense_ms
+        table = self.table_for(groups, ctx)
+        widths = {u.root: int(keep[u.root].sum()) for u in groups.units}
+        predicted = float(table.predict(widths))
+        info: dict[str, Any] = {
+            "latency_target": target,
+            "latency_by": s.latency_choice,
+            "latency_tolerance": s.tolerance,
+            "latency_predicted_ms": predicted,
+            "latency_table_error": latency.measure_thin_error(table, widths, thin_ms, dense_ms),
+            "latency_table": table.describe(),
+        }
+        dense = [
+            BudgetUnit(u.root, [0.0] * u.channels, [True] * u.channels, self.floor(u.channels))
+            for u in groups.units
+        ]
+        at_floors = widths == min_widths(dense, self.step)
+        if at_floors and reached > target * (1 + s.tolerance):
+            info["latency_warning"] = self.message(predicted, reached, target)
+            self.warn(predicted, reached, target)
+        return info

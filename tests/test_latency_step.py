@@ -1,0 +1,236 @@
+"""The latency step of filter pruning (``prune_cli.pruning.latency_step``, issue 27): the
+thin / dense latency that ``finalize`` records is the median of alternating timing pairs, and
+crossword's premise check prunes its candidates to the latency budget when there is one. Every
+timing here is injected (a scripted or table-driven fake of ``latency_ms``): nothing is timed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import conv_bn_net, prune_context
+from torch import nn
+
+from prune_cli.pruning import latency_step
+from prune_cli.pruning.latency_budget import time_pairs
+from prune_cli.pruning.mask import Masks
+from prune_cli.pruning.method import METHODS
+from prune_cli.pruning.methods import filter_pruning
+from prune_cli.pruning.methods.crossword import CrosswordConfig
+from prune_cli.pruning.methods.filter_pruning import FilterConfig, FilterPruning
+
+
+class Table:
+    """A hand-built latency table: ``base`` + the sum of ``cost[root] * width``."""
+
+    def __init__(self, full: Mapping[str, int], cost: Mapping[str, float], base: float) -> None:
+        self.full, self.cost, self.base = dict(full), dict(cost), base
+
+    def predict(self, widths: Mapping[str, int]) -> float:
+        return self.base + sum(self.cost[r] * widths.get(r, n) for r, n in self.full.items())
+
+    @property
+    def dense_ms(self) -> float:
+        return self.predict({})
+
+    def describe(self) -> dict[str, object]:
+        return {"synthetic": True, "dense_ms": self.dense_ms}
+
+
+def synthetic_table(method: FilterPruning, model: nn.Module, ctx) -> Table:
+    """Inject a table for the method's units, so that nothing is measured for it."""
+    full = {u.root: u.channels for u in method.units(model, ctx).units}
+    method.table = Table(full, {r: 1.0 + i for i, r in enumerate(full)}, base=1.0)
+    return method.table
+
+
+def widths_of_layers(model: nn.Module, roots) -> dict[str, int]:
+    """Each unit's width as a network shows it: a thin network's output channels, or a masked
+    one's filters that are not all zero."""
+    modules = dict(model.named_modules())
+    out = {}
+    for r in roots:
+        w = modules[r].weight.detach()
+        out[r] = int((w.reshape(w.shape[0], -1).abs().sum(dim=1) > 0).sum())
+    return out
+
+
+# --- the paired timing --------------------------------------------------------------------------
+def test_time_pairs_alternates_and_keeps_the_median_pair():
+    calls: list[str] = []
+    thin_ms, dense_ms = iter([3.0, 8.0, 5.0, 9.0]), iter([10.0, 10.0, 10.0, 10.0])
+
+    def thin() -> float:
+        calls.append("thin")
+        return next(thin_ms)
+
+    def dense() -> float:
+        calls.append("dense")
+        return next(dense_ms)
+
+    timing = time_pairs(thin, dense, 3)
+    assert calls == ["thin", "dense"] * 3
+    assert timing.ratios == [0.3, 0.8, 0.5]
+    assert timing.ratio == 0.5 and timing.median_pair == (5.0, 10.0)
+    assert timing.spread == (0.3, 0.8)
+    with pytest.raises(ValueError, match="pairs"):
+        time_pairs(thin, dense, 0)
+
+
+# --- finalize's measurement ---------------------------------------------------------------------
+#: (thin ms, dense ms) of each pair the fake timer gives, in order: ratios 0.3, 0.8, 0.5
+PAIRS = [(3.0, 10.0), (16.0, 20.0), (6.0, 12.0)]
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def zero_filters(model: nn.Module) -> int:
+    """The output channels of ``model``'s convolutions whose weights are all zero."""
+    return sum(
+        int((m.weight.detach().flatten(1).abs().sum(dim=1) == 0).sum())
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    )
+
+
+def scripted_timer(
+    monkeypatch: pytest.MonkeyPatch, dense: nn.Module, zeros: list[int] | None = None
+) -> list[str]:
+    """Replace ``latency_ms`` by one that answers ``PAIRS`` in order, the dense model's entry
+    for a network of ``dense``'s size and the thin one's for any other network; returns the
+    calls' order (``zeros``: gets the zeroed filters of each dense network timed)."""
+    thin_ms = iter(p[0] for p in PAIRS)
+    dense_ms = iter(p[1] for p in PAIRS)
+    calls: list[str] = []
+    size = parameter_count(dense)
+
+    def fake_latency_ms(model: nn.Module, batch: torch.Tensor, repeats: int) -> float:
+        is_dense = parameter_count(model) == size
+        calls.append("dense" if is_dense else "thin")
+        if is_dense and zeros is not None:
+            zeros.append(zero_filters(model))
+        return next(dense_ms) if is_dense else next(thin_ms)
+
+    monkeypatch.setattr(latency_step, "latency_ms", fake_latency_ms)
+    monkeypatch.setattr(filter_pruning, "export", lambda model, example, path: "not exported")
+    return calls
+
+
+def pruned_method(tmp_path: Path, **settings):
+    """A filter method on the small conv network, half its filters pruned, and its context."""
+    model = conv_bn_net(4, 12, 10, side=10)
+    batches = [(torch.randn(8, 1, 10, 10), torch.randint(0, 3, (8,)))]
+    ctx = prune_context(batches, artifacts=tmp_path)
+    cfg = FilterConfig(when="trained", latency_batch=8, latency_repeats=1, **settings)
+    method = METHODS.get("filter")(cfg)
+    masks = Masks.ones(method.prunable(model))
+    return method, model, masks, ctx
+
+
+def test_finalize_records_the_median_of_alternating_pairs_and_their_spread(tmp_path, monkeypatch):
+    method, model, masks, ctx = pruned_method(tmp_path)
+    masks.update(method.prune(model, masks, ctx))
+    zeros: list[int] = []
+    calls = scripted_timer(monkeypatch, model, zeros)
+    info = method.finalize(model, masks, ctx)
+    assert calls == ["thin", "dense"] * len(PAIRS)
+    # the dense network timed is not the masked model, whose pruned filters are zero
+    assert zero_filters(model) > 0 and zeros == [0] * len(PAIRS)
+    assert info["latency_pairs"] == len(PAIRS) == latency_step.LATENCY_PAIRS
+    assert info["latency_ratio"] == 0.5  # the median of 0.3, 0.8, 0.5
+    assert (info["latency_thin_ms"], info["latency_dense_ms"]) == (6.0, 12.0)  # its pair
+    assert (info["latency_ratio_min"], info["latency_ratio_max"]) == (0.3, 0.8)
+
+
+def test_a_latency_targets_table_error_is_against_the_median_pair(tmp_path, monkeypatch):
+    method, model, masks, ctx = pruned_method(tmp_path, latency_target=0.6, latency_tolerance=9.0)
+    table = synthetic_table(method, model, ctx)
+    # the step itself is timed by the table (an exact device); finalize by the script
+    roots = list(table.full)
+    monkeypatch.setattr(
+        latency_step,
+        "latency_ms",
+        lambda m, batch, repeats: table.predict(widths_of_layers(m, roots)),
+    )
+    masks.update(method.prune(model, masks, ctx))
+    scripted_timer(monkeypatch, model)
+    info = method.finalize(model, masks, ctx)
+    widths = {r: int(k.sum()) for r, k in method.keep_from(masks, method.groups).items()}
+    predicted = table.predict(widths)
+    assert info["latency_predicted_ms"] == pytest.approx(predicted)
+    assert info["latency_ratio"] == 0.5
+    assert info["latency_table_error"] == pytest.approx((predicted / table.dense_ms) / 0.5 - 1)
+
+
+def test_the_dense_reference_is_the_architecture_with_fresh_values():
+    """Timing's dense network: the same layers and shapes as the pruned model, none of its
+    zeroed filters, the model itself and the global random state untouched, the same copy on
+    every call."""
+    model = conv_bn_net(4, 12, 10, side=10)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight[: m.weight.shape[0] // 2] = 0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.random.get_rng_state()
+    ref = latency_step.dense_reference(model)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert zero_filters(model) > 0 and zero_filters(ref) == 0
+    shapes = {k: v.shape for k, v in ref.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in before.items()}
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    again = latency_step.dense_reference(model)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in ref.state_dict().items())
+
+
+# --- crossword under a latency target -----------------------------------------------------------
+@pytest.mark.parametrize("latency_by", ["knapsack", "fraction"])
+def test_crossword_checks_its_candidates_at_the_latency_budget(tmp_path, monkeypatch, latency_by):
+    """``sparsity`` 0.1 prunes far too little for 0.4 of the dense latency: each candidate's
+    accuracy is measured on the network the latency budget selects (the table's prediction
+    within the budget), not on 10% fewer filters."""
+    net = conv_bn_net(4, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(12, 1, 8, 8, generator=gen), torch.arange(12) % 3) for _ in range(2)]
+    seen: list[dict[str, int]] = []
+    holder: dict[str, list[str]] = {}
+
+    def evaluate(model: nn.Module, split: str) -> tuple[float, float]:
+        seen.append(widths_of_layers(model, holder["roots"]))
+        return 0.0, float(len(seen))
+
+    ctx = prune_context(batches, 3, tmp_path, evaluate)
+    cfg = CrosswordConfig(
+        samples=12,
+        budget=12,
+        accuracy_sample=4,
+        sparsity=0.1,
+        latency_target=0.4,
+        latency_by=latency_by,
+        latency_batch=8,
+        latency_repeats=1,
+    )
+    method = METHODS.get("crossword")(cfg)
+    table = synthetic_table(method, net, ctx)
+    holder["roots"] = list(table.full)
+    monkeypatch.setattr(
+        latency_step,
+        "latency_ms",
+        lambda m, batch, repeats: table.predict(widths_of_layers(m, holder["roots"])),
+    )
+    masks = Masks.ones(method.prunable(net))
+    masks.update(method.prune(net, masks, ctx))
+    budget = 0.4 * table.dense_ms
+    assert len(seen) == 4
+    by_sparsity = {r: n - int(0.1 * n) for r, n in table.full.items()}
+    assert table.predict(by_sparsity) > budget  # the check at sparsity would miss the budget
+    for widths in seen:
+        assert table.predict(widths) <= budget * (1 + 1e-9)
+    # the final pruning, calibrated on the (table-exact) timing, ends within one filter of the
+    # dearer unit (2 of the 25 dense ms) of the target
+    final = widths_of_layers(net, holder["roots"])
+    assert abs(table.predict(final) / table.dense_ms - 0.4) <= 2 / 25 + 1e-9
