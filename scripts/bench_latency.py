@@ -321,6 +321,27 @@ def budget_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def same_network_lines(rows: Sequence[dict[str, Any]]) -> str:
+    """Where several rows chose the same network (same model, MACs, parameters and filters: the
+    arms at the floors, or one network reached for both targets), the spread of its measured
+    ratio: how much the thin / dense ratio of one fixed pair of networks moves between
+    measurements a minute apart on this machine (more than a network timed against its own
+    copy, as the machine's state slows the two sizes differently)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["model"], r["batch"], round(r["macs_ratio"], 6), round(r["params_ratio"], 6))
+        groups.setdefault((*key, round(r["filters_kept"], 6)), []).append(r)
+    out = []
+    for (model, *_), same in groups.items():
+        if len(same) > 1:
+            ratios = [r["ratio"] for r in same]
+            out.append(
+                f"- {model}: one network chosen {len(same)} times, measured ratios "
+                f"{min(ratios):.3f} to {max(ratios):.3f}"
+            )
+    return "\n".join(out)
+
+
 def budget_verdict(rows: Sequence[dict[str, Any]]) -> str:
     """One line per arm: how many rows met the goal, and the largest error."""
     out = []
@@ -574,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         table = budget_table(rows)
         verdict = budget_verdict(rows)
         verdict += "\n\nTiming noise on this machine:\n\n" + noise_lines(noise)
+        if same := same_network_lines(rows):
+            verdict += "\n" + same
         log(f"\n{table}\n\n{verdict}")
         sections[1] = [
             f"{head}. Command: `{command}`.",

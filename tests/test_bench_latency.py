@@ -177,3 +177,12 @@ def test_the_timing_noise_is_the_spread_of_the_dense_networks_ratio_to_its_copy(
     assert bench_latency.noise_lines([noise]) == (
         "- lenet5: the dense network against a copy of itself, 5 pairs: ratios 0.900 to 1.200"
     )
+
+
+def test_rows_that_chose_one_network_give_the_spread_of_its_measured_ratio():
+    rows = [_row("knapsack", 0.53), _row("global ranking, tuned", 0.70), _row("knapsack", 0.6)]
+    rows[2]["macs_ratio"] = 0.5  # another network
+    assert bench_latency.same_network_lines(rows) == (
+        "- resnet56: one network chosen 2 times, measured ratios 0.530 to 0.700"
+    )
+    assert bench_latency.same_network_lines(rows[2:]) == ""
