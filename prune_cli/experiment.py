@@ -52,6 +52,8 @@ log = logging.getLogger("prune_cli.experiment")
 
 #: how many runs of this process are inside :func:`start_up_frozen` (a shared dense run nests)
 _frozen_depth = 0
+#: whether a run of this process has ended (its garbage may still wait for a collection)
+_ran_before = False
 
 
 @contextlib.contextmanager
@@ -66,8 +68,10 @@ def start_up_frozen() -> Iterator[None]:
     unfrozen when the outermost run ends, so that a process that runs many (the tests, a
     sweep's in-process jobs) frees what earlier runs left behind in its next collections.
     """
-    global _frozen_depth
+    global _frozen_depth, _ran_before
     if _frozen_depth == 0:
+        if _ran_before:  # an earlier run's cycles (models, optimizers) would be frozen too
+            gc.collect()
         gc.freeze()
     _frozen_depth += 1
     try:
@@ -76,6 +80,7 @@ def start_up_frozen() -> Iterator[None]:
         _frozen_depth -= 1
         if _frozen_depth == 0:
             gc.unfreeze()
+            _ran_before = True
 
 
 class Experiment:

@@ -385,11 +385,13 @@ class BackgroundWriter:
                 if not (self._busy() and self._queued_bytes + size > self.pending_bytes):
                     break
                 self._cond.wait()
+            if self._thread is None:  # started at the first write: a run may write nothing
+                # before the job is queued: a job never waits for a thread that did not start
+                thread = threading.Thread(target=self._work, name="run-writer", daemon=True)
+                thread.start()
+                self._thread = thread
             self._jobs.append(_Job(tuple(Path(p) for p in paths), write, data, size))
             self._queued_bytes += size
-            if self._thread is None:  # started at the first write: a run may write nothing
-                self._thread = threading.Thread(target=self._work, name="run-writer", daemon=True)
-                self._thread.start()
             self._cond.notify_all()
 
     def submit_bytes(self, data: bytes, path: Path) -> None:
@@ -401,6 +403,7 @@ class BackgroundWriter:
         None when the file on the disk is the latest (or the write is not of bytes)."""
         path = Path(path)
         with self._cond:
+            self._raise_error()  # a failed write's file is not on the disk: say why, not "missing"
             jobs = [*([self._current] if self._current else []), *self._jobs]
         for job in reversed(jobs):
             if path in job.paths:
@@ -411,6 +414,7 @@ class BackgroundWriter:
         """Whether a write of ``path`` is still to be done."""
         path = Path(path)
         with self._cond:
+            self._raise_error()
             jobs = [*([self._current] if self._current else []), *self._jobs]
         return any(path in job.paths for job in jobs)
 

@@ -253,10 +253,15 @@ def timing_noise(case: Case, dense: nn.Module, device: torch.device) -> dict[str
     torch.manual_seed(0)
     x = torch.randn(case.batch, 3, case.size, case.size, device=device)
     twin = copy.deepcopy(dense)
-    ratios = [
-        latency_ms(twin, x, case.repeats) / latency_ms(dense, x, case.repeats)
-        for _ in range(NOISE_PAIRS)
-    ]
+    ratios = []
+    for i in range(NOISE_PAIRS):  # which goes first alternates: a fixed order could bias one way
+        if i % 2 == 0:
+            t = latency_ms(twin, x, case.repeats)
+            d = latency_ms(dense, x, case.repeats)
+        else:
+            d = latency_ms(dense, x, case.repeats)
+            t = latency_ms(twin, x, case.repeats)
+        ratios.append(t / d)
     return {"model": case.model, "low": min(ratios), "high": max(ratios)}
 
 

@@ -91,6 +91,27 @@ def test_a_failed_write_is_raised_once_and_drops_the_writes_after_it(tmp_path):
     assert (tmp_path / "after").read_bytes() == b"after"
 
 
+def test_a_read_after_a_failed_write_raises_its_error_not_a_missing_file(tmp_path):
+    """A file whose write failed is not on the disk: looking it up says why (the full disk),
+    where a read from the disk would say "missing" or read an older file."""
+    writer = BackgroundWriter()
+    gate = threading.Event()
+
+    def full() -> None:
+        gate.wait(10)
+        raise DiskFull("no space left on device while writing m; free some space")
+
+    (tmp_path / "m").write_bytes(b"older")
+    writer.submit((tmp_path / "m",), full)
+    gate.set()
+    with writer._cond:  # the failure recorded
+        while writer._busy():
+            writer._cond.wait()
+    with pytest.raises(DiskFull, match=r"^no space left"):
+        writer.pending(tmp_path / "m")
+    writer.close()
+
+
 def test_the_writer_holds_back_the_submitter_past_its_byte_limit(tmp_path):
     writer = BackgroundWriter(pending_bytes=10)
     gate, returned = threading.Event(), threading.Event()

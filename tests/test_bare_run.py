@@ -104,3 +104,21 @@ def test_a_capped_warmup_is_said_once_per_run_and_case(tmp_path, cli_in_process,
     logged = [ln for log in logs for ln in log.read_text().splitlines() if WARNING in ln]
     assert len(logged) == len(cases), logged
     assert '"status": "completed"' in (run_dir(tmp_path) / "summary.json").read_text()
+
+
+def test_a_run_after_another_in_one_process_collects_before_it_freezes(monkeypatch):
+    """gc.freeze keeps what exists out of the collector's passes: the garbage an earlier run of
+    the process left (its model, optimizer) would be kept for the whole next run."""
+    import gc
+
+    from prune_cli import experiment
+
+    collected: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1) or 0)
+    monkeypatch.setattr(experiment, "_ran_before", False)
+    with experiment.start_up_frozen(), experiment.start_up_frozen():  # a nested shared dense run
+        assert gc.get_freeze_count() > 0
+    assert collected == [] and gc.get_freeze_count() == 0  # a first run: nothing to collect
+    with experiment.start_up_frozen():
+        pass
+    assert collected == [1]

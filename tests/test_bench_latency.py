@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_config
-from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -160,20 +159,20 @@ def test_part_2_alone_keeps_part_1s_section_and_runs_one_sweep_per_measure(tmp_p
 
 
 def test_the_timing_noise_is_the_spread_of_the_dense_networks_ratio_to_its_copy(monkeypatch):
-    """Alternating pairs of (copy, dense): scripted times give ratios 0.9 .. 1.2."""
-    times = iter([9.0, 10.0, 12.0, 10.0, 10.0, 10.0, 11.0, 10.0, 10.5, 10.0])
-    seen: list[nn.Module] = []
-
-    def fake(model, batch, repeats):
-        seen.append(model)
-        return next(times)
-
-    monkeypatch.setattr(bench_latency, "latency_ms", fake)
+    """Pairs of (copy, dense) in alternating order: scripted times give ratios 0.9 .. 1.2."""
     case = bench_latency.Case("lenet5", 32, 10, 2, 2, 1)
     dense = bench_latency.build_dense(case, torch.device("cpu"))
+    copy_ms, dense_ms = iter([9.0, 12.0, 10.0, 11.0, 10.5]), iter([10.0] * 5)
+    order: list[str] = []
+
+    def fake(model, batch, repeats):
+        order.append("dense" if model is dense else "copy")
+        return next(dense_ms) if model is dense else next(copy_ms)
+
+    monkeypatch.setattr(bench_latency, "latency_ms", fake)
     noise = bench_latency.timing_noise(case, dense, torch.device("cpu"))
     assert (noise["low"], noise["high"]) == (0.9, 1.2)
-    assert seen[1::2] == [dense] * 5 and all(m is not dense for m in seen[0::2])
+    assert order == ["copy", "dense", "dense", "copy"] * 2 + ["copy", "dense"]
     assert bench_latency.noise_lines([noise]) == (
         "- lenet5: the dense network against a copy of itself, 5 pairs: ratios 0.900 to 1.200"
     )

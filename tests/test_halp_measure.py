@@ -171,6 +171,28 @@ def test_scoring_leaves_the_running_statistics_and_the_mode_as_they_were():
     assert net.training
 
 
+def test_scoring_does_not_depend_on_the_global_random_state_with_dropout():
+    """Batch statistics, but no dropout: a resumed run, whose random state was seeded anew,
+    scores (and prunes) as an uninterrupted one does. Each module's mode is put back."""
+    net = nn.Sequential(conv_bn_net(4, 6, 3, side=8), nn.Dropout(0.5))
+    randomise_bn(net)
+    net.eval()
+    torch.manual_seed(1)
+    first, _ = method_scores(net, batches_of(2))
+    torch.manual_seed(2)
+    second, _ = method_scores(net, batches_of(2))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not net.training
+    # the scoring context itself: dropout off in train mode, every module's mode put back
+    from prune_cli.pruning.derivatives import preserved
+
+    net[1].train()  # a mixed mode, as a caller may leave it
+    with preserved(net, train=True):
+        assert net[0].training and not net[1].training
+    assert not net.training and net[1].training and not net[0].training
+
+
 @pytest.mark.slow
 def test_a_latency_target_run_with_halp_completes(tmp_path, cli_in_process):
     run = tmp_path / "run"

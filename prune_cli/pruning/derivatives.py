@@ -65,18 +65,27 @@ class Sample:
 
 @contextlib.contextmanager
 def preserved(model: nn.Module, train: bool = False) -> Iterator[None]:
-    """Score in eval (or train) mode, then restore the mode and every buffer (BatchNorm running
-    statistics), so that scoring never changes the model."""
+    """Score in eval (or train) mode, then restore every module's mode and every buffer
+    (BatchNorm running statistics), so that scoring never changes the model.
+
+    Train mode means batch statistics; dropout stays off even then: its masks would draw from
+    the global random state, which a resumed run has seeded anew, so the scores (and the
+    pruning) of a resumed run would differ from an uninterrupted one's."""
     buffers = {k: b.clone() for k, b in model.named_buffers()}
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.train(train)
+    if train:
+        for m in model.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.eval()
     try:
         yield
     finally:
         with torch.no_grad():
             for k, b in model.named_buffers():
                 b.copy_(buffers[k])
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def scoring_batches(ctx: PruneContext, samples: int) -> list[Batch]:

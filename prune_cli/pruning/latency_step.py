@@ -141,7 +141,9 @@ def dense_reference(model: nn.Module) -> nn.Module:
     of alternating measurements). The global random state is left as it was (seeded here, so
     the copy is the same on every call)."""
     ref = copy.deepcopy(model)
-    cuda = sorted({p.device.index or 0 for p in ref.parameters() if p.is_cuda})
+    ref.zero_grad(set_to_none=True)  # the last backward's gradients: memory the timing needs not
+    # manual_seed seeds every CUDA device's generator: each is restored, not only the model's
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
         torch.manual_seed(0)
         for module in ref.modules():

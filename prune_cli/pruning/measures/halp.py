@@ -23,7 +23,8 @@ What differs from HALP's code:
   the weights moving as it does).
 - BatchNorm in train mode (batch statistics), as HALP scores while training, with the running
   statistics and every other buffer restored afterwards (``derivatives.preserved``), so scoring
-  leaves the model as it was; dropout is active as in training. The BatchNorm form is
+  leaves the model as it was; dropout off (HALP's runs with it on: its masks would come from a
+  random state that a resumed run seeds anew, and its scores would differ). The BatchNorm form is
   meaningful in either mode; the conv-weight fallback of a layer that a train-mode BatchNorm
   follows is exactly 0 (the normalisation cancels any rescaling of the filter), as in HALP.
 - ``depthwise_score=skip`` leaves the depthwise convolutions (and their BatchNorms) out of the
