@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -168,6 +169,16 @@ def thin_section(args: argparse.Namespace) -> str:
             )
             log(bench_thin.table(results[-1:]).splitlines()[-1])
     return bench_thin.table(results)
+
+
+def guarded(what: str, make: Callable[[], str]) -> str:
+    """A section made by ``make``, or, when it fails, the traceback printed and one line that
+    says so in its place: the other sections still get written."""
+    try:
+        return make()
+    except Exception as exc:
+        traceback.print_exc()
+        return f"{what} failed: {type(exc).__name__}: {exc}"
 
 
 def latency_section(args: argparse.Namespace) -> str:
@@ -303,21 +314,13 @@ def main() -> None:
         train_error = f"training benchmark failed: {type(exc).__name__}: {exc}"
 
     log(f"\n== structured pruning latency, batch {args.thin_batch} ==")
-    try:
-        thin = thin_section(args)
-    except Exception as exc:
-        traceback.print_exc()
-        thin = f"latency benchmark failed: {type(exc).__name__}: {exc}"
+    thin = guarded("latency benchmark", lambda: thin_section(args))
     log(thin)
 
     budgets = ""
     if args.latency:
         log(f"\n== latency targets {args.latency_targets} (bench_latency part 1) ==")
-        try:
-            budgets = latency_section(args)
-        except Exception as exc:
-            traceback.print_exc()
-            budgets = f"latency-target benchmark failed: {type(exc).__name__}: {exc}"
+        budgets = guarded("latency-target benchmark", lambda: latency_section(args))
         log(budgets)
 
     # optional, last, while the budget allows: the required figures are in by now

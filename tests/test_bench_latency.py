@@ -185,3 +185,13 @@ def test_rows_that_chose_one_network_give_the_spread_of_its_measured_ratio():
         "- resnet56: one network chosen 2 times, measured ratios 0.530 to 0.700"
     )
     assert bench_latency.same_network_lines(rows[2:]) == ""
+
+
+def test_a_failed_gpu_check_section_is_one_line_in_its_place():
+    def broken() -> str:
+        raise RuntimeError("no CUDA")
+
+    assert gpu_check.guarded("latency benchmark", lambda: "figures") == "figures"
+    assert gpu_check.guarded("latency benchmark", broken) == (
+        "latency benchmark failed: RuntimeError: no CUDA"
+    )

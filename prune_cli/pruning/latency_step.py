@@ -260,22 +260,6 @@ class LatencyStep:
         chosen = solve(units, table.predict, budget_ms, step=self.step)
         return {r: torch.tensor(k, dtype=torch.bool) for r, k in chosen.keep.items()}
 
-    def preview(
-        self,
-        groups: FilterGroups,
-        device_keep: Keep,
-        channel_scores: Mapping[str, Tensor],
-        ctx: PruneContext,
-        ratio: float,
-        by_fraction: Callable[[float], Keep],
-    ) -> Keep:
-        """The kept channels at ``ratio`` of the dense latency by the table's budget alone, neither
-        timed nor corrected (crossword checks its candidates' accuracy on these)."""
-        budget = ratio * self.dense_predicted(groups, ctx)
-        units = self.budget_units(groups, device_keep, channel_scores)
-        keep = self.select(groups, units, ctx, budget, by_fraction)
-        return {r: k.to(device_keep[r].device) for r, k in keep.items()}
-
     def choose(
         self,
         groups: FilterGroups,
@@ -284,18 +268,27 @@ class LatencyStep:
         ctx: PruneContext,
         ratio: float,
         by_fraction: Callable[[float], Keep],
+        *,
+        timed: bool = True,
     ) -> Keep:
         """The kept channels of each unit for a thin network at ``ratio`` of the dense one's
         latency: selected under the table's prediction, measured, selected again with a
-        corrected budget while off by more than ``latency_tolerance`` (``calibrate``)."""
+        corrected budget while off by more than ``latency_tolerance`` (``calibrate``).
+        ``timed=False``: the first selection alone, neither timed nor corrected (crossword
+        checks its candidates' accuracy on these)."""
         s = self.settings
         table = self.table_for(groups, ctx)
-        example, batch = self.inputs(ctx)
         dense_predicted = self.dense_predicted(groups, ctx)
         units = self.budget_units(groups, device_keep, channel_scores)
 
         def select(budget_ms: float) -> Keep:
             return self.select(groups, units, ctx, budget_ms, by_fraction)
+
+        if not timed:
+            return {
+                r: k.to(device_keep[r].device) for r, k in select(ratio * dense_predicted).items()
+            }
+        example, batch = self.inputs(ctx)
 
         dense = dense_reference(groups.model)  # an earlier round's zeros would flatter it
 

@@ -365,8 +365,9 @@ class FilterPruning(PruningMethod):
         def by_fraction(f: float) -> dict[str, Tensor]:  # the baseline's ranking (latency_by)
             return self.choose(groups, device_keep, scores, f)
 
-        pick = self.latency.choose if timed else self.latency.preview
-        return pick(groups, device_keep, scores, ctx, self.step_ratio(), by_fraction)
+        return self.latency.choose(
+            groups, device_keep, scores, ctx, self.step_ratio(), by_fraction, timed=timed
+        )
 
     def apply(
         self, groups: FilterGroups, keep: Mapping[str, Tensor], masks: Masks
