@@ -395,9 +395,12 @@ class Experiment:
         self.tracker.level(
             level, {k: v for k, v in entry.items() if isinstance(v, int | float) and k != "level"}
         )
+        # a level 0 taken from a shared dense run was reported "done" by that run (on this
+        # console too, when this job trained it): say where it came from, not "done" twice
+        done = "done" if level > 0 or s.shared is None else f"from {s.shared.root}"
         log.info(
-            "level %d done: sparsity %.4f, val accuracy %s, test accuracy %.4f",
-            *(level, entry["sparsity"], "-" if val is None else f"{val.accuracy:.4f}"),
+            "level %d %s: sparsity %.4f, val accuracy %s, test accuracy %.4f",
+            *(level, done, entry["sparsity"], "-" if val is None else f"{val.accuracy:.4f}"),
             test.accuracy,
         )
         # the finished level's rows go to the disk before the checkpoint that stops carrying

@@ -8,12 +8,13 @@ the filters, through ``method=filter`` itself (``FilterPruning.prune`` with
 ``method.latency_target=F``): the knapsack over the latency table (``latency_by=knapsack``), and
 the global and per-layer rankings at the filter fraction bisected to the same latency
 (``latency_by=fraction``, ``scope=global`` / ``layer``). Each selection is then thinned, and the
-dense and the thin network are timed again here, alternating (``--rounds``), so that the printed
-ratio was measured in this run; beside it the table's predicted ratio, the error against F,
-the MACs and parameter ratios, the share of the summed L1 importance kept, and the seconds each
-selection took (the first one of a model includes measuring its latency table; the others read
-it from the cache). Batches on the CPU: 64 at 32x32 and 8 at 224x224, which keeps the part in
-minutes (CUDA: 256 and 64, ``scripts/gpu_check.py``).
+dense and the thin network are timed again here as the method times them (``--rounds`` pairs,
+each of interleaved passes on the CPU), so that the printed ratio was measured in this run;
+beside it the table's predicted ratio, the error against F, the MACs and parameter ratios, the
+share of the summed L1 importance kept, and the seconds each selection took (the first one of a
+model includes measuring its latency table; the others read it from the cache). Batches on the
+CPU: 64 at 32x32 and 8 at 224x224, which keeps the part in minutes (CUDA: 256 and 64,
+``scripts/gpu_check.py``).
 
 Part 2, **accuracy at equal latency** (``--part 2``): ``prune-run -m`` sweeps on Fashion-MNIST
 (``experiment=latency_fmnist_lenet5`` and ``latency_fmnist_vgg11``: LeNet-5 on 10,000 training
@@ -45,7 +46,6 @@ import os
 import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,10 +61,11 @@ from torch import nn
 from prune_cli.models import build_model
 from prune_cli.pruning.latency import kept_widths
 from prune_cli.pruning.latency_budget import BudgetUnit, min_widths
+from prune_cli.pruning.latency_step import paired_timing, time_pair
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, PruneContext
 from prune_cli.pruning.methods.filter_pruning import FilterConfig
-from prune_cli.pruning.structured import latency_ms, macs_and_params
+from prune_cli.pruning.structured import macs_and_params
 from prune_cli.spec import DataSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,12 +76,15 @@ from gpu_check import write_section as _write_section  # noqa: E402
 BEGIN, END = "<!-- bench-latency:begin -->", "<!-- bench-latency:end -->"  # part 1
 STUDY_BEGIN, STUDY_END = "<!-- bench-latency-study:begin -->", "<!-- bench-latency-study:end -->"
 
-#: the ways of choosing filters under a latency target: (label, method.latency_by, method.scope)
-ARMS: tuple[tuple[str, str, str | None], ...] = (
-    ("knapsack", "knapsack", None),
-    ("global ranking, tuned", "fraction", "global"),
-    ("per-layer ranking, tuned", "fraction", "layer"),
+#: the ways of choosing filters under a latency target: (label, method.latency_by, method.scope,
+#: method.latency_solver); part 2 compares these three
+ARMS: tuple[tuple[str, str, str | None, str | None], ...] = (
+    ("knapsack", "knapsack", None, None),
+    ("global ranking, tuned", "fraction", "global", None),
+    ("per-layer ranking, tuned", "fraction", "layer", None),
 )
+#: part 1 adds HALP's solver of the knapsack (the same budget: more importance kept, or equal)
+PART1_ARMS = (*ARMS, ("knapsack, HALP's DP", "knapsack", None, "dp"))
 #: goal of part 1: the measured latency ratio within 5% of the target (relative)
 GOAL = 0.05
 
@@ -143,32 +147,20 @@ def _context(x: torch.Tensor, classes: int, device: torch.device, cache_dir: Pat
     )
 
 
-def alternate(
-    dense: nn.Module, thin: nn.Module, batch: torch.Tensor, rounds: int, repeats: int
-) -> tuple[float, float]:
-    """Median ms of ``dense`` and ``thin`` over ``rounds`` alternating measurements, so that
-    other load on the machine slows both alike."""
-    d, t = [], []
-    for _ in range(rounds):
-        d.append(latency_ms(dense, batch, repeats))
-        t.append(latency_ms(thin, batch, repeats))
-    return statistics.median(d), statistics.median(t)
-
-
 def budgeted(
     case: Case,
     target: float,
-    arm: tuple[str, str, str | None],
+    arm: tuple[str, str, str | None, str | None],
     dense: nn.Module,
     device: torch.device,
     cache_dir: Path,
     *,
-    rounds: int = 2,
+    rounds: int = 3,
     round_to: int | None = 8,
 ) -> dict[str, Any]:
     """Prune a copy of ``dense`` to ``target`` of its latency the way ``arm`` says, through
     ``method=filter``; measure the thin network against the dense one here. One result row."""
-    label, latency_by, scope = arm
+    label, latency_by, scope, solver = arm
     torch.manual_seed(0)
     x = torch.randn(case.batch, 3, case.size, case.size, device=device)
     ctx = _context(x, case.classes, device, cache_dir)
@@ -177,6 +169,7 @@ def budgeted(
         when="trained",
         latency_target=target,
         latency_by=latency_by,
+        latency_solver=solver,
         scope=scope,
         round_to=round_to,
         latency_batch=case.batch,
@@ -207,12 +200,14 @@ def budgeted(
         round_to or 1,
     )
     floor_ratio = table.predict(floors) / table.predict({})
-    dense_ms, thin_ms = alternate(dense, thin, x, rounds, case.repeats)
+    # measured as the method measures (interleaved passes on the CPU), in ``rounds`` pairs
+    timing = paired_timing(thin, dense, x, case.repeats, pairs=rounds)
+    thin_ms, dense_ms = timing.median_pair
     macs_d, params_d = macs_and_params(dense, x[:1])
     macs_t, params_t = macs_and_params(thin, x[:1])
     total = sum(float(s.sum()) for s in scores.values())
     kept = sum(float(scores[r][k.to(scores[r].device)].sum()) for r, k in keep.items())
-    ratio = thin_ms / dense_ms
+    ratio = timing.ratio
     return {
         "model": case.model,
         "input": f"{case.size}x{case.size}",
@@ -256,11 +251,9 @@ def timing_noise(case: Case, dense: nn.Module, device: torch.device) -> dict[str
     ratios = []
     for i in range(NOISE_PAIRS):  # which goes first alternates: a fixed order could bias one way
         if i % 2 == 0:
-            t = latency_ms(twin, x, case.repeats)
-            d = latency_ms(dense, x, case.repeats)
+            t, d = time_pair(twin, dense, x, case.repeats)
         else:
-            d = latency_ms(dense, x, case.repeats)
-            t = latency_ms(twin, x, case.repeats)
+            d, t = time_pair(dense, twin, x, case.repeats)
         ratios.append(t / d)
     return {"model": case.model, "low": min(ratios), "high": max(ratios)}
 
@@ -280,8 +273,8 @@ def run_budgets(
     device: torch.device,
     cache_dir: Path,
     *,
-    arms: Sequence[tuple[str, str, str | None]] = ARMS,
-    rounds: int = 2,
+    arms: Sequence[tuple[str, str, str | None, str | None]] = PART1_ARMS,
+    rounds: int = 3,
     round_to: int | None = 8,
     say: Callable[[str], None] = log,
     noise: list[dict[str, Any]] | None = None,
@@ -350,7 +343,7 @@ def same_network_lines(rows: Sequence[dict[str, Any]]) -> str:
 def budget_verdict(rows: Sequence[dict[str, Any]]) -> str:
     """One line per arm: how many rows met the goal, and the largest error."""
     out = []
-    for label, _, _ in ARMS:
+    for label, *_ in PART1_ARMS:
         mine = [r for r in rows if r["arm"] == label]
         if not mine:
             continue
@@ -403,12 +396,27 @@ def arm_overrides(study: Study) -> list[str]:
     method setting of the study: a plain ``method.KEY=VALUE`` beside a swept ``experiment``
     would be applied before the experiment picks ``method=filter`` and fail."""
     out = []
-    for _, by, scope in ARMS:
+    for _, by, scope, solver in ARMS:
         items = [("latency_target", f"{study.target:g}"), ("latency_by", by), *study.method]
         if scope is not None:
             items.append(("scope", scope))
+        if solver is not None:
+            items.append(("latency_solver", solver))
         out.append("{" + ",".join(f"{k}:{v}" for k, v in items) + "}")
     return out
+
+
+def study_entry(entry: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``--study-measure``'s ``MEASURE[,KEY=VALUE...]``: the importance and the method settings
+    every arm of its sweep adds."""
+    measure, *rest = entry.split(",")
+    settings = []
+    for item in rest:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"--study-measure {entry}: expected KEY=VALUE, got {item!r}")
+        settings.append((key, value))
+    return measure, tuple(settings)
 
 
 def sweep_command(study: Study, out: Path, name: str = "sweep") -> list[str]:
@@ -533,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.7])
     ap.add_argument("--models", nargs="+", help="part 1: only these of the four networks")
-    ap.add_argument("--rounds", type=int, default=2, help="part 1: alternating timing rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="part 1: timing pairs per network")
     ap.add_argument("--round-to", type=int, default=8, help="kept filters, a multiple of this")
     ap.add_argument("--device", default="cpu", help="part 1's device (cpu, cuda)")
     ap.add_argument("--cache-dir", type=Path, help="part 1's latency tables (default: temporary)")
@@ -548,10 +556,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--study-measure",
         nargs="+",
-        default=["l1", "taylor", "halp"],
+        default=["l1", "l1,normalize=mean", "taylor", "halp"],
         help="part 2: one sweep per filter importance, every arm with it (l1: the weights' "
         "norms; taylor: |sum theta g| of the mean gradient; halp: HALP's group Taylor score "
-        "of the BatchNorms, the batches' mean of |sum gamma g_gamma + beta g_beta|)",
+        "of the BatchNorms, the batches' mean of |sum gamma g_gamma + beta g_beta|), "
+        "optionally with method settings for every arm: l1,normalize=mean",
     )
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     ap.add_argument("--no-doc", action="store_true", help="do not edit docs/BENCHMARKS.md")
@@ -562,6 +571,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             ap.error(f"a latency target is a fraction of the dense latency in (0, 1], got {t}")
     if args.rounds < 1 or args.round_to < 1:
         ap.error("--rounds and --round-to must be at least 1")
+    try:
+        entries = [study_entry(e) for e in args.study_measure]
+    except ValueError as exc:
+        ap.error(str(exc))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device visible")
@@ -609,10 +622,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             *(quick if args.quick else []),
             f"**Latency targets met** ({device.type}; random-init weights, L1 filter scores, "
             f"kept filters rounded to {args.round_to}, the first convolution kept; ratios "
-            f"thin / dense, each the median of {args.rounds} alternating measurements made "
-            "after the selection; goal: the measured ratio within 5% of the target; "
+            f"thin / dense, each the median of {args.rounds} timing pairs made after the "
+            "selection (on the CPU each pair of interleaved passes, as the method measures); "
+            "goal: the measured ratio within 5% of the target; "
             "`floors: R`: the table predicts ratio R with every unit at its `min_keep` floor, "
-            "above the target, so no selection reaches it and the three ways choose the same "
+            "above the target, so no selection reaches it and every way chooses the same "
             "network (their measured ratios then differ by timing noise alone); `s`: the "
             "selection's seconds, the first of a network including its latency table):",
             "",
@@ -630,17 +644,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             study = replace(study, seeds=tuple(args.seeds))
         sections[2] = [f"{head}. Command: `{command}`.", "", *(quick if args.quick else [])]
         part_started = time.perf_counter()
-        for measure in args.study_measure:
-            log(f"\n== part 2: accuracy at equal latency (target {study.target:g}, {measure}) ==")
-            arms = replace(study, method=(*study.method, ("measure", measure)))
+        for entry, (measure, settings) in zip(args.study_measure, entries, strict=True):
+            log(f"\n== part 2: accuracy at equal latency (target {study.target:g}, {entry}) ==")
+            arms = replace(study, method=(*study.method, ("measure", measure), *settings))
+            name = "-".join(["sweep", measure, *(f"{k}-{v}" for k, v in settings)])
             try:
-                table, verdict, commands = run_study(arms, args.study_dir, f"sweep-{measure}")
+                table, verdict, commands = run_study(arms, args.study_dir, name)
             except (RuntimeError, OSError) as exc:  # written down, and the exit status says so
                 failed = True
                 table, verdict, commands = f"part 2 failed: {exc}", "", []
             log(f"\n{table}\n\n{verdict}")
             sections[2] += [
-                f"**Accuracy at equal latency, filter importance `{measure}`** (Fashion-MNIST, "
+                f"**Accuracy at equal latency, filter importance `{measure}`"
+                + "".join(f", `method.{k}={v}`" for k, v in settings)
+                + "** (Fashion-MNIST, "
                 f"target {study.target:g}, seeds {', '.join(str(s) for s in study.seeds)}; "
                 "each seed's dense model trained once and shared by every sweep; "
                 "`prune-report`'s table, verbatim; goal: the knapsack at least as accurate). "

@@ -133,3 +133,14 @@ def conv_bn_net(*widths: int, side: int = 8, classes: int = 3) -> nn.Module:
         layers += [nn.Conv2d(channels, width, 3), nn.BatchNorm2d(width), nn.ReLU()]
         channels, side = width, side - 2
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * side * side, classes))
+
+
+def time_each_network(monkeypatch: pytest.MonkeyPatch, fake) -> None:
+    """Time the latency step's networks by ``fake(model, batch, repeats) -> ms`` each, the thin
+    network of a pair first (``latency_step.time_pair``'s order), so that nothing is timed."""
+    from prune_cli.pruning import latency_step
+
+    def pair(thin: nn.Module, dense: nn.Module, batch: torch.Tensor, repeats: int):
+        return fake(thin, batch, repeats), fake(dense, batch, repeats)
+
+    monkeypatch.setattr(latency_step, "time_pair", pair)

@@ -126,14 +126,14 @@ def test_gpu_checks_latency_step_prunes_each_network_to_its_target_on_the_cpu(mo
     monkeypatch.setattr(bench_latency, "run_budgets", keep_rows)
     args = argparse.Namespace(device="cpu", latency_models=["lenet5"], latency_targets=[0.7])
     section = gpu_check.latency_section(args)
-    assert [r["arm"] for r in rows] == [label for label, _, _ in bench_latency.ARMS]
-    assert [r["table_from_cache"] for r in rows] == [False, True, True]
+    assert [r["arm"] for r in rows] == [label for label, *_ in bench_latency.PART1_ARMS]
+    assert [r["table_from_cache"] for r in rows] == [False, True, True, True]
     for r in rows:
         assert r["target"] == 0.7 and r["model"] == "lenet5"
         assert 0 < r["macs_ratio"] <= 1 and 0 < r["params_ratio"] <= 1
         assert 0 < r["filters_kept"] <= 1 and 0 < r["importance_kept"] <= 1
         assert r["ratio"] == pytest.approx(r["thin_ms"] / r["dense_ms"])
-    assert section.count("| lenet5 | 32x32, 2 | 0.7 |") == 3
+    assert section.count("| lenet5 | 32x32, 2 | 0.7 |") == len(bench_latency.PART1_ARMS)
     assert "- lenet5: the dense network against a copy of itself, 5 pairs: ratios " in section
     assert "- knapsack: " in section and "- per-layer ranking, tuned: " in section
 
@@ -152,10 +152,11 @@ def test_part_2_alone_keeps_part_1s_section_and_runs_one_sweep_per_measure(tmp_p
     text = doc.read_text()
     assert f"{bench_latency.BEGIN}\npart one figures\n{bench_latency.END}" in text
     # one output_root for both sweeps: each seed's dense model is trained once for the two
-    measures = ["l1", "taylor", "halp"]
-    assert calls == [(m, f"sweep-{m}", tmp_path / "s") for m in measures]
+    measures = ["l1", "l1", "taylor", "halp"]
+    names = ["sweep-l1", "sweep-l1-normalize-mean", "sweep-taylor", "sweep-halp"]
+    assert calls == [(m, n, tmp_path / "s") for m, n in zip(measures, names, strict=True)]
     study = text.split(bench_latency.STUDY_BEGIN)[1].split(bench_latency.STUDY_END)[0]
-    assert study.count("| table |") == 3 and "filter importance `halp`" in study
+    assert study.count("| table |") == 4 and "filter importance `halp`" in study
 
 
 def test_the_timing_noise_is_the_spread_of_the_dense_networks_ratio_to_its_copy(monkeypatch):
@@ -165,11 +166,14 @@ def test_the_timing_noise_is_the_spread_of_the_dense_networks_ratio_to_its_copy(
     copy_ms, dense_ms = iter([9.0, 12.0, 10.0, 11.0, 10.5]), iter([10.0] * 5)
     order: list[str] = []
 
-    def fake(model, batch, repeats):
+    def one(model):
         order.append("dense" if model is dense else "copy")
         return next(dense_ms) if model is dense else next(copy_ms)
 
-    monkeypatch.setattr(bench_latency, "latency_ms", fake)
+    def fake(first, second, batch, repeats):  # a pair, the first network first
+        return one(first), one(second)
+
+    monkeypatch.setattr(bench_latency, "time_pair", fake)
     noise = bench_latency.timing_noise(case, dense, torch.device("cpu"))
     assert (noise["low"], noise["high"]) == (0.9, 1.2)
     assert order == ["copy", "dense", "dense", "copy"] * 2 + ["copy", "dense"]
@@ -195,3 +199,27 @@ def test_a_failed_gpu_check_section_is_one_line_in_its_place():
     assert gpu_check.guarded("latency benchmark", broken) == (
         "latency benchmark failed: RuntimeError: no CUDA"
     )
+
+
+def test_a_study_entry_adds_its_settings_to_every_arm_and_names_its_sweep(tmp_path, monkeypatch):
+    assert bench_latency.study_entry("l1,normalize=mean") == ("l1", (("normalize", "mean"),))
+    assert bench_latency.study_entry("taylor") == ("taylor", ())
+    calls = []
+
+    def fake_run_study(study, out, name):
+        calls.append((bench_latency.arm_overrides(study), name))
+        return "| table |", "- verdict", ["prune-run -m ..."]
+
+    monkeypatch.setattr(bench_latency, "run_study", fake_run_study)
+    doc = tmp_path / "B.md"
+    doc.write_text("# B\n")
+    argv = ["--part", "2", "--doc", str(doc), "--study-measure", "l1,normalize=mean"]
+    bench_latency.main([*argv, "--study-dir", str(tmp_path / "s")])
+    ((arms, name),) = calls
+    assert name == "sweep-l1-normalize-mean"
+    assert len(arms) == len(bench_latency.ARMS)
+    assert all("measure:l1" in a and "normalize:mean" in a for a in arms)
+    assert "filter importance `l1`, `method.normalize=mean`" in doc.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        bench_latency.main(["--part", "2", "--no-doc", "--study-measure", "l1,normalize"])
+    assert exit_info.value.code == 2

@@ -135,10 +135,14 @@ def test_a_sweep_trains_its_dense_level_once(sweeps):
     assert level0_epochs(shared) == 2  # train.epochs=2, once
     assert level0_epochs(unshared) == 4 * 2
     dense = next((shared / "dense").iterdir())
+    assert "level 0 done" in (dense / "run.log").read_text()
     for run in run_dirs(shared / "sweep").values():
         summary = json.loads(RunPaths(run).summary.read_text())
         assert summary["dense_shared"] == str(dense)
         assert summary["levels"][0]["selected_epoch"] == 2
+        # the level is the dense run's: said once as done (there), here where it came from
+        text = (run / "run.log").read_text()
+        assert "level 0 done" not in text and f"level 0 from {dense}:" in text
 
 
 @pytest.mark.slow

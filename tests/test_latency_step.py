@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import conv_bn_net, prune_context
+from conftest import conv_bn_net, prune_context, time_each_network
 from torch import nn
 
 from prune_cli.pruning import latency_step
@@ -58,25 +58,88 @@ def widths_of_layers(model: nn.Module, roots) -> dict[str, int]:
 
 
 # --- the paired timing --------------------------------------------------------------------------
-def test_time_pairs_alternates_and_keeps_the_median_pair():
-    calls: list[str] = []
-    thin_ms, dense_ms = iter([3.0, 8.0, 5.0, 9.0]), iter([10.0, 10.0, 10.0, 10.0])
-
-    def thin() -> float:
-        calls.append("thin")
-        return next(thin_ms)
-
-    def dense() -> float:
-        calls.append("dense")
-        return next(dense_ms)
-
-    timing = time_pairs(thin, dense, 3)
-    assert calls == ["thin", "dense"] * 3
+def test_time_pairs_keeps_the_median_pair():
+    pairs = iter([(3.0, 10.0), (8.0, 10.0), (5.0, 10.0)])
+    timing = time_pairs(lambda: next(pairs), 3)
     assert timing.ratios == [0.3, 0.8, 0.5]
     assert timing.ratio == 0.5 and timing.median_pair == (5.0, 10.0)
     assert timing.spread == (0.3, 0.8)
     with pytest.raises(ValueError, match="pairs"):
-        time_pairs(thin, dense, 0)
+        time_pairs(lambda: (1.0, 1.0), 0)
+
+
+class Clock:
+    """A fake ``perf_counter`` (in seconds) that the fake networks below advance."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Costed(nn.Module):
+    """A network whose forward pass takes ``cost`` ms times the machine's slowdown at the time
+    (``slowdown(calls so far)``), recorded in ``calls``."""
+
+    def __init__(self, name: str, cost: float, clock: Clock, calls: list[str], slowdown) -> None:
+        super().__init__()
+        self.name, self.cost, self.clock, self.calls, self.slowdown = (
+            name,
+            cost,
+            clock,
+            calls,
+            slowdown,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.clock.now += self.cost * self.slowdown(len(self.calls)) / 1000
+        self.calls.append(self.name)
+        return x
+
+
+def test_interleaved_passes_give_the_ratio_through_a_change_of_machine_speed():
+    """A machine that becomes 1.5x slower part-way through (after 20 passes): timed one after
+    the other, the thin network's passes fall before the change and the dense one's after it,
+    and the ratio is off by the factor; interleaved, each pass pair sees one speed and the
+    median pair's ratio is the cost ratio. Each timed pass follows an untimed one of the same
+    network (the other's pass evicted the caches)."""
+    from prune_cli.pruning.structured import interleaved_ms
+
+    clock, calls = Clock(), []
+
+    def slowdown(n: int) -> float:
+        return 1.0 if n < 20 else 1.5
+
+    thin = Costed("thin", 2.0, clock, calls, slowdown)
+    dense = Costed("dense", 8.0, clock, calls, slowdown)
+    x = torch.zeros(1)
+    thin_ms, dense_ms = interleaved_ms(thin, dense, x, repeats=9, clock=clock)
+    assert thin_ms / dense_ms == pytest.approx(0.25, rel=1e-9)
+    assert calls[:4] == ["thin", "dense", "thin", "dense"]  # the warm-up
+    assert calls[4:] == ["thin", "thin", "dense", "dense"] * 9
+    # the same machine, timed network by network, reads the change as part of the ratio
+    clock.now, calls[:] = 0.0, []
+    one_by_one = [interleaved_ms(thin, thin, x, 5, clock=clock)[0]]
+    one_by_one.append(interleaved_ms(dense, dense, x, 5, clock=clock)[0])
+    assert one_by_one[0] / one_by_one[1] != pytest.approx(0.25, rel=0.1)
+
+
+def test_the_cpu_pair_interleaves_and_restores_the_modes(monkeypatch):
+    seen: list[tuple[str, bool]] = []
+
+    class Net(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(("net", self.training))
+            return super().forward(x)
+
+    thin, dense = Net(3, 2).train(), Net(3, 2).eval()
+    thin_ms, dense_ms = latency_step.time_pair(thin, dense, torch.zeros(4, 3), 2)
+    assert thin_ms > 0 and dense_ms > 0
+    assert not any(training for _, training in seen)  # timed in eval mode
+    assert thin.training and not dense.training  # each left as it was
+    timing = latency_step.paired_timing(thin, dense, torch.zeros(4, 3), 1, pairs=2)
+    assert len(timing.pairs) == 2
 
 
 # --- finalize's measurement ---------------------------------------------------------------------
@@ -115,7 +178,7 @@ def scripted_timer(
             zeros.append(zero_filters(model))
         return next(dense_ms) if is_dense else next(thin_ms)
 
-    monkeypatch.setattr(latency_step, "latency_ms", fake_latency_ms)
+    time_each_network(monkeypatch, fake_latency_ms)
     monkeypatch.setattr(filter_pruning, "export", lambda model, example, path: "not exported")
     return calls
 
@@ -151,9 +214,8 @@ def test_a_latency_targets_table_error_is_against_the_median_pair(tmp_path, monk
     table = synthetic_table(method, model, ctx)
     # the step itself is timed by the table (an exact device); finalize by the script
     roots = list(table.full)
-    monkeypatch.setattr(
-        latency_step,
-        "latency_ms",
+    time_each_network(
+        monkeypatch,
         lambda m, batch, repeats: table.predict(widths_of_layers(m, roots)),
     )
     masks.update(method.prune(model, masks, ctx))
@@ -217,9 +279,8 @@ def test_crossword_checks_its_candidates_at_the_latency_budget(tmp_path, monkeyp
     method = METHODS.get("crossword")(cfg)
     table = synthetic_table(method, net, ctx)
     holder["roots"] = list(table.full)
-    monkeypatch.setattr(
-        latency_step,
-        "latency_ms",
+    time_each_network(
+        monkeypatch,
         lambda m, batch, repeats: table.predict(widths_of_layers(m, holder["roots"])),
     )
     masks = Masks.ones(method.prunable(net))

@@ -8,13 +8,15 @@ config). ``LatencyStep`` holds a run's latency state and does the work around th
 - the run's latency table (``prune_cli.pruning.latency``), built at the first need on the dense
   architecture, on the run's device, and cached under ``output_root``;
 - a selection of the kept channels under a budget in the table's ms: the knapsack
-  (``latency_by: knapsack``, all units at once, the scope not used), or the method's own ranking
-  at the filter fraction bisected to the budget (``latency_by: fraction``, the baseline at equal
-  latency; the ranking is handed in, so this module knows nothing of scopes);
+  (``latency_by: knapsack``, all units at once, the scope not used; ``latency_solver`` greedy or
+  HALP's dynamic programme), or the method's own ranking at the filter fraction bisected to the
+  budget (``latency_by: fraction``, the baseline at equal latency; the ranking is handed in, so
+  this module knows nothing of scopes);
 - calibration: the thin network is built and timed against the dense one in pairs (the median
-  pair's ratio), and while it is off the step's target by more than ``latency_tolerance`` the
-  selection is made again with the budget scaled by target / measured (``LATENCY_TRIES`` at
-  most, the closest kept);
+  pair's ratio; on the CPU each pair of interleaved passes, ``time_pair``), and while it is off
+  the step's target by more than ``latency_tolerance`` the selection is made again under a
+  corrected budget (``latency_budget.next_budget``: scaled by target / measured, then a secant
+  through the tries; ``LATENCY_TRIES`` at most, the closest kept);
 - what ``summary.json`` records for a latency target, and the warning where the per-unit floors
   keep it out of reach.
 
@@ -42,13 +44,15 @@ from prune_cli.pruning.latency_budget import (
     calibrate,
     min_widths,
     solve,
+    solve_dp,
     time_pairs,
 )
 from prune_cli.pruning.method import PruneContext, check_range
 from prune_cli.pruning.results import Column
-from prune_cli.pruning.structured import FilterGroups, latency_ms
+from prune_cli.pruning.structured import FilterGroups, interleaved_ms, latency_ms
 
 LATENCY_BY = ("knapsack", "fraction")
+LATENCY_SOLVERS = ("greedy", "dp")
 #: selections per pruning step under a latency target (the first and two corrected ones)
 LATENCY_TRIES = 3
 #: (thin, dense) timing pairs per measurement of a thin network, in a step and at the end
@@ -95,6 +99,10 @@ class LatencySettings:
     #: relative: a step selects again while the measured thin latency is further than this
     #: from its target (null = 0.03)
     latency_tolerance: float | None = None
+    #: the knapsack's solver: null / ``greedy`` (removal by importance per ms saved, then a
+    #: give-back and a local search) or ``dp`` (HALP's: dynamic programming over costs
+    #: linearised at the counts, from the greedy's selection; never keeps less importance)
+    latency_solver: str | None = None
 
     def __post_init__(self) -> None:
         # cooperative, as ``MeasureSettings``: the configs that inherit these run their checks
@@ -117,6 +125,11 @@ class LatencySettings:
             )
         check_range("latency_points", self.latency_points, 2, nullable=True)
         check_range("latency_tolerance", self.latency_tolerance, 0.0, low_open=True, nullable=True)
+        if self.latency_solver not in (None, *LATENCY_SOLVERS):
+            raise ConfigError(
+                f"method.latency_solver must be {' or '.join(LATENCY_SOLVERS)}, "
+                f"got {self.latency_solver!r}"
+            )
 
     @property
     def latency_choice(self) -> str:
@@ -151,6 +164,26 @@ def dense_reference(model: nn.Module) -> nn.Module:
             if callable(reset):
                 reset()  # BatchNorm's also resets its running statistics
     return ref
+
+
+def time_pair(
+    thin: nn.Module, dense: nn.Module, batch: Tensor, repeats: int
+) -> tuple[float, float]:
+    """One (thin ms, dense ms) pair, each the median of ``repeats`` passes. On the CPU the two
+    networks' passes are interleaved (``structured.interleaved_ms``: a shared CPU's speed moves
+    between the seconds of two back-to-back timings); on CUDA each is timed as
+    ``structured.latency_ms`` times it (graphed, event-timed: steady to a percent), thin first."""
+    if batch.is_cuda:
+        return latency_ms(thin, batch, repeats), latency_ms(dense, batch, repeats)
+    return interleaved_ms(thin, dense, batch, repeats)
+
+
+def paired_timing(
+    thin: nn.Module, dense: nn.Module, batch: Tensor, repeats: int, pairs: int = LATENCY_PAIRS
+) -> PairedTiming:
+    """``pairs`` pairs of :func:`time_pair`; their median ratio is the measured latency ratio
+    (the step's calibration, ``finalize``'s record and the benchmark all measure this way)."""
+    return time_pairs(lambda: time_pair(thin, dense, batch, repeats), pairs)
 
 
 def widths_of(keep: Mapping[str, Tensor]) -> dict[str, int]:
@@ -190,13 +223,8 @@ class LatencyStep:
         return x[:1], batch[:n]
 
     def timing(self, dense: nn.Module, thin: nn.Module, batch: Tensor) -> PairedTiming:
-        """``LATENCY_PAIRS`` alternating timings of ``thin`` and ``dense`` on ``batch``."""
-        repeats = self.settings.latency_repeats
-        return time_pairs(
-            lambda: latency_ms(thin, batch, repeats),
-            lambda: latency_ms(dense, batch, repeats),
-            LATENCY_PAIRS,
-        )
+        """``LATENCY_PAIRS`` timings of ``thin`` beside ``dense`` on ``batch``."""
+        return paired_timing(thin, dense, batch, self.settings.latency_repeats)
 
     def table_for(self, groups: FilterGroups, ctx: PruneContext) -> latency.LatencyTable:
         """The run's latency table: built once (read from the cache when another run of the
@@ -257,7 +285,8 @@ class LatencyStep:
         if self.settings.latency_choice == "fraction":
             f = bisect_fraction(lambda f: widths_of(by_fraction(f)), table.predict, budget_ms)
             return by_fraction(f)
-        chosen = solve(units, table.predict, budget_ms, step=self.step)
+        solver = solve_dp if self.settings.latency_solver == "dp" else solve
+        chosen = solver(units, table.predict, budget_ms, step=self.step)
         return {r: torch.tensor(k, dtype=torch.bool) for r, k in chosen.keep.items()}
 
     def choose(

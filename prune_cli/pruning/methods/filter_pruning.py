@@ -125,6 +125,10 @@ class FilterConfig(MeasureSettings, LatencySettings, MethodConfig):
     #: pruned (FPGM's authors); ``kept``: int(n (1 - p)) kept, n - int(n (1 - p)) pruned (the
     #: L1-norm reference code); they differ by one filter where p n is not whole
     layer_count: str | None = None
+    #: how each unit's channel scores are scaled before units are compared (the global ranking,
+    #: the latency knapsack): null (as scored), ``mean`` or ``max`` (divided by the mean or the
+    #: largest |score| of the unit's kept channels, as Torch-Pruning's group normaliser)
+    normalize: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()  # MeasureSettings' and LatencySettings' checks
@@ -148,6 +152,33 @@ class FilterConfig(MeasureSettings, LatencySettings, MethodConfig):
             raise ConfigError(
                 f"method.layer_count must be pruned or kept, got {self.layer_count!r}"
             )
+        if self.normalize not in (None, *NORMALIZE):
+            raise ConfigError(
+                f"method.normalize must be {' or '.join(NORMALIZE)} or null, got {self.normalize!r}"
+            )
+
+
+#: ``method.normalize``'s statistics of a unit's kept |scores|
+NORMALIZE = ("mean", "max")
+
+
+def normalized(
+    scores: Mapping[str, Tensor], keep: Mapping[str, Tensor], how: str | None
+) -> Mapping[str, Tensor]:
+    """Each unit's channel scores divided by the mean or the largest |score| of its kept
+    channels (``how``; None: unchanged). Raw scores of different layers need not be comparable:
+    an L1 norm grows with the layer's fan-in, so a global ranking or the latency knapsack would
+    take whole early layers for their small norms. A positive factor per unit keeps the order
+    within each unit (a per-layer ranking is unchanged). A unit whose statistic is 0 or not
+    finite is left as it is; the pruned channels do not enter the statistic."""
+    if how is None:
+        return scores
+    out = {}
+    for root, s in scores.items():
+        kept = s.detach()[keep[root].to(s.device)].abs()
+        stat = float(kept.mean() if how == "mean" else kept.max()) if kept.numel() else 0.0
+        out[root] = s / stat if stat > 0 and math.isfinite(stat) else s
+    return out
 
 
 def layer_pruned(n: int, fraction: float, rule: str | None) -> int:
@@ -357,7 +388,9 @@ class FilterPruning(PruningMethod):
     ) -> dict[str, Tensor]:
         """The kept channels after this step: ``fraction`` by the scope's ranking, or with a
         latency target the step's latency ratio, calibrated on measured latency (``timed``) or
-        by the table's budget alone (``timed=False``: no network is built or timed)."""
+        by the table's budget alone (``timed=False``: no network is built or timed). The scores
+        are first scaled per unit as ``normalize`` says."""
+        scores = normalized(scores, device_keep, self.cfg.normalize)
         if self.cfg.latency_target is None:
             self.warn_unreachable(groups)
             return self.choose(groups, device_keep, scores, fraction)
