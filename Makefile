@@ -54,7 +54,7 @@ format: $(STAMP) ## format the code with ruff
 bench: $(STAMP) ## prune-run's training step against plain PyTorch loops (CPU ~2-3 min; GPU when present)
 	$(PY) scripts/bench_train.py
 
-bench-latency: $(STAMP) ## latency budgets: targets met on 4 networks, accuracy at equal latency on Fashion-MNIST (l1, taylor, halp), into docs/BENCHMARKS.md (CPU ~35 min)
+bench-latency: $(STAMP) ## latency budgets: targets met on 4 networks, accuracy at equal latency on Fashion-MNIST (l1, l1 normalized, taylor, halp), into docs/BENCHMARKS.md (CPU ~45 min)
 	$(PY) scripts/bench_latency.py
 
 # On a bare GPU machine: no venv. The system python3 (override: `make gpu-check PY=...`) must

@@ -544,6 +544,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="part 1: timing pairs per network")
     ap.add_argument("--round-to", type=int, default=8, help="kept filters, a multiple of this")
     ap.add_argument("--device", default="cpu", help="part 1's device (cpu, cuda)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch's CPU threads (default: torch's own); on a shared VM one thread keeps a "
+        "thin / dense ratio steady where two let it wander with the other vCPU's load",
+    )
     ap.add_argument("--cache-dir", type=Path, help="part 1's latency tables (default: temporary)")
     ap.add_argument(
         "--study-dir",
@@ -571,6 +577,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             ap.error(f"a latency target is a fraction of the dense latency in (0, 1], got {t}")
     if args.rounds < 1 or args.round_to < 1:
         ap.error("--rounds and --round-to must be at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     try:
         entries = [study_entry(e) for e in args.study_measure]
     except ValueError as exc:

@@ -223,3 +223,14 @@ def test_a_study_entry_adds_its_settings_to_every_arm_and_names_its_sweep(tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         bench_latency.main(["--part", "2", "--no-doc", "--study-measure", "l1,normalize"])
     assert exit_info.value.code == 2
+
+
+def test_threads_are_set_for_the_timing_and_checked(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_latency.main(["--part", "1", "--no-doc", "--threads", "0"])
+    assert exit_info.value.code == 2
+    seen = []
+    monkeypatch.setattr(bench_latency, "run_budgets", lambda *a, **k: seen.append(1) or [])
+    monkeypatch.setattr(bench_latency.torch, "set_num_threads", seen.append)
+    bench_latency.main(["--part", "1", "--no-doc", "--threads", "1", "--models", "resnet56"])
+    assert seen[:2] == [1, 1]  # one thread set, then part 1 ran

@@ -698,6 +698,7 @@ def _check_latency_fields(summary: dict, target: float, by: str) -> dict:
     assert summary["status"] == "completed"
     info = summary["method_info"]
     assert info["latency_target"] == target and info["latency_by"] == by
+    assert info["latency_solver"] in ("greedy", "dp")
     for key in ("latency_predicted_ms", "latency_dense_ms", "latency_thin_ms"):
         assert info[key] > 0 and math.isfinite(info[key]), key
     assert info["latency_ratio"] == pytest.approx(
@@ -740,3 +741,18 @@ def test_the_fraction_baseline_run_records_them_too(latency_root):
     # the first run's table, read from the cache (the same model, device and setting)
     if (latency_root / "knapsack" / "summary.json").exists():
         assert info["latency_table"]["from_cache"]
+
+
+@pytest.mark.slow
+def test_a_dp_run_on_normalized_scores_records_them(latency_root):
+    run = _run(
+        latency_root,
+        "dp",
+        0.7,
+        "method.latency_solver=dp",
+        "method.normalize=mean",
+        "method.latency_tolerance=0.5",
+    )
+    info = _check_latency_fields(run, 0.7, "knapsack")
+    assert info["latency_solver"] == "dp"
+    assert "normalize: mean" in (latency_root / "dp" / "config.yaml").read_text()

@@ -18,9 +18,10 @@ importance. It is a heuristic, not an exact solver: on random 3-unit problems sm
 enumerate it finds the optimum in 9 of 10 (additive or bilinear costs), and misses it by 2% of
 the importance on average where it does not (14% at worst; a strong product term, where the
 optimum keeps the other unit wide, is the typical miss). ResNet-56's 27 units and 1,008
-channels take about 2 s at ``step`` 1 on one CPU core (0.25 s at 8). Deviations from HALP: a
-greedy removal and a local search in place of its knapsack solver, and no latency-aware
-BatchNorm importance (the scores are whatever registered filter measure the run uses).
+channels take about 2 s at ``step`` 1 on one CPU core (0.25 s at 8). :func:`solve_dp` is
+HALP's way instead (``method.latency_solver=dp``): dynamic programming on costs linearised at
+the current counts, from the greedy's selection, never keeping less importance than it. The
+scores are whatever registered filter measure the run uses (``halp`` is HALP's own).
 
 Every unit keeps a multiple of ``step`` channels (``round_to``) or all of them, never fewer
 than its ``floor`` (``min_keep``), and only channels it keeps now (masks only shrink). A unit
@@ -351,7 +352,18 @@ def solve_dp(
 
     With additive costs (no layer between two units) one round is exact up to the budget's cut
     into ``bins``; with coupled ones each round is exact for the costs at the counts it starts
-    from, which HALP's own schedule re-prices over its 30 small steps."""
+    from, which HALP's own schedule re-prices over its 30 small steps.
+
+    As NVlabs/HALP's code (``prune/pruner.py``, ``_knapsack``; ``prune/cost.py``) does it, and
+    where this differs: HALP prices a layer with its input width frozen at the previous unit's
+    current count (the same linearisation), its items are blocks of 32-128 channels of a layer
+    in importance order, each costing the table's step T(in, N - g i) - T(in, N - g (i + 1)),
+    and its 0/1 programme (latency scaled by 1000 and rounded) lets a block in only after the
+    layer's previous one, a rule checked on the stored optimum alone, so its prefix is not
+    exactly enforced. Here the choices are the units' counts themselves (a multiple-choice
+    knapsack: every choice is a prefix by construction), costs are rounded up, never down, and
+    the per-unit floors hold (HALP has none by default: a layer may go entirely). HALP does not
+    repair the coupled latency after a step (it logs it); here the greedy's repair does."""
     greedy = solve(units, predict, budget_ms, step=step)
     if not greedy.within:
         return greedy

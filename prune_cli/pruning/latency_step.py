@@ -390,6 +390,7 @@ class LatencyStep:
         info: dict[str, Any] = {
             "latency_target": target,
             "latency_by": s.latency_choice,
+            "latency_solver": s.latency_solver or "greedy",
             "latency_tolerance": s.tolerance,
             "latency_predicted_ms": predicted,
             "latency_table_error": latency.measure_thin_error(table, widths, thin_ms, dense_ms),

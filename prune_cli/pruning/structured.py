@@ -336,7 +336,8 @@ def interleaved_ms(
     stretches (another tenant, the host's clock): the ratio of a fixed thin / dense pair timed
     that way spread 0.43-0.58 in 30 alternating measurements of MobileNet-V1, where interleaved
     passes spread 0.48-0.51. The untimed pass before each timed one warms the caches the other
-    network's pass evicted (timed back to back with no such pass, the ratio came out 1.6% high).
+    network's pass evicted (timed back to back with no such pass, the ratio came out about 2%
+    high).
     ``clock`` is injectable for tests."""
     states = (first.training, second.training)
     first.eval()
