@@ -276,6 +276,22 @@ def test_the_dp_solver_finds_optima_the_greedy_misses():
     assert missed == 4
 
 
+def test_the_dp_solver_takes_a_predictor_that_charges_a_removal():
+    """A predictor that is not monotone (unit a at its floor, 1 channel, costs more than at 2
+    or 3): the dynamic programme counts those steps as free (no bin), and the result is still
+    within the budget, checked on the predictor itself."""
+    table = Table({"a": 4, "b": 4}, {"a": 1.0, "b": 2.0}, base=1.0)
+
+    def bumpy(widths: Mapping[str, int]) -> float:
+        return table.predict(widths) + (2.5 if widths.get("a", 4) == 1 else 0.0)
+
+    units = units_of({"a": [1.0, 2.0, 3.0, 4.0], "b": [1.0, 2.0, 3.0, 4.0]})
+    for budget in (12.0, 9.0, 6.0):
+        chosen = solve_dp(units, bumpy, budget)
+        assert chosen.within and bumpy(chosen.widths) <= budget
+        assert chosen.importance >= solve(units, bumpy, budget).importance
+
+
 def test_a_resnet_sized_problem_takes_well_under_a_second_of_predictions():
     """29 units, 1,100 channels, step 1, a coupled prediction over 57 layers: the greedy
     pass predicts a few thousand times, not once per channel pair."""

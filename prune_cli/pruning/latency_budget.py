@@ -296,7 +296,9 @@ def _linearised_choice(
     for i, opts in enumerate(options):
         priced = [_try(state, predict, i, m) for m in opts]
         floor = priced[-1]
-        costs.append([p - floor for p in priced])  # >= 0: the table never charges a removal
+        # >= 0 for a latency table (it never charges a removal); a negative one, from a
+        # predictor that does, takes no bin below (it counts as free)
+        costs.append([p - floor for p in priced])
         values.append([state.prefix[i][m] for m in opts])
     # the linearised latency of counts m: now + sum over units of cost(m_i) - cost(current_i)
     capacity = (
