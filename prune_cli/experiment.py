@@ -396,7 +396,9 @@ class Experiment:
             level, {k: v for k, v in entry.items() if isinstance(v, int | float) and k != "level"}
         )
         # a level 0 taken from a shared dense run was reported "done" by that run (on this
-        # console too, when this job trained it): say where it came from, not "done" twice
+        # console too, when this job trained it): say where it came from, not "done" twice.
+        # The path repeats the terminal's "level 0 from the shared dense model in ..." line,
+        # which comes before this run's log file exists: run.log has it only here
         done = "done" if level > 0 or s.shared is None else f"from {s.shared.root}"
         log.info(
             "level %d %s: sparsity %.4f, val accuracy %s, test accuracy %.4f",

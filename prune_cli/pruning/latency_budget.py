@@ -268,12 +268,18 @@ def solve(
     return state.selection(now, True)
 
 
-def _options(state: _State, i: int) -> list[int]:
-    """Unit i's reachable counts, from what it keeps now down to its floor, widest first."""
-    counts = [len(state.order[i])]
-    while (m := next_count(counts[-1], state.step)) >= max(1, state.units[i].floor):
+def reachable_counts(kept: int, step: int, floor: int) -> list[int]:
+    """The counts a unit keeping ``kept`` channels can be pruned to, widest (``kept``) first:
+    one block less each, never under ``floor`` (nor under 1)."""
+    counts = [kept]
+    while (m := next_count(counts[-1], step)) >= max(1, floor):
         counts.append(m)
     return counts
+
+
+def _options(state: _State, i: int) -> list[int]:
+    """Unit i's reachable counts, from what it keeps now down to its floor, widest first."""
+    return reachable_counts(len(state.order[i]), state.step, state.units[i].floor)
 
 
 def _at(state: _State, counts: Sequence[int]) -> None:
@@ -406,13 +412,7 @@ def knapsack(
 def min_widths(units: Sequence[BudgetUnit], step: int = 1) -> dict[str, int]:
     """The fewest channels each unit can keep: the smallest multiple of ``step`` reachable from
     its kept count without going under its floor (its kept count if none is)."""
-    out = {}
-    for u in units:
-        n = sum(u.kept)
-        while (m := next_count(n, step)) >= max(1, u.floor):
-            n = m
-        out[u.root] = n
-    return out
+    return {u.root: reachable_counts(sum(u.kept), step, u.floor)[-1] for u in units}
 
 
 def bisect_fraction(

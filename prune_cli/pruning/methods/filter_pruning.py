@@ -505,8 +505,8 @@ class FilterPruning(PruningMethod):
             difference = float((model(x) - thin(x)).abs().max())
         macs_before, params_before = macs_and_params(model, example)
         macs_after, params_after = macs_and_params(thin, example)
-        # the median of alternating pairs, not one timing of each: a shared CPU's load moves a
-        # single pair's ratio by a fifth (0.50 to 0.69 of dense for one network)
+        # the median of 3 pairs (on the CPU each of interleaved passes, latency_step.time_pair),
+        # not one timing of each: a shared CPU's load moves a single ratio by a fifth
         # against the dense architecture's fresh copy: the masked model's zeros time faster
         timing = self.latency.timing(dense_reference(model), thin, batch)
         thin_ms, dense_ms = timing.median_pair
