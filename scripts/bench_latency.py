@@ -517,6 +517,16 @@ def device_line(device: torch.device) -> str:
     )
 
 
+def part1_markers(threads: int | None) -> tuple[str, str]:
+    """Part 1's markers: the default's, or those of a run at ``--threads N``, so that a run at
+    one thread does not replace the figures at torch's own count (both are worth reading)."""
+    if threads is None:
+        return BEGIN, END
+    return f"<!-- bench-latency-threads-{threads}:begin -->", (
+        f"<!-- bench-latency-threads-{threads}:end -->"
+    )
+
+
 def write_section(doc: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace the text between the markers (or append the markers and the section)."""
     _write_section(doc, section, begin, end)
@@ -685,6 +695,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sections[2].append(f"Part 2 took {time.perf_counter() - part_started:.0f} s.")
     doc = None if args.no_doc else args.doc
     markers = {1: (BEGIN, END), 2: (STUDY_BEGIN, STUDY_END)}
+    if args.threads is not None:  # a thread count's part 1 is kept beside the default one's
+        markers[1] = part1_markers(args.threads)
     for part, lines in sections.items():
         publish("\n".join(lines), None, doc, *markers[part])
     if args.out is not None:

@@ -138,6 +138,27 @@ def test_gpu_checks_latency_step_prunes_each_network_to_its_target_on_the_cpu(mo
     assert "- knapsack: " in section and "- per-layer ranking, tuned: " in section
 
 
+def test_part_1_at_a_thread_count_has_its_own_section_beside_the_default_one(tmp_path, monkeypatch):
+    """``--threads 1`` writes between markers of its own: the figures at torch's own thread
+    count stay, so the two can be read side by side."""
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# B\n\n{bench_latency.BEGIN}\npart one figures\n{bench_latency.END}\n")
+    case = bench_latency.Case("lenet5", 32, 10, 2, 2, 1)
+    monkeypatch.setattr(bench_latency, "QUICK_CASES", (case,))
+    threads = torch.get_num_threads()
+    try:
+        args = ["--part", "1", "--quick", "--threads", "1", "--targets", "0.7", "--rounds", "1"]
+        bench_latency.main([*args, "--doc", str(doc)])
+    finally:
+        torch.set_num_threads(threads)
+    text = doc.read_text()
+    assert f"{bench_latency.BEGIN}\npart one figures\n{bench_latency.END}" in text
+    begin, end = bench_latency.part1_markers(1)
+    assert (begin, end) != (bench_latency.BEGIN, bench_latency.END)
+    section = text.split(begin)[1].split(end)[0]
+    assert "1 torch threads" in section and "| lenet5 | 32x32, 2 | 0.7 |" in section
+
+
 def test_part_2_alone_keeps_part_1s_section_and_runs_one_sweep_per_measure(tmp_path, monkeypatch):
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text(f"# B\n\n{bench_latency.BEGIN}\npart one figures\n{bench_latency.END}\n")
