@@ -44,8 +44,10 @@ import csv
 import datetime
 import os
 import platform
+import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -485,6 +487,39 @@ def study_verdict(csv_path: Path) -> str:
     return "\n".join(out)
 
 
+def width_lines(sweep: Path) -> str:
+    """What each arm built: per model and arm (as :func:`study_verdict` names them), each unit's
+    kept filters, the median over the seeds (``filters_by_unit`` in the runs' summaries), in
+    the model's order, then the median test accuracy. A budget that strips one layer to its
+    floor and keeps another whole shows here; the accuracy table alone does not say why."""
+    from prune_cli.api import load_runs  # the package's reader of run directories
+
+    kept: dict[tuple[str, str], list[dict[str, list[int]]]] = {}
+    accuracy: dict[tuple[str, str], list[float]] = {}
+    for r in load_runs(sweep):
+        info = r.summary.get("method_info") or {}
+        units = info.get("filters_by_unit")
+        if r.summary.get("status") != "completed" or not units:
+            continue
+        method = r.config.get("method") or {}
+        arm = "knapsack" if method.get("latency_by") == "knapsack" else str(method.get("scope"))
+        key = (str(r.summary.get("model")), arm)
+        kept.setdefault(key, []).append(units)
+        accuracy.setdefault(key, []).append(float(r.summary["levels"][-1]["test_accuracy"]))
+    order = {"knapsack": 0, "global": 1, "layer": 2}
+    out = []
+    for key in sorted(kept, key=lambda k: (k[0], order.get(k[1], 3), k[1])):
+        runs = kept[key]
+        widths = [
+            f"{statistics.median(run[u][0] for run in runs):g}/{runs[0][u][1]}" for u in runs[0]
+        ]
+        acc = 100 * statistics.median(accuracy[key])
+        out.append(
+            f"- {key[0]}, {key[1]}: {', '.join(widths)} (median of {len(runs)}; test {acc:.1f}%)"
+        )
+    return "\n".join(out)
+
+
 def run_study(study: Study, out: Path, name: str = "sweep") -> tuple[str, str, list[str]]:
     """Part 2: the sweep into ``out / name`` and its report; (the report's accuracy table, the
     verdict, the commands as typed)."""
@@ -493,7 +528,11 @@ def run_study(study: Study, out: Path, name: str = "sweep") -> tuple[str, str, l
     run(report)
     folder = out / f"{name}-report"
     table = (folder / "accuracy.md").read_text().strip()
-    return table, study_verdict(folder / "accuracy.csv"), [shown(sweep), shown(report)]
+    verdict = study_verdict(folder / "accuracy.csv")
+    if widths := width_lines(out / name):
+        verdict += "\n\nKept filters per unit (kept / filters, in the model's order):\n\n"
+        verdict += widths
+    return table, verdict, [shown(sweep), shown(report)]
 
 
 # --- the document ----------------------------------------------------------------------------
@@ -517,14 +556,14 @@ def device_line(device: torch.device) -> str:
     )
 
 
-def part1_markers(threads: int | None) -> tuple[str, str]:
-    """Part 1's markers: the default's, or those of a run at ``--threads N``, so that a run at
-    one thread does not replace the figures at torch's own count (both are worth reading)."""
-    if threads is None:
-        return BEGIN, END
-    return f"<!-- bench-latency-threads-{threads}:begin -->", (
-        f"<!-- bench-latency-threads-{threads}:end -->"
-    )
+def section_markers(part: int, section: str | None) -> tuple[str, str]:
+    """A part's markers: the default's, or those of a named section (``--section``; a run at
+    ``--threads N`` is ``threads-N``), so that a variant (one thread, another schedule) does
+    not replace the default figures: both are worth reading side by side."""
+    if section is None:
+        return (BEGIN, END) if part == 1 else (STUDY_BEGIN, STUDY_END)
+    name = "bench-latency" if part == 1 else "bench-latency-study"
+    return f"<!-- {name}-{section}:begin -->", f"<!-- {name}-{section}:end -->"
 
 
 def write_section(doc: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
@@ -578,6 +617,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "of the BatchNorms, the batches' mean of |sum gamma g_gamma + beta g_beta|), "
         "optionally with method settings for every arm: l1,normalize=mean",
     )
+    ap.add_argument(
+        "--section",
+        help="write the parts between markers of this name (default: the standard ones; "
+        "threads-N with --threads N), beside the default figures",
+    )
+    ap.add_argument(
+        "--study-override",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="part 2: more overrides for every job of its sweeps (train.retrain.epochs=6)",
+    )
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     ap.add_argument("--no-doc", action="store_true", help="do not edit docs/BENCHMARKS.md")
     ap.add_argument("--out", type=Path, help="also write the Markdown section to this file")
@@ -587,6 +638,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             ap.error(f"a latency target is a fraction of the dense latency in (0, 1], got {t}")
     if args.rounds < 1 or args.round_to < 1:
         ap.error("--rounds and --round-to must be at least 1")
+    if args.section is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.section):
+        ap.error(f"--section: letters, digits, '.', '_' and '-' only, got {args.section!r}")
+    if bad := [o for o in args.study_override if "=" not in o.lstrip("+~")]:
+        ap.error(f"--study-override: expected KEY=VALUE, got {', '.join(bad)}")
     if args.threads is not None:
         if args.threads < 1:
             ap.error("--threads must be at least 1")
@@ -662,6 +717,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         study = replace(study, target=args.study_target)
         if args.seeds:
             study = replace(study, seeds=tuple(args.seeds))
+        if args.study_override:
+            study = replace(study, extra=(*study.extra, *args.study_override))
         sections[2] = [f"{head}. Command: `{command}`.", "", *(quick if args.quick else [])]
         part_started = time.perf_counter()
         for entry, (measure, settings) in zip(args.study_measure, entries, strict=True):
@@ -694,11 +751,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             ]
         sections[2].append(f"Part 2 took {time.perf_counter() - part_started:.0f} s.")
     doc = None if args.no_doc else args.doc
-    markers = {1: (BEGIN, END), 2: (STUDY_BEGIN, STUDY_END)}
-    if args.threads is not None:  # a thread count's part 1 is kept beside the default one's
-        markers[1] = part1_markers(args.threads)
+    section = args.section
+    if section is None and args.threads is not None:
+        section = f"threads-{args.threads}"  # kept beside the figures at torch's own count
     for part, lines in sections.items():
-        publish("\n".join(lines), None, doc, *markers[part])
+        publish("\n".join(lines), None, doc, *section_markers(part, section))
     if args.out is not None:
         publish("\n\n".join("\n".join(lines) for lines in sections.values()), args.out, None)
     log(f"bench_latency took {time.perf_counter() - started:.0f} s.")

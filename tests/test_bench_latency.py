@@ -6,11 +6,13 @@ step runs (on the CPU, at toy sizes) through the filter method with one table pe
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import run_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +155,7 @@ def test_part_1_at_a_thread_count_has_its_own_section_beside_the_default_one(tmp
         torch.set_num_threads(threads)
     text = doc.read_text()
     assert f"{bench_latency.BEGIN}\npart one figures\n{bench_latency.END}" in text
-    begin, end = bench_latency.part1_markers(1)
+    begin, end = bench_latency.section_markers(1, "threads-1")
     assert (begin, end) != (bench_latency.BEGIN, bench_latency.END)
     section = text.split(begin)[1].split(end)[0]
     assert "1 torch threads" in section and "| lenet5 | 32x32, 2 | 0.7 |" in section
@@ -178,6 +180,31 @@ def test_part_2_alone_keeps_part_1s_section_and_runs_one_sweep_per_measure(tmp_p
     assert calls == [(m, n, tmp_path / "s") for m, n in zip(measures, names, strict=True)]
     study = text.split(bench_latency.STUDY_BEGIN)[1].split(bench_latency.STUDY_END)[0]
     assert study.count("| table |") == 4 and "filter importance `halp`" in study
+
+
+def test_a_named_study_section_adds_its_overrides_and_keeps_the_default_study(
+    tmp_path, monkeypatch
+):
+    doc = tmp_path / "BENCHMARKS.md"
+    default = f"{bench_latency.STUDY_BEGIN}\nthe default study\n{bench_latency.STUDY_END}"
+    doc.write_text(f"# B\n\n{default}\n")
+    extras = []
+
+    def fake_run_study(study, out, name):
+        extras.append((study.extra, dict(study.method)["when"], name))
+        return "| steps table |", "- verdict", ["prune-run -m ..."]
+
+    monkeypatch.setattr(bench_latency, "run_study", fake_run_study)
+    args = ["--part", "2", "--doc", str(doc), "--study-dir", str(tmp_path / "s")]
+    args += ["--study-measure", "l1,when=steps,rounds=10", "--section", "steps"]
+    bench_latency.main([*args, "--study-override", "train.retrain.epochs=6"])
+    assert extras == [(("train.retrain.epochs=6",), "steps", "sweep-l1-when-steps-rounds-10")]
+    text = doc.read_text()
+    begin, end = bench_latency.section_markers(2, "steps")
+    assert default in text and "| steps table |" in text.split(begin)[1].split(end)[0]
+    for bad in (["--section", "a b"], ["--study-override", "epochs"]):
+        with pytest.raises(SystemExit):
+            bench_latency.main([*args[:4], *bad])
 
 
 def test_the_timing_noise_is_the_spread_of_the_dense_networks_ratio_to_its_copy(monkeypatch):
@@ -255,3 +282,33 @@ def test_threads_are_set_for_the_timing_and_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_latency.torch, "set_num_threads", seen.append)
     bench_latency.main(["--part", "1", "--no-doc", "--threads", "1", "--models", "resnet56"])
     assert seen[:2] == [1, 1]  # one thread set, then part 1 ran
+
+
+def test_the_kept_widths_are_each_arms_median_per_unit_in_the_models_order(tmp_path):
+    """From the runs' ``filters_by_unit``: the knapsack's and the per-layer ranking's widths,
+    the median over seeds; a failed run and one without the field are left out."""
+
+    def run(name, arm, units, accuracy, status="completed"):
+        folder = tmp_path / "sweep" / name
+        folder.mkdir(parents=True)
+        method = {"latency_by": "knapsack"} if arm == "knapsack" else {"scope": arm}
+        (folder / "config.yaml").write_text(yaml.safe_dump({"method": method}))
+        summary = {
+            "status": status,
+            "model": "vgg11",
+            "method_info": {"filters_by_unit": units} if units else {},
+            "levels": [{"level": 0, "test_accuracy": 0.9}, {"level": 1, "test_accuracy": accuracy}],
+        }
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+    run("k0", "knapsack", {"c1": [1, 16], "c2": [30, 32]}, 0.80)
+    run("k1", "knapsack", {"c1": [3, 16], "c2": [32, 32]}, 0.84)
+    run("k2", "knapsack", {"c1": [2, 16], "c2": [31, 32]}, 0.82)
+    run("k3", "knapsack", {"c1": [16, 16], "c2": [32, 32]}, 0.10, status="failed")
+    run("l0", "layer", {"c1": [8, 16], "c2": [16, 32]}, 0.85)
+    run("l1", "layer", None, 0.85)  # an older run: no widths recorded
+    lines = bench_latency.width_lines(tmp_path / "sweep").splitlines()
+    assert lines == [
+        "- vgg11, knapsack: 2/16, 31/32 (median of 3; test 82.0%)",
+        "- vgg11, layer: 8/16, 16/32 (median of 1; test 85.0%)",
+    ]

@@ -22,9 +22,15 @@ convolution through the shortcuts, the units are the inner convolution of each b
 - ``soft`` (soft filter pruning, as FPGM trains): prune p before the first step and again after
   every epoch, each time choosing afresh among all filters, so a filter pruned after one epoch
   may come back after the next (it restarts from zero); the last epoch's choice is final.
+- ``steps`` (HALP's schedule, Shen et al., NeurIPS 2022): train dense, then prune during the
+  fine-tuning level (1), after every ``interval`` optimizer steps (null: HALP's 40) for
+  ``rounds`` steps (HALP: 30), each on a geometric path: step k keeps (1 - p)^(k/n) of the
+  filters (1 - (1 - p)^(1/n) of the remaining ones each step), or with a latency target aims at
+  the latency ratio F^(k/n); then fine-tuning goes on with the final masks. The level starts
+  from the dense model, so its ``pruned`` row is the dense network's accuracy.
 
-The schedules inside a training run (all but ``trained``) are run by the callback in
-``prune_cli/pruning/filter_schedule.py``.
+The schedules inside a training run (all but ``trained``; ``steps`` inside the fine-tuning) are
+run by the callback in ``prune_cli/pruning/filter_schedule.py``.
 
 While training, pruned channels are kept at exactly zero (filters, biases, BatchNorm gamma and
 beta). At the end the channels are physically removed (torch-pruning): the run reports parameters,
@@ -47,9 +53,12 @@ filter fraction ``sparsity`` (then not used): each pruning step keeps the filter
 the summed importance under a latency table's prediction of the thin network, calibrated on
 measured latency (``prune_cli.pruning.latency_step``: the settings, the table, the knapsack or
 the fraction baseline, the corrections, what summary.json records). ``trained`` and ``init``
-prune to F in one step, ``soft`` to F afresh after every epoch, and ``early`` round k to the
+prune to F in one step, ``soft`` to F afresh after every epoch, ``early`` round k to the
 latency ratio 1 - c_k, c_k the reduction the filter fraction's curve gives after round k with
-p = 1 - F (``latency_budget.early_round_latency``; F after round n).
+p = 1 - F (``latency_budget.early_round_latency``; F after round n), and ``steps`` step k to
+F^(k/n) by the latency table alone, as HALP's steps are, except the last, which is calibrated
+on measured latency (timing the intermediate networks would cost seconds per step for networks
+that fine-tuning goes on changing).
 
 The thin network's latency in summary.json (``latency_ratio``, with or without a target) is the
 median of ``latency_step.LATENCY_PAIRS`` alternating thin / dense timings, ``latency_dense_ms``
@@ -74,7 +83,12 @@ from prune_cli.errors import ConfigError
 from prune_cli.io import save_torch
 from prune_cli.pruning import latency
 from prune_cli.pruning.derivatives import Derivatives, Sample, compute
-from prune_cli.pruning.filter_schedule import ChannelSchedule
+from prune_cli.pruning.filter_schedule import (
+    HALP_INTERVAL,
+    ChannelSchedule,
+    geometric_fraction,
+    geometric_ratio,
+)
 from prune_cli.pruning.flow import early_round_fraction
 from prune_cli.pruning.latency_budget import early_round_latency
 from prune_cli.pruning.latency_step import (
@@ -90,7 +104,9 @@ from prune_cli.pruning.method import METHODS, MethodConfig, PruneContext, Prunin
 from prune_cli.pruning.results import Column, Network, Results
 from prune_cli.pruning.structured import FilterGroups, macs_and_params, thin_checkpoint
 
-WHEN = ("early", "init", "trained", "soft")
+WHEN = ("early", "init", "trained", "soft", "steps")
+#: the schedules whose level 0 is plain dense training and that prune into a level 1
+PRUNED_AFTER_TRAINING = ("trained", "steps")
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +124,10 @@ class FilterConfig(MeasureSettings, LatencySettings, MethodConfig):
     #: p: fraction of the prunable filters removed in all (not used with ``latency_target``)
     sparsity: float = 0.5
     when: str = "early"
-    #: n: pruning rounds of one epoch each (``early``)
+    #: n: pruning rounds of one epoch each (``early``), or pruning steps (``steps``; HALP: 30)
     rounds: int = 5
+    #: ``when: steps``: optimizer steps between its pruning steps (null = HALP's 40)
+    interval: int | None = None
     #: each unit keeps at least floor(min_keep * channels) + 1 filters
     min_keep: float = 0.05
     #: each unit keeps a multiple of this many filters (or all of them), the nearest one to what
@@ -148,6 +166,7 @@ class FilterConfig(MeasureSettings, LatencySettings, MethodConfig):
             )
         check_range("min_keep", self.min_keep, 0.0, 1.0)
         check_range("round_to", self.round_to, 1, nullable=True)
+        check_range("interval", self.interval, 1, nullable=True)
         if self.layer_count not in (None, "pruned", "kept"):
             raise ConfigError(
                 f"method.layer_count must be pruned or kept, got {self.layer_count!r}"
@@ -156,6 +175,11 @@ class FilterConfig(MeasureSettings, LatencySettings, MethodConfig):
             raise ConfigError(
                 f"method.normalize must be {' or '.join(NORMALIZE)} or null, got {self.normalize!r}"
             )
+
+    @property
+    def step_interval(self) -> int:
+        """``interval`` with its default (HALP's)."""
+        return HALP_INTERVAL if self.interval is None else self.interval
 
 
 #: ``method.normalize``'s statistics of a unit's kept |scores|
@@ -222,6 +246,8 @@ class FilterPruning(PruningMethod):
         self.latency = LatencyStep(cfg, self.floor, cfg.round_to, cfg.min_keep)
         #: the latency ratio the pruning step under way aims at (an early round's); None: F
         self.step_latency: float | None = None
+        #: whether the step under way is calibrated on measured latency (``steps``' last only)
+        self.step_timed = True
         if cfg.latency_target is not None:
             # a run with a latency target declares its latency columns, and F as a target
             # setting (the report's series across targets leaves it out); the class's own
@@ -291,7 +317,7 @@ class FilterPruning(PruningMethod):
         )
 
     def num_levels(self) -> int:
-        return 1 if self.cfg.when == "trained" else 0
+        return 1 if self.cfg.when in PRUNED_AFTER_TRAINING else 0
 
     # --- the filter units and their state -----------------------------------------------------
     def units(self, model: nn.Module, ctx: PruneContext) -> FilterGroups:
@@ -398,6 +424,7 @@ class FilterPruning(PruningMethod):
         def by_fraction(f: float) -> dict[str, Tensor]:  # the baseline's ranking (latency_by)
             return self.choose(groups, device_keep, scores, f)
 
+        timed = timed and self.step_timed
         return self.latency.choose(
             groups, device_keep, scores, ctx, self.step_ratio(), by_fraction, timed=timed
         )
@@ -431,6 +458,22 @@ class FilterPruning(PruningMethod):
             return self.prune_fraction(model, masks, ctx, fraction)
         finally:
             self.step_latency = None
+
+    def prune_step(
+        self, model: nn.Module, masks: Masks, ctx: PruneContext, k: int
+    ) -> dict[str, Tensor]:
+        """Step k = 1..n of the ``steps`` schedule: ``geometric_fraction`` of the remaining
+        filters, or with a latency target the ratio F^(k/n), by the table alone but for step n."""
+        cfg = self.cfg
+        fraction = geometric_fraction(cfg.rounds, cfg.sparsity)
+        if cfg.latency_target is None:
+            return self.prune_fraction(model, masks, ctx, fraction)
+        self.step_latency = geometric_ratio(k, cfg.rounds, cfg.latency_target)
+        self.step_timed = k == cfg.rounds
+        try:
+            return self.prune_fraction(model, masks, ctx, fraction)
+        finally:
+            self.step_latency, self.step_timed = None, True
 
     def choose(
         self,
@@ -485,12 +528,14 @@ class FilterPruning(PruningMethod):
     def shares_dense(self) -> bool:
         # pruned after training, level 0 is the plain dense training: its channel schedule
         # changes nothing while every mask is full, and ``prepare`` only finds the units
-        return self.cfg.when == "trained"
+        return self.cfg.when in PRUNED_AFTER_TRAINING
 
     def callbacks(self, level: int, masks: Masks, ctx: PruneContext) -> list[Callback]:
         return [ChannelSchedule(self, masks, ctx, level)]
 
     def prune(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> Mapping[str, Tensor]:
+        if self.cfg.when == "steps":  # the fine-tuning level's callback prunes, step by step
+            return {name: mask.clone() for name, mask in masks.items()}
         return self.prune_fraction(model, masks, ctx, self.cfg.sparsity)  # when = trained
 
     def finalize(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> dict[str, Any]:
@@ -536,6 +581,11 @@ class FilterPruning(PruningMethod):
             # with a latency target the filter fraction is what the budget left, not a target
             "filter_sparsity_target": None if budget else self.cfg.sparsity,
             "filter_sparsity_max": self.reachable(groups),
+            # the thin architecture, unit by unit in the model's order: [kept, filters] (a
+            # latency budget may keep one layer whole and strip another to its floor)
+            "filters_by_unit": {
+                u.root: [int(keep[u.root].sum()), u.channels] for u in groups.units
+            },
             "params_before": params_before,
             "params_after": params_after,
             "macs_before": macs_before,
