@@ -501,6 +501,10 @@ def width_lines(sweep: Path) -> str:
         units = info.get("filters_by_unit")
         if r.summary.get("status") != "completed" or not units:
             continue
+        # in the model's order, as its mask lists its parameters (the units come in the order
+        # of torch-pruning's graph, and older runs recorded them so)
+        position = {name.rpartition(".")[0]: i for i, name in enumerate(r.mask(0))}
+        units = dict(sorted(units.items(), key=lambda item: position.get(item[0], len(position))))
         method = r.config.get("method") or {}
         arm = "knapsack" if method.get("latency_by") == "knapsack" else str(method.get("scope"))
         key = (str(r.summary.get("model")), arm)

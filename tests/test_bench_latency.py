@@ -286,7 +286,8 @@ def test_threads_are_set_for_the_timing_and_checked(tmp_path, monkeypatch):
 
 def test_the_kept_widths_are_each_arms_median_per_unit_in_the_models_order(tmp_path):
     """From the runs' ``filters_by_unit``: the knapsack's and the per-layer ranking's widths,
-    the median over seeds; a failed run and one without the field are left out."""
+    the median over seeds, in the model's order (the level mask's); a failed run and one without
+    the field are left out."""
 
     def run(name, arm, units, accuracy, status="completed"):
         folder = tmp_path / "sweep" / name
@@ -300,8 +301,11 @@ def test_the_kept_widths_are_each_arms_median_per_unit_in_the_models_order(tmp_p
             "levels": [{"level": 0, "test_accuracy": 0.9}, {"level": 1, "test_accuracy": accuracy}],
         }
         (folder / "summary.json").write_text(json.dumps(summary))
+        (folder / "levels" / "level_0").mkdir(parents=True)  # its parameters in model order
+        order = {"c1.weight": torch.ones(2, dtype=torch.bool), "c2.weight": torch.ones(2) > 0}
+        torch.save(order, folder / "levels" / "level_0" / "mask.pt")
 
-    run("k0", "knapsack", {"c1": [1, 16], "c2": [30, 32]}, 0.80)
+    run("k0", "knapsack", {"c2": [30, 32], "c1": [1, 16]}, 0.80)  # as the graph lists them
     run("k1", "knapsack", {"c1": [3, 16], "c2": [32, 32]}, 0.84)
     run("k2", "knapsack", {"c1": [2, 16], "c2": [31, 32]}, 0.82)
     run("k3", "knapsack", {"c1": [16, 16], "c2": [32, 32]}, 0.10, status="failed")

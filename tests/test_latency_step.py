@@ -207,6 +207,12 @@ def test_finalize_records_the_median_of_alternating_pairs_and_their_spread(tmp_p
     assert info["latency_ratio"] == 0.5  # the median of 0.3, 0.8, 0.5
     assert (info["latency_thin_ms"], info["latency_dense_ms"]) == (6.0, 12.0)  # its pair
     assert (info["latency_ratio_min"], info["latency_ratio_max"]) == (0.3, 0.8)
+    # the thin architecture unit by unit, in the model's order (torch-pruning's graph lists the
+    # units last layer first)
+    units = info["filters_by_unit"]
+    assert list(units) == [n for n, _ in model.named_modules() if n in units] == ["3", "6"]
+    assert [n for _, n in units.values()] == [12, 10]
+    assert sum(k for k, _ in units.values()) == info["filters_kept"] < 22
 
 
 def test_a_latency_targets_table_error_is_against_the_median_pair(tmp_path, monkeypatch):

@@ -570,6 +570,7 @@ class FilterPruning(PruningMethod):
         exported = export(thin, x[:2], ctx.artifact_path("final_model.pt2"))
         total = sum(u.channels for u in groups.units)
         kept = sum(int(k.sum()) for k in keep.values())
+        position = {name: i for i, (name, _) in enumerate(model.named_modules())}
         budget = {}
         if self.cfg.latency_target is not None:
             budget = self.latency.info(groups, keep, ctx, thin_ms, dense_ms)
@@ -584,7 +585,8 @@ class FilterPruning(PruningMethod):
             # the thin architecture, unit by unit in the model's order: [kept, filters] (a
             # latency budget may keep one layer whole and strip another to its floor)
             "filters_by_unit": {
-                u.root: [int(keep[u.root].sum()), u.channels] for u in groups.units
+                u.root: [int(keep[u.root].sum()), u.channels]
+                for u in sorted(groups.units, key=lambda u: position[u.root])
             },
             "params_before": params_before,
             "params_after": params_after,
