@@ -29,7 +29,11 @@ The script prints everything and writes each part's Markdown section (device: th
 from /proc/cpuinfo or the GPU's name, torch threads, torch version, date, load average,
 command) into docs/BENCHMARKS.md, part 1 between ``<!-- bench-latency:begin -->`` and
 ``<!-- bench-latency:end -->``, part 2 between the ``bench-latency-study`` markers, so that
-running one part keeps the other's figures (``--no-doc``: not; ``--out``: also to that file).
+running one part keeps the other's figures (``--no-doc``: not; ``--out``: also to that file);
+``--section NAME`` writes between markers of that name instead (``bench-latency-NAME``,
+``bench-latency-study-NAME``; ``--threads N`` alone: ``threads-N``), so that a variant (one
+thread, another schedule, ``--study-override train.retrain.epochs=6``) sits beside the
+default figures instead of replacing them.
 ``--quick`` runs both parts at toy sizes (batch 2, ResNet-50 at 64x64, 3 grid points, one seed,
 500 images): a check of the script, not figures. ``make bench-latency`` runs the full CPU
 benchmark.
@@ -60,6 +64,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prune_cli.errors import UserError
 from prune_cli.models import build_model
 from prune_cli.pruning.latency import kept_widths
 from prune_cli.pruning.latency_budget import BudgetUnit, min_widths
@@ -421,6 +426,17 @@ def study_entry(entry: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return measure, tuple(settings)
 
 
+def sweep_name(
+    measure: str, settings: Sequence[tuple[str, str]], overrides: Sequence[str] = ()
+) -> str:
+    """The sweep folder of one ``--study-measure`` entry: its settings and the
+    ``--study-override``s in the name, so that a variant never adds its jobs to another
+    sweep's folder (whose report would then mix the two)."""
+    parts = ["sweep", measure, *(f"{k}-{v}" for k, v in settings)]
+    parts += [re.sub(r"[^A-Za-z0-9_.-]+", "-", o.lstrip("+~")) for o in overrides]
+    return "-".join(parts)
+
+
 def sweep_command(study: Study, out: Path, name: str = "sweep") -> list[str]:
     """The ``prune-run -m`` command of part 2: the arms as dict overrides of ``method`` (one
     sweep, so the three share each seed's dense model; the sweeps of other importance
@@ -501,15 +517,22 @@ def width_lines(sweep: Path) -> str:
         units = info.get("filters_by_unit")
         if r.summary.get("status") != "completed" or not units:
             continue
+        test = (r.summary.get("levels") or [{}])[-1].get("test_accuracy")
+        if not isinstance(test, int | float):
+            continue
         # in the model's order, as its mask lists its parameters (the units come in the order
-        # of torch-pruning's graph, and older runs recorded them so)
-        position = {name.rpartition(".")[0]: i for i, name in enumerate(r.mask(0))}
+        # of torch-pruning's graph, and older runs recorded them so); a run whose mask cannot
+        # be read keeps the recorded order rather than ending the benchmark
+        try:
+            position = {name.rpartition(".")[0]: i for i, name in enumerate(r.mask(0))}
+        except (UserError, OSError):
+            position = {}
         units = dict(sorted(units.items(), key=lambda item: position.get(item[0], len(position))))
         method = r.config.get("method") or {}
         arm = "knapsack" if method.get("latency_by") == "knapsack" else str(method.get("scope"))
         key = (str(r.summary.get("model")), arm)
         kept.setdefault(key, []).append(units)
-        accuracy.setdefault(key, []).append(float(r.summary["levels"][-1]["test_accuracy"]))
+        accuracy.setdefault(key, []).append(float(test))
     order = {"knapsack": 0, "global": 1, "layer": 2}
     out = []
     for key in sorted(kept, key=lambda k: (k[0], order.get(k[1], 3), k[1])):
@@ -728,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for entry, (measure, settings) in zip(args.study_measure, entries, strict=True):
             log(f"\n== part 2: accuracy at equal latency (target {study.target:g}, {entry}) ==")
             arms = replace(study, method=(*study.method, ("measure", measure), *settings))
-            name = "-".join(["sweep", measure, *(f"{k}-{v}" for k, v in settings)])
+            name = sweep_name(measure, settings, args.study_override)
             try:
                 table, verdict, commands = run_study(arms, args.study_dir, name)
             except (RuntimeError, OSError) as exc:  # written down, and the exit status says so

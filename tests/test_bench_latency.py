@@ -198,7 +198,9 @@ def test_a_named_study_section_adds_its_overrides_and_keeps_the_default_study(
     args = ["--part", "2", "--doc", str(doc), "--study-dir", str(tmp_path / "s")]
     args += ["--study-measure", "l1,when=steps,rounds=10", "--section", "steps"]
     bench_latency.main([*args, "--study-override", "train.retrain.epochs=6"])
-    assert extras == [(("train.retrain.epochs=6",), "steps", "sweep-l1-when-steps-rounds-10")]
+    # the override is in the sweep's name: its jobs never join another sweep's folder
+    name = "sweep-l1-when-steps-rounds-10-train.retrain.epochs-6"
+    assert extras == [(("train.retrain.epochs=6",), "steps", name)]
     text = doc.read_text()
     begin, end = bench_latency.section_markers(2, "steps")
     assert default in text and "| steps table |" in text.split(begin)[1].split(end)[0]
@@ -311,8 +313,11 @@ def test_the_kept_widths_are_each_arms_median_per_unit_in_the_models_order(tmp_p
     run("k3", "knapsack", {"c1": [16, 16], "c2": [32, 32]}, 0.10, status="failed")
     run("l0", "layer", {"c1": [8, 16], "c2": [16, 32]}, 0.85)
     run("l1", "layer", None, 0.85)  # an older run: no widths recorded
+    run("l2", "layer", {"c1": [4, 16], "c2": [8, 32]}, None)  # no test accuracy: left out
+    run("k4", "knapsack", {"c2": [31, 32], "c1": [2, 16]}, 0.82)
+    (tmp_path / "sweep" / "k4" / "levels" / "level_0" / "mask.pt").write_bytes(b"not torch")
     lines = bench_latency.width_lines(tmp_path / "sweep").splitlines()
     assert lines == [
-        "- vgg11, knapsack: 2/16, 31/32 (median of 3; test 82.0%)",
+        "- vgg11, knapsack: 2/16, 31/32 (median of 4; test 82.0%)",
         "- vgg11, layer: 8/16, 16/32 (median of 1; test 85.0%)",
     ]

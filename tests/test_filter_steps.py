@@ -102,7 +102,9 @@ def test_steps_prune_in_the_fine_tuning_level_on_the_geometric_path_and_masks_on
 def test_the_steps_must_fit_in_the_fine_tuning():
     method, model, masks, ctx = steps_method(rounds=3, interval=3)
     callback = ChannelSchedule(method, masks, ctx, level=1)
-    with pytest.raises(ConfigError, match=r"need 9 steps; the fine-tuning has 8"):
+    with pytest.raises(
+        ConfigError, match=r"need 9 steps; the fine-tuning has 8 \(2 x 4 steps per epoch\)"
+    ):
         callback.on_level_start(model, steps_per_epoch=4, epochs=2)
     ChannelSchedule(method, masks, ctx, level=0).on_level_start(model, 4, 2)  # level 0: no check
 

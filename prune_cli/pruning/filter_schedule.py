@@ -103,9 +103,9 @@ class ChannelSchedule(Callback):
             raise ConfigError(
                 f"method.rounds={cfg.rounds} pruning steps every method.interval="
                 f"{cfg.step_interval} optimizer steps need {cfg.rounds * cfg.step_interval} "
-                f"steps; the fine-tuning has {steps_per_epoch * epochs} ({epochs} epochs of "
-                f"{steps_per_epoch}): lower method.rounds or method.interval, or raise "
-                "train.retrain.epochs"
+                f"steps; the fine-tuning has {steps_per_epoch * epochs} ({epochs} x "
+                f"{steps_per_epoch} steps per epoch): lower method.rounds or method.interval, "
+                "or raise train.retrain.epochs"
             )
         if cfg.when in ("init", "soft") and self.level == 0 and not self.init_done:
             self._prune(model, cfg.sparsity)
