@@ -19,6 +19,7 @@ disk before the run records how it ended, puts an overwritten run back or releas
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -330,7 +331,9 @@ class Experiment:
         )
         steps = s.data.num_batches("train", cfg.batch_size)
         scheduler = build_scheduler(optimizer, cfg, steps, cfg.epochs)
-        callbacks = s.method.callbacks(level, s.masks, s.context(level))
+        # every rank runs the callbacks: a choice they make from a timing is rank 0's on all
+        agree = functools.partial(self.ranks.agree, device=s.device)
+        callbacks = s.method.callbacks(level, s.masks, s.context(level, agree))
         ck, s.resume = s.resume, None  # the checkpoint's training state, used once
         best_state: dict[str, Tensor] | None = None
         if ck is not None and ck.resumes(level):

@@ -10,7 +10,9 @@ then take what rank 0 decided at three points, which :class:`Ranks` names:
   what is rank 0's alone (:data:`RANK0_ONLY`); or, when rank 0 stops before training (it showed
   a finished run, or its set-up failed), word to stop (:meth:`Ranks.stop`);
 - after pruning and after each level's training (:meth:`Ranks.sync`): weights, masks, the
-  method's state and the cursor.
+  method's state and the cursor;
+- inside a level's training, where a method's callbacks choose from a measurement that differs
+  between ranks (:meth:`Ranks.agree`: the latency a pruning step timed), rank 0's value.
 
 A single process is the same code with every call a no-op. This module sits beside the
 experiment loop (it knows masks and checkpoints); :mod:`prune_cli.distributed` below it knows
@@ -127,6 +129,14 @@ class Ranks:
         )
         if not self.world.main:
             _apply(state, shared)
+
+    def agree(self, obj: Any, device: torch.device) -> Any:
+        """Rank 0's ``obj`` on every rank; ``obj`` itself in one process. A collective: every
+        rank calls it at the same point, as the training callbacks run on every rank (a
+        latency-budgeted step's measured latency, which each rank times for itself)."""
+        if not self.world.parallel:
+            return obj
+        return distributed.broadcast_object(obj, device)
 
     def _hand_over(self, handed: dict[str, Any] | None, device: torch.device) -> None:
         self._handed_over = True

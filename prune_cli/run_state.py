@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,7 +30,7 @@ from prune_cli.distributed import World
 from prune_cli.errors import ConfigError, UserError
 from prune_cli.models import build_model, count_parameters
 from prune_cli.pruning.mask import Masks
-from prune_cli.pruning.method import METHODS, PruneContext, PruningMethod
+from prune_cli.pruning.method import METHODS, PruneContext, PruningMethod, unchanged
 from prune_cli.pruning.results import Results
 from prune_cli.recording.measure import record_level, record_stage
 from prune_cli.recording.records import RunRecords
@@ -76,8 +76,10 @@ class RunState:
     #: checkpoint carries only the rows past them)
     row_offset: dict[str, int] = field(default_factory=dict)
 
-    def context(self, level: int) -> PruneContext:
-        """What a method's hooks may use at ``level`` besides the model and masks."""
+    def context(self, level: int, agree: Callable[[Any], Any] | None = None) -> PruneContext:
+        """What a method's hooks may use at ``level`` besides the model and masks; ``agree``:
+        how the ranks agree on a measured value (the training callbacks' context, which every
+        rank of a data-parallel run holds), else each value is taken as it is."""
         cfg, store = self.cfg, self.store
 
         def batches(n: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -111,6 +113,7 @@ class RunState:
             model_name=cfg.model.name,
             evaluate=evaluate_split,
             cache_dir=paths.shared_cache_dir(Path(cfg.output_root)),
+            agree=agree or unchanged,
         )
 
     def evaluate(self, split: str) -> EvalResult:

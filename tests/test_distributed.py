@@ -167,6 +167,46 @@ def test_torchrun_command_runs_with_rank_0_writing(tmp_path: Path) -> None:
     assert log.count("level 0/1 epoch 1/1") == 1  # logged by rank 0 alone
 
 
+@pytest.mark.slow
+def test_two_ranks_prune_to_a_latency_target_inside_training(tmp_path: Path) -> None:
+    """``method=filter`` with a latency target on the ``early`` schedule under torchrun: both
+    ranks prune in their training callbacks, each times for itself, and they agree on rank 0's
+    table and timings (``PruneContext.agree``, a collective: a rank that called it where the
+    other did not would hang here until the timeout)."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    method = [
+        "method=filter",
+        "method.when=early",
+        "method.rounds=1",
+        "method.latency_target=0.7",
+        "method.latency_batch=8",
+        "method.latency_repeats=1",
+        "method.latency_points=2",
+        "method.prune_first=true",  # the MLP's one hidden layer is its first
+    ]
+    args = [*SETTINGS[:4], *method, "train.epochs=1", "progress=false", "device=cpu"]
+    args += [f"hydra.run.dir={run}", f"output_root={tmp_path / 'out'}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [*torchrun, "--master-port", str(_free_port()), "-m", "prune_cli.cli", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    info = summary["method_info"]
+    assert info["latency_target"] == 0.7 and info["filters_prunable"] == 32
+    assert 0 < info["filter_sparsity"] < 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

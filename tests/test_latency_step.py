@@ -301,3 +301,43 @@ def test_crossword_checks_its_candidates_at_the_latency_budget(tmp_path, monkeyp
     # dearer unit (2 of the 25 dense ms) of the target
     final = widths_of_layers(net, holder["roots"])
     assert abs(table.predict(final) / table.dense_ms - 0.4) <= 2 / 25 + 1e-9
+
+
+# --- the ranks of a data-parallel run select alike ----------------------------------------------
+def test_a_step_selects_by_the_timing_and_table_the_ranks_agree_on(tmp_path, monkeypatch):
+    """Each rank times for itself; ``ctx.agree`` hands every rank rank 0's ratio and table, so
+    the calibration follows those and the ranks' masks stay the same. Here this rank measures
+    1.0 (nowhere near the target), rank 0 measured the target: one selection, not three."""
+    import dataclasses
+
+    from prune_cli.pruning import latency
+
+    method, model, masks, ctx = pruned_method(tmp_path, latency_target=0.6)
+    groups = method.units(model, ctx)
+    own = synthetic_table(method, model, ctx)
+    method.table = None  # built (here: handed over) at the first need
+    rank0_table = Table(own.full, own.cost, base=own.base)
+    monkeypatch.setattr(latency, "build_table", lambda *args, **kwargs: own)
+    time_each_network(monkeypatch, lambda m, batch, repeats: 1.0)  # this rank: ratio 1.0
+    agreed: list[object] = []
+
+    def rank0(value):
+        agreed.append(value)
+        if value is own:
+            return rank0_table
+        return 0.6 if isinstance(value, float) else value
+
+    ctx = dataclasses.replace(ctx, agree=rank0)
+    masks.update(method.prune(model, masks, ctx))
+    assert method.latency.table_for(groups, ctx) is rank0_table
+    assert agreed == [own, pytest.approx(1.0)]  # the table, then one timing
+    # in one process (and in rank 0's own pruning between levels) a value is taken as it is
+    assert prune_context([]).agree(0.25) == 0.25
+
+
+def test_the_ranks_agree_on_rank_0s_value_and_one_process_on_its_own():
+    from prune_cli.distributed import World
+    from prune_cli.ranks import Ranks
+
+    value = {"ratio": 0.5}
+    assert Ranks(World()).agree(value, torch.device("cpu")) is value

@@ -229,7 +229,8 @@ class LatencyStep:
     def table_for(self, groups: FilterGroups, ctx: PruneContext) -> latency.LatencyTable:
         """The run's latency table: built once (read from the cache when another run of the
         same model, device and setting measured it), on the dense architecture; the masks do
-        not change what it measures (layer shapes)."""
+        not change what it measures (layer shapes). Every rank of a data-parallel run that
+        prunes inside training measures one; rank 0's is the one they all select by."""
         if self.table is None:
             example, _ = self.inputs(ctx)
             channels = {u.root: u.channels for u in groups.units}
@@ -250,6 +251,7 @@ class LatencyStep:
                 cache_dir=ctx.cache_dir,
                 floor_of=lambda root: self.floor(channels[root]),
             )
+            self.table = ctx.agree(self.table)
         return self.table
 
     # --- selecting ----------------------------------------------------------------------------
@@ -322,7 +324,11 @@ class LatencyStep:
         dense = dense_reference(groups.model)  # an earlier round's zeros would flatter it
 
         def measure(keep: Keep) -> float:
-            return self.timing(dense, groups.thin(dict(keep), example), batch).ratio
+            # every rank of a data-parallel run times for itself: rank 0's ratio decides, so
+            # that the ranks' next selections (and their masks) stay the same
+            return float(
+                ctx.agree(self.timing(dense, groups.thin(dict(keep), example), batch).ratio)
+            )
 
         def same(a: Keep, b: Keep) -> bool:
             return all(torch.equal(a[r].cpu(), b[r].cpu()) for r in a)

@@ -103,6 +103,11 @@ def check_range(
     raise ConfigError(f"method.{key} must be {wanted}{null}, got {value}")
 
 
+def unchanged(value: Any) -> Any:
+    """``PruneContext.agree`` in one process: every rank there is rank 0."""
+    return value
+
+
 @dataclass
 class PruneContext:
     """What a method may use besides the model: never a dataset or a model class.
@@ -115,7 +120,10 @@ class PruneContext:
     (``"val"`` or ``"test"``) as the run evaluates it, for analyses of pruned copies without
     fine-tuning (the pruning-limit sweep), (nan, nan) for a split with no samples; None where
     no data is at hand (unit tests). ``cache_dir`` is where measurements shared across runs
-    are kept (None: not kept).
+    are kept (None: not kept). ``agree(value)`` is rank 0's ``value`` on every rank of a
+    data-parallel run, for a choice made inside training from a measurement each rank makes
+    for itself (a latency timing): the ranks then prune alike. In one process, and outside the
+    training callbacks (where rank 0 alone prunes), it returns ``value``.
     """
 
     level: int
@@ -136,6 +144,8 @@ class PruneContext:
     #: a folder shared by the runs under one ``output_root`` for what is measured once and
     #: reused (the latency tables of ``method.latency_target``); None: nothing is cached
     cache_dir: Path | None = None
+    #: rank 0's value on every rank (training callbacks of a data-parallel run); else itself
+    agree: Callable[[Any], Any] = unchanged
 
 
 class PruningMethod:
