@@ -145,23 +145,8 @@ def test_slurm_data_parallel_launcher_composes() -> None:
 @pytest.mark.slow
 def test_torchrun_command_runs_with_rank_0_writing(tmp_path: Path) -> None:
     """``torchrun --nproc-per-node 2 -m prune_cli.cli ...`` itself: the CLI joins the ranks."""
-    import subprocess
-    import sys
-
     run = tmp_path / "run"
-    args = [*SETTINGS, "train.epochs=1", "device=cpu", f"hydra.run.dir={run}"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [*torchrun, "--master-port", str(_free_port()), "-m", "prune_cli.cli", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
+    summary = _torchrun([*SETTINGS, "train.epochs=1", "device=cpu"], run, timeout=120)
     assert summary["status"] == "completed" and len(summary["levels"]) == 2
     log = (run / "run.log").read_text()
     assert log.count("level 0/1 epoch 1/1") == 1  # logged by rank 0 alone
@@ -173,10 +158,6 @@ def test_two_ranks_prune_to_a_latency_target_inside_training(tmp_path: Path) -> 
     ranks prune in their training callbacks, each times for itself, and they agree on rank 0's
     table and timings (``PruneContext.agree``, a collective: a rank that called it where the
     other did not would hang here until the timeout)."""
-    import subprocess
-    import sys
-
-    run = tmp_path / "run"
     method = [
         "method=filter",
         "method.when=early",
@@ -188,23 +169,33 @@ def test_two_ranks_prune_to_a_latency_target_inside_training(tmp_path: Path) -> 
         "method.prune_first=true",  # the MLP's one hidden layer is its first
     ]
     args = [*SETTINGS[:4], *method, "train.epochs=1", "progress=false", "device=cpu"]
-    args += [f"hydra.run.dir={run}", f"output_root={tmp_path / 'out'}"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [*torchrun, "--master-port", str(_free_port()), "-m", "prune_cli.cli", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
+    args.append(f"output_root={tmp_path / 'out'}")
+    summary = _torchrun(args, tmp_path / "run", timeout=180)
     assert summary["status"] == "completed"
     info = summary["method_info"]
     assert info["latency_target"] == 0.7 and info["filters_prunable"] == 32
     assert 0 < info["filter_sparsity"] < 1
+
+
+def _torchrun(args: list[str], run: Path, timeout: int) -> dict:
+    """``torchrun --nproc-per-node 2 -m prune_cli.cli ARGS`` into ``run`` (one thread per
+    rank); its summary.json, after asserting that it exited 0."""
+    import subprocess
+    import sys
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    torchrun += ["--master-port", str(_free_port()), "-m", "prune_cli.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [*torchrun, *args, f"hydra.run.dir={run}"],
+        cwd=run.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((run / "summary.json").read_text())
 
 
 def _free_port() -> int:
