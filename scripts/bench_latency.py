@@ -64,6 +64,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prune_cli.api import load_runs
 from prune_cli.errors import UserError
 from prune_cli.models import build_model
 from prune_cli.pruning.latency import kept_widths
@@ -508,8 +509,6 @@ def width_lines(sweep: Path) -> str:
     kept filters, the median over the seeds (``filters_by_unit`` in the runs' summaries), in
     the model's order, then the median test accuracy. A budget that strips one layer to its
     floor and keeps another whole shows here; the accuracy table alone does not say why."""
-    from prune_cli.api import load_runs  # the package's reader of run directories
-
     kept: dict[tuple[str, str], list[dict[str, list[int]]]] = {}
     accuracy: dict[tuple[str, str], list[float]] = {}
     for r in load_runs(sweep):

@@ -315,13 +315,17 @@ def _linearised_choice(
     if capacity < 0:
         return None
     unit = capacity / bins if capacity > 0 else 1.0
+
+    def bins_of(cost: float) -> int:  # rounded up: what fits in the bins fits the budget
+        return math.ceil(cost / unit - 1e-9) if cost > 0 else 0
+
     best = np.zeros(bins + 1)  # best[b]: the most importance within b bins (no units yet)
     picks = []
     for value, cost in zip(values, costs, strict=True):
         row = np.full(bins + 1, -np.inf)
         pick = np.zeros(bins + 1, dtype=np.int64)
         for k, (v, c) in enumerate(zip(value, cost, strict=True)):
-            need = math.ceil(c / unit - 1e-9) if c > 0 else 0
+            need = bins_of(c)
             if need > bins:
                 continue
             shifted = np.full(bins + 1, -np.inf)
@@ -337,8 +341,7 @@ def _linearised_choice(
     for i in range(len(options) - 1, -1, -1):
         k = int(picks[i][b])
         chosen[i] = options[i][k]
-        c = costs[i][k]
-        b -= math.ceil(c / unit - 1e-9) if c > 0 else 0
+        b -= bins_of(costs[i][k])
     return chosen
 
 
@@ -475,9 +478,9 @@ def next_budget(history: Sequence[tuple[float, float]], target: float) -> float:
         b = min(above, key=lambda h: h[1])
     else:
         a, b = history[-2], history[-1]
-    if a[0] == b[0] or (b[1] - a[1]) / (b[0] - a[0]) <= 0:
+    slope = (b[1] - a[1]) / (b[0] - a[0]) if a[0] != b[0] else 0.0
+    if slope <= 0:
         return scaled
-    slope = (b[1] - a[1]) / (b[0] - a[0])
     return b[0] + (target - b[1]) / slope
 
 
