@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-lowest lint format bench bench-latency gpu-check clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns reproduce-sapp-smoke reproduce-sapp reproduce-limit-smoke reproduce-limit reproduce-crossword-smoke reproduce-crossword
+.PHONY: help install demo test test-fast test-lowest lint format bench bench-latency gpu-check gpu-wheels clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns reproduce-sapp-smoke reproduce-sapp reproduce-limit-smoke reproduce-limit reproduce-crossword-smoke reproduce-crossword
 
 help: ## list the targets with what they do and how long they take
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -62,7 +62,7 @@ bench-latency: $(STAMP) ## latency budgets: targets met on 4 networks, accuracy 
 # torch-pruning come from wheels in .whl/ (see docs/BENCHMARKS.md), installed into a
 # temporary folder that goes on PYTHONPATH with the repository root.
 gpu-check: PY = python3
-gpu-check: ## on a GPU machine: GPU tests + training/latency/latency-target benchmarks into docs/BENCHMARKS.md (H100 ~10-14 min, estimated; no venv)
+gpu-check: ## on a GPU machine: GPU tests + latency-target/latency/training benchmarks into docs/BENCHMARKS.md (no step starts after 8 min; no venv)
 	@set -e; site=""; \
 	if ls .whl/*.whl >/dev/null 2>&1; then \
 	  site=$$(mktemp -d); \
@@ -73,6 +73,14 @@ gpu-check: ## on a GPU machine: GPU tests + training/latency/latency-target benc
 	status=0; GPU_CHECK_COMMAND="make gpu-check" $(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS) \
 	  || status=$$?; \
 	[ -z "$$site" ] || rm -rf "$$site"; exit $$status
+
+# The wheels gpu-check installs (pure Python: one set serves every Python 3 the GPU machine has);
+# run where PyPI is reachable, then carry .whl/ (ignored by git) with the repository.
+gpu-wheels: $(STAMP) ## download into .whl/ the wheels a bare GPU machine lacks for make gpu-check (needs PyPI)
+	mkdir -p .whl
+	$(PY) -m pip download --quiet --no-deps -d .whl hydra-core==1.3.2 omegaconf==2.3.0 torch-pruning==1.6.1
+	$(PY) -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3
+	@ls .whl
 
 clean: ## remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -1,28 +1,36 @@
 """One command on a GPU machine: the GPU tests, the training and latency benchmarks, one table.
 
-Runs, in order (on an H100 in about 5-8 minutes before step 3's per-layer rows and step 4
-were added; with them an estimated 10-14, not yet timed on a GPU):
+Runs, in this order (on an H100 in about 5-8 minutes before the per-layer rows of step 3 and
+step 2 were added; with them an estimated 10-14, not yet timed on a GPU, hence the deadline):
 
 1. ``pytest -m gpu`` (the CUDA path; needs hydra-core and the others from ``.whl/``);
-2. ``bench_train``: ResNet-56, 50,000 synthetic 32x32 uint8 images, batch 128: the torchvision
-   DataLoader reference with 4, 8 and 16 workers; prune-run eager and compiled, bf16 and fp32,
-   masks at 0% and 90% (and 90% not enforced); the whole step as one CUDA graph
-   (``train.cuda_graphs``), bf16 and fp32, masks 0% and 90%; the plain loop over precomputed
-   batches; the cost of one mask multiply;
+2. ``bench_latency`` part 1 (issue 27): four networks (ResNet-56, VGG-16 and MobileNet-V1 at
+   32x32, ResNet-50 at 224x224) pruned to 0.5 and 0.7 of the dense latency on this GPU
+   (``--latency-targets``; a latency table measured here, bf16, channels-last, graphed), by the
+   knapsack and by the global and per-layer rankings tuned to the same latency; batch 256 at
+   32x32, 64 at 224x224; the measured ratio against the target (``--no-latency``: skipped;
+   ``--device cpu``: the same code at toy sizes);
 3. ``bench_thin``: structured pruning (50% of the filters) of ResNet-56, VGG-16 and
    MobileNet-V1, latency of the dense and the thinner network at batch 256 (channel counts
    rounded to multiples of 8 and not, ranked globally; rounded to 8, ranked per layer), and of
    ResNet-50 at 224x224 (rounded to 8; the global ranking and the per-layer one, which also
    thins the residual streams);
-4. ``bench_latency`` part 1 (issue 27): the same four networks pruned to 0.5 and 0.7 of the
-   dense latency on this GPU (``--latency-targets``; a latency table measured here, bf16,
-   channels-last, graphed), by the knapsack and by the global and per-layer rankings tuned to
-   the same latency; batch 256 at 32x32, 64 at 224x224; the measured ratio against the
-   target (``--no-latency``: skipped; ``--device cpu``: the same code at toy sizes);
+4. ``bench_train``: ResNet-56, 50,000 synthetic 32x32 uint8 images, batch 128: the torchvision
+   DataLoader reference with 4, 8 and 16 workers; prune-run eager and compiled, bf16 and fp32,
+   masks at 0% and 90% (and 90% not enforced); the whole step as one CUDA graph
+   (``train.cuda_graphs``), bf16 and fp32, masks 0% and 90%; the plain loop over precomputed
+   batches; the cost of one mask multiply;
 5. only if 1-4 took less than ``--budget-s``: compiled kernels (``torch.compile`` default mode)
    with the whole step as one CUDA graph, and the compiled forward/backward with CUDA graphs of
    their own (``reduce-overhead``), bf16, masks 90%, added to the training table
    (``torch.compile``'s default mode without graphs only with ``--compile-default``).
+
+The figures no GPU session has taken yet (step 2, the per-layer rows of step 3) come first,
+the training figures (measured on an H100 on 2026-11-23) after. No step, and no network of
+step 2, starts after ``--deadline-s`` seconds; the ones left out are named in the section. A
+device machine may stop a command at a fixed limit (10 minutes where this project's GPU
+sessions run): the section is therefore written after every step (and every network of step
+2), so a check stopped from outside still leaves what it finished, marked as partial.
 
 It prints everything, and writes a Markdown section (device, torch version, date, command,
 tables) into docs/BENCHMARKS.md between ``<!-- gpu-check:begin -->`` and
@@ -39,7 +47,8 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +56,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
+#: the clock of the deadline (a test replaces it)
+clock: Callable[[], float] = time.perf_counter
 
 
 def log(text: str = "") -> None:
@@ -181,41 +192,79 @@ def guarded(what: str, make: Callable[[], str]) -> str:
         return f"{what} failed: {type(exc).__name__}: {exc}"
 
 
-def latency_section(args: argparse.Namespace) -> str:
+def latency_section(
+    args: argparse.Namespace,
+    progress: Callable[[str], None] | None = None,
+    deadline: Callable[[], str | None] | None = None,
+) -> str:
     """``bench_latency`` part 1 on ``args.device``: its Markdown table and verdict lines. On CUDA
-    the GPU's cases (batch 256 at 32x32, 64 at 224x224); elsewhere the toy ones, a dry run."""
+    the GPU's cases (batch 256 at 32x32, 64 at 224x224); elsewhere the toy ones, a dry run.
+
+    One network at a time: after each, ``progress`` gets the section so far (so a run stopped
+    from outside keeps the networks done), and before the next, ``deadline`` may say why not to
+    start it (the networks left are then named in the section)."""
     import bench_latency
 
     device = torch.device(args.device)
     cases = bench_latency.CUDA_CASES if device.type == "cuda" else bench_latency.QUICK_CASES
     cases = tuple(c for c in cases if c.model in args.latency_models)
     noise: list[dict] = []
-    with bench_latency.cache_folder(None) as cache:
-        rows = bench_latency.run_budgets(
-            cases, args.latency_targets, device, cache, rounds=3, round_to=8, say=log, noise=noise
-        )
-    return "\n\n".join(
-        [
+    rows: list[dict] = []
+    left: list[str] = []
+
+    def text() -> str:
+        parts = [
             bench_latency.budget_table(rows),
             bench_latency.budget_verdict(rows),
             "Timing noise on this device:",
             bench_latency.noise_lines(noise),
         ]
-    )
+        if left:
+            parts.append(f"Not measured: {', '.join(left)} ({why}).")
+        return "\n\n".join(parts)
+
+    why = ""
+    with bench_latency.cache_folder(None) as cache:
+        for i, case in enumerate(cases):
+            why = (deadline() if deadline else None) or ""
+            if why:
+                left = [c.model for c in cases[i:]]
+                log(f"latency targets: {', '.join(left)} not measured: {why}")
+                break
+            rows += bench_latency.run_budgets(
+                (case,),
+                args.latency_targets,
+                device,
+                cache,
+                rounds=3,
+                round_to=8,
+                say=log,
+                noise=noise,
+            )
+            if progress is not None:
+                progress(text())
+    return text()
 
 
 def publish(
-    section: str, out: Path | None, doc: Path | None, begin: str = BEGIN, end: str = END
+    section: str,
+    out: Path | None,
+    doc: Path | None,
+    begin: str = BEGIN,
+    end: str = END,
+    quiet: bool = False,
 ) -> None:
     """Write a benchmark's section to ``out`` (when given) and between its markers in ``doc``
-    (when given)."""
+    (when given); ``quiet``: without saying so (the partial sections written between steps)."""
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(section + "\n")
-        log(f"wrote {out}")
+        if not quiet:
+            log(f"wrote {out}")
     if doc is not None:
         write_section(doc, section, begin, end)
-        log(f"wrote the section into {doc}")
+        if not quiet:
+            log(f"wrote the section into {doc}")
 
 
 def write_section(doc: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
@@ -232,7 +281,88 @@ def write_section(doc: Path, section: str, begin: str = BEGIN, end: str = END) -
     doc.write_text(text)
 
 
-def main() -> None:
+#: the steps in the order they run: issue 27's latency targets before the training figures,
+#: which earlier GPU sessions measured, so a check cut short by ``--deadline-s`` (or by the
+#: machine's limit on one command) still brings back the figures never taken
+STEPS = ("tests", "latency", "thin", "train", "compiled")
+
+
+@dataclass
+class Report:
+    """The gpu-check section as the steps fill it in, written after every step: a run stopped
+    from outside (a machine's limit on one command) leaves the steps it finished."""
+
+    args: argparse.Namespace
+    header: str
+    started: float = field(default_factory=lambda: clock())
+    tests: str = ""
+    train: str = ""
+    thin: str = ""
+    latency: str = ""
+    not_run: list[str] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return clock() - self.started
+
+    def past_deadline(self) -> str | None:
+        """Why a step may not start now (the deadline is reached), or None."""
+        used = self.elapsed()
+        if used >= self.args.deadline_s:
+            return f"{used:.0f} s used, deadline {self.args.deadline_s} s"
+        return None
+
+    def render(self, running: str | None = None) -> str:
+        a = self.args
+        parts = [self.header, ""]
+        if self.tests:
+            parts += [f"GPU tests (`pytest -m gpu`): {self.tests}.", ""]
+        if self.train:
+            parts += [
+                f"Training, {a.model} on {a.n:,} synthetic 32x32x3 uint8 images (crop + flip), "
+                f"batch 128, SGD; median of {a.epochs} timed epochs after one warm-up epoch "
+                "(compile time: the warm-up's extra time):",
+                "",
+                self.train,
+                "",
+            ]
+        if self.thin:
+            parts += [
+                f"Thinner networks (50% of the prunable filters removed), batch {a.thin_batch}, "
+                "bf16 autocast, channels-last, forward pass replayed as a CUDA graph, CUDA "
+                "events; goal: latency gain / MACs reduction >= 0.8:",
+                "",
+                self.thin,
+                "",
+            ]
+        if self.latency:
+            parts += [
+                "Pruned to a latency target (issue 27, `scripts/bench_latency.py` part 1): "
+                "random-init weights, L1 scores, kept filters rounded to 8, latency table "
+                "measured on this device (bf16, channels-last, graphed); ratios thin / dense, "
+                "the median of 3 alternating measurements after the selection; goal: within "
+                "5% of the target:",
+                "",
+                self.latency,
+                "",
+            ]
+        parts += [f"- {line}" for line in self.not_run]
+        if self.not_run:
+            parts.append("")
+        if running is None:
+            parts.append(f"gpu-check took {self.elapsed():.0f} s.")
+        else:
+            parts.append(
+                f"gpu-check had run {self.elapsed():.0f} s and was in its step `{running}` "
+                "when this was written: the steps above are complete, the rest are missing."
+            )
+        return "\n".join(parts)
+
+    def write(self, running: str | None = None) -> None:
+        a = self.args
+        publish(self.render(running), a.out, None if a.no_doc else a.doc, quiet=running is not None)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="also write the Markdown section to this file")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
@@ -251,7 +381,9 @@ def main() -> None:
     ap.add_argument(
         "--no-compiled-rows", dest="cudagraphs", action="store_false", help="skip step 5"
     )
-    ap.add_argument("--no-tests", dest="tests", action="store_false")
+    ap.add_argument("--no-tests", dest="tests", action="store_false", help="skip step 1")
+    ap.add_argument("--no-train", dest="train", action="store_false", help="skip steps 4 and 5")
+    ap.add_argument("--no-thin", dest="thin", action="store_false", help="skip step 3")
     ap.add_argument("--thin-models", nargs="+", default=["resnet56", "vgg16", "mobilenet_v1"])
     ap.add_argument("--thin-batch", type=int, default=256)
     ap.add_argument(
@@ -275,97 +407,114 @@ def main() -> None:
         default=["resnet56", "vgg16", "mobilenet_v1", "resnet50"],
         help="bench_latency part 1: which of its four networks",
     )
-    ap.add_argument("--no-latency", dest="latency", action="store_false", help="skip step 4")
+    ap.add_argument("--no-latency", dest="latency", action="store_false", help="skip step 2")
     ap.add_argument("--model", default="resnet56", help="training benchmark model")
     ap.add_argument("--device", default="cuda", help="cpu: a quick dry run of this script")
     ap.add_argument(
         "--budget-s",
         type=int,
         default=330,
-        help="the CUDA-graph rows run only if the required parts took less (seconds)",
+        help="the compiled rows (step 5) run only if the steps before took less (seconds)",
     )
-    args = ap.parse_args()
+    ap.add_argument(
+        "--deadline-s",
+        type=int,
+        default=480,
+        help="no step (and no network of step 2) starts after this many seconds; the default "
+        "leaves a step begun just before it time to end inside a 10-minute limit on one command",
+    )
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device visible")
 
-    started = time.perf_counter()
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor()})"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = os.environ.get("GPU_CHECK_COMMAND", "python3 scripts/gpu_check.py")
+    command = command_line(sys.argv[1:] if argv is None else list(argv))
     log(f"gpu-check on {device}, torch {torch.__version__}, CUDA {torch.version.cuda}, {date}")
-    parts = [
+    report = Report(
+        args,
         f"Measured on {device}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
         f"Python {platform.python_version()}, {os.cpu_count()} CPU cores, {date}. "
         f"Command: `{command}`.",
-        "",
-    ]
-    if args.tests:
-        summary, code = run_tests()
-        parts += [f"GPU tests (`pytest -m gpu`): {summary} (exit code {code}).", ""]
-
-    log(f"\n== training: {args.model}, 32x32x3, batch 128 ==")
+    )
+    wanted = {
+        "tests": args.tests,
+        "latency": args.latency,
+        "thin": args.thin,
+        "train": args.train,
+        "compiled": args.train and args.cudagraphs and cuda,
+    }
     summary: dict | None = None
-    train_error = ""
-    try:
-        summary = train_summary(args)
-    except Exception as exc:
-        traceback.print_exc()
-        train_error = f"training benchmark failed: {type(exc).__name__}: {exc}"
+    for step in STEPS:
+        if not wanted[step]:
+            continue
+        why = report.past_deadline()
+        if step == "compiled" and why is None and report.elapsed() >= args.budget_s:
+            why = f"{report.elapsed():.0f} s used, --budget-s {args.budget_s}"
+        if why is not None:
+            report.not_run.append(f"step `{step}` not run: {why}.")
+            log(report.not_run[-1])
+            continue
+        report.write(running=step)
+        if step == "tests":
+            line, code = run_tests()
+            report.tests = f"{line} (exit code {code})"
+        elif step == "latency":
+            log(f"\n== latency targets {args.latency_targets} (bench_latency part 1) ==")
 
-    log(f"\n== structured pruning latency, batch {args.thin_batch} ==")
-    thin = guarded("latency benchmark", lambda: thin_section(args))
-    log(thin)
+            def partial(text: str) -> None:
+                report.latency = text
+                report.write(running="latency")
 
-    budgets = ""
-    if args.latency:
-        log(f"\n== latency targets {args.latency_targets} (bench_latency part 1) ==")
-        budgets = guarded("latency-target benchmark", lambda: latency_section(args))
-        log(budgets)
-
-    # optional, last, while the budget allows: the required figures are in by now
-    elapsed = time.perf_counter() - started
-    if summary is not None and args.cudagraphs and cuda:
-        if elapsed < args.budget_s:
-            log(f"\n== compiled training ({elapsed:.0f} s used) ==")
+            report.latency = guarded(
+                "latency-target benchmark",
+                lambda: latency_section(args, partial, report.past_deadline),
+            )
+            log(report.latency)
+        elif step == "thin":
+            log(f"\n== structured pruning latency, batch {args.thin_batch} ==")
+            report.thin = guarded("latency benchmark", lambda: thin_section(args))
+            log(report.thin)
+        elif step == "train":
+            log(f"\n== training: {args.model}, 32x32x3, batch 128 ==")
+            try:
+                summary = train_summary(args)
+            except Exception as exc:
+                traceback.print_exc()
+                report.train = f"training benchmark failed: {type(exc).__name__}: {exc}"
+            else:
+                report.train = training_text(summary)
+        elif step == "compiled" and summary is not None:
+            log(f"\n== compiled training ({report.elapsed():.0f} s used) ==")
             add_compiled_rows(args, summary)
-        else:
-            note = f"compiled rows skipped: {elapsed:.0f} s used"
-            log(note)
-            summary.setdefault("notes", []).append(note)
+            report.train = training_text(summary)
+    log(f"\n{report.train}" if report.train else "")
+    report.write()
 
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command as typed: ``make gpu-check`` (which names itself in ``GPU_CHECK_COMMAND``)
+    with its ``GPU_CHECK_ARGS``, or the script with its arguments."""
+    given = " ".join(argv)
+    make = os.environ.get("GPU_CHECK_COMMAND")
+    if make:
+        return f'{make} GPU_CHECK_ARGS="{given}"' if given else make
+    return f"python3 scripts/gpu_check.py {given}".rstrip()
+
+
+def training_text(summary: dict) -> str:
+    """The training table and its notes (``bench_train.report``)."""
     import bench_train
 
-    train = train_error or bench_train.report(summary)
-    if summary is not None and summary.get("notes"):
-        train += "\n" + "\n".join(f"- {n}" for n in summary["notes"])
-    log(f"\n{train}")
-    parts += [
-        f"Training, {args.model} on {args.n:,} synthetic 32x32x3 uint8 images (crop + flip), "
-        f"batch 128, SGD; median of {args.epochs} timed epochs after one warm-up epoch "
-        "(compile time: the warm-up's extra time):",
-        "",
-        train,
-        "",
-        f"Thinner networks (50% of the prunable filters removed), batch {args.thin_batch}, "
-        "bf16 autocast, channels-last, forward pass replayed as a CUDA graph, CUDA events; "
-        "goal: latency gain / MACs reduction >= 0.8:",
-        "",
-        thin,
-        "",
-    ]
-    if args.latency:
-        parts += [
-            "Pruned to a latency target (issue 27, `scripts/bench_latency.py` part 1): "
-            "random-init weights, L1 scores, kept filters rounded to 8, latency table measured "
-            "on this device (bf16, channels-last, graphed); ratios thin / dense, the median of "
-            "3 alternating measurements after the selection; goal: within 5% of the target:",
-            "",
-            budgets,
-            "",
-        ]
-    parts += [f"gpu-check took {time.perf_counter() - started:.0f} s."]
-    publish("\n".join(parts), args.out, None if args.no_doc else args.doc)
+    text = bench_train.report(summary)
+    if summary.get("notes"):
+        text += "\n" + "\n".join(f"- {n}" for n in summary["notes"])
+    return text
 
 
 if __name__ == "__main__":

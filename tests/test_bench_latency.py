@@ -241,6 +241,59 @@ def test_rows_that_chose_one_network_give_the_spread_of_its_measured_ratio():
     assert bench_latency.same_network_lines(rows[2:]) == ""
 
 
+def test_gpu_check_stops_at_its_deadline_and_leaves_what_it_finished(tmp_path, monkeypatch):
+    """A GPU session has one 10-minute command: the section is on disk after every step and
+    every network (a check stopped from outside keeps them), and nothing starts after
+    ``--deadline-s``; what was left out is named."""
+    now = [1000.0]
+    monkeypatch.setattr(gpu_check, "clock", lambda: now[0])
+    out = tmp_path / "gpu.md"
+    seen: list[str] = []
+
+    def tests() -> tuple[str, int]:
+        now[0] += 10
+        return "3 passed in 9.0s", 0
+
+    def one_network(cases, targets, *args, **kwargs):
+        seen.append(out.read_text())  # what a kill at this moment would leave
+        now[0] += 200
+        (case,) = cases
+        return [dict(_row("knapsack", 0.51), model=case.model)]
+
+    def never(*args, **kwargs):
+        raise AssertionError("started after the deadline")
+
+    monkeypatch.setattr(gpu_check, "run_tests", tests)
+    monkeypatch.setattr(bench_latency, "run_budgets", one_network)
+    monkeypatch.setattr(gpu_check, "thin_section", never)
+    monkeypatch.setattr(gpu_check, "train_summary", never)
+    argv = ["--device", "cpu", "--no-doc", "--out", str(out), "--deadline-s", "100"]
+    gpu_check.main([*argv, "--latency-models", "resnet56", "vgg16", "--latency-targets", "0.5"])
+    # the first network began at 10 s with the tests' line on disk and the run marked partial
+    (partial,) = seen
+    assert "GPU tests (`pytest -m gpu`): 3 passed in 9.0s (exit code 0)." in partial
+    assert "was in its step `latency` when this was written" in partial
+    text = out.read_text()
+    assert text.count("| resnet56 | 32x32, 64 | 0.5 | knapsack |") == 1
+    assert "Not measured: vgg16 (210 s used, deadline 100 s)." in text
+    assert "- step `thin` not run: 210 s used, deadline 100 s." in text
+    assert "- step `train` not run: 210 s used, deadline 100 s." in text
+    assert text.rstrip().endswith("gpu-check took 210 s.")
+    assert "was in its step" not in text
+    assert "--deadline-s 100 --latency-models resnet56 vgg16" in text  # the command as typed
+
+
+def test_gpu_check_names_its_command_as_typed(monkeypatch):
+    monkeypatch.delenv("GPU_CHECK_COMMAND", raising=False)
+    assert gpu_check.command_line([]) == "python3 scripts/gpu_check.py"
+    assert gpu_check.command_line(["--no-train"]) == "python3 scripts/gpu_check.py --no-train"
+    monkeypatch.setenv("GPU_CHECK_COMMAND", "make gpu-check")
+    assert gpu_check.command_line([]) == "make gpu-check"
+    assert gpu_check.command_line(["--no-train", "--out", "x.md"]) == (
+        'make gpu-check GPU_CHECK_ARGS="--no-train --out x.md"'
+    )
+
+
 def test_a_failed_gpu_check_section_is_one_line_in_its_place():
     def broken() -> str:
         raise RuntimeError("no CUDA")
