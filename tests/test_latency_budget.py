@@ -617,6 +617,17 @@ def test_a_latency_target_declares_its_columns_and_its_target():
     assert "latency_reached" not in {c.column for c in crossword.results.columns}
 
 
+@pytest.mark.parametrize("name", ["filter", "crossword"])
+def test_the_calibration_tries_survive_a_resume_in_the_methods_state(name):
+    method_class = METHODS.get(name)
+    method = method_class(method_class.Config(latency_target=0.5))
+    assert method.state_dict() == {}  # no timed step: a checkpoint holds what it held before
+    method.latency.calibration = [(0.5, 0.62), (0.41, 0.53)]
+    resumed = method_class(method_class.Config(latency_target=0.5))
+    resumed.load_state_dict(method.state_dict())
+    assert resumed.latency.calibration == [(0.5, 0.62), (0.41, 0.53)]
+
+
 def test_the_latency_settings_default_to_null_so_old_hashes_stay():
     nulls = [
         f"method.{k}=null"
@@ -626,6 +637,7 @@ def test_the_latency_settings_default_to_null_so_old_hashes_stay():
             "latency_points",
             "latency_tolerance",
             "latency_solver",
+            "latency_tries",
         )
     ]
     for method in ("filter", "crossword"):
@@ -665,6 +677,7 @@ BAD = {
         ({"latency_tolerance": 0.0}, "method.latency_tolerance must be > 0"),
         ({"latency_points": 1}, "method.latency_points must be >= 2"),
         ({"latency_repeats": 0}, "method.latency_repeats must be >= 1"),
+        ({"latency_tries": 0}, "method.latency_tries must be >= 1"),
     ],
 )
 def test_bad_latency_values_are_refused_when_the_config_is_made(settings, message):
@@ -715,6 +728,11 @@ def _check_latency_fields(summary: dict, target: float, by: str) -> dict:
     info = summary["method_info"]
     assert info["latency_target"] == target and info["latency_by"] == by
     assert info["latency_solver"] in ("greedy", "dp")
+    # the timed step's tries: at most latency_tries, the recorded ratio among them (a rounded
+    # ratio: measured at the step, re-measured at the end; only the count is exact)
+    tries = info["latency_calibration"]
+    assert 1 <= len(tries) <= info["latency_tries"]
+    assert all(b > 0 and m > 0 for b, m in tries)
     for key in ("latency_predicted_ms", "latency_dense_ms", "latency_thin_ms"):
         assert info[key] > 0 and math.isfinite(info[key]), key
     assert info["latency_ratio"] == pytest.approx(
@@ -748,6 +766,20 @@ def test_a_latency_target_run_records_the_latency_figures(latency_root):
     assert info["macs_after"] < info["macs_before"] and info["params_after"] < info["params_before"]
     cache = Path(info["latency_table"]["cache"])
     assert cache.parent == shared_cache_dir(latency_root) and cache.is_file()
+
+
+@pytest.mark.slow
+def test_latency_tries_bounds_the_selections_of_a_step(latency_root):
+    # a tolerance no timing meets: every allowed try is made, unless a selection repeats one
+    # (the floors reached), which ends the search early
+    run = _run(
+        latency_root, "tries", 0.7, "method.latency_tolerance=1e-9", "method.latency_tries=1"
+    )
+    info = _check_latency_fields(run, 0.7, "knapsack")
+    assert info["latency_tries"] == 1 and len(info["latency_calibration"]) == 1
+    assert info["latency_calibration"][0][0] == pytest.approx(0.7)  # the table's budget: F
+    log = (latency_root / "tries" / "run.log").read_text()
+    assert "measured after 1 selection(s)" in log and "budget -> measured: 0.700 -> " in log
 
 
 @pytest.mark.slow

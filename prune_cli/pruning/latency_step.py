@@ -16,7 +16,8 @@ config). ``LatencyStep`` holds a run's latency state and does the work around th
   pair's ratio; on the CPU each pair of interleaved passes, ``time_pair``), and while it is off
   the step's target by more than ``latency_tolerance`` the selection is made again under a
   corrected budget (``latency_budget.next_budget``: scaled by target / measured, then a secant
-  through the tries; ``LATENCY_TRIES`` at most, the closest kept);
+  through the tries; ``latency_tries`` at most (null: ``LATENCY_TRIES``), the closest kept;
+  ``summary.json``'s ``latency_calibration`` lists the last timed step's tries);
 - what ``summary.json`` records for a latency target, and the warning where the per-unit floors
   keep it out of reach.
 
@@ -53,7 +54,8 @@ from prune_cli.pruning.structured import FilterGroups, interleaved_ms, latency_m
 
 LATENCY_BY = ("knapsack", "fraction")
 LATENCY_SOLVERS = ("greedy", "dp")
-#: selections per pruning step under a latency target (the first and two corrected ones)
+#: selections per pruning step under a latency target (the first and two corrected ones), where
+#: ``method.latency_tries`` is null
 LATENCY_TRIES = 3
 #: (thin, dense) timing pairs per measurement of a thin network, in a step and at the end
 #: (the median pair's ratio is kept)
@@ -103,6 +105,10 @@ class LatencySettings:
     #: give-back and a local search) or ``dp`` (HALP's: dynamic programming over costs
     #: linearised at the counts, from the greedy's selection; never keeps less importance)
     latency_solver: str | None = None
+    #: selections per timed pruning step, the first and the corrected ones (null = 3): more let
+    #: a selection whose measured latency moves in coarse steps (a ranking's one filter
+    #: fraction) get nearer the target, at a thin network's build and timing each
+    latency_tries: int | None = None
 
     def __post_init__(self) -> None:
         # cooperative, as ``MeasureSettings``: the configs that inherit these run their checks
@@ -125,6 +131,7 @@ class LatencySettings:
             )
         check_range("latency_points", self.latency_points, 2, nullable=True)
         check_range("latency_tolerance", self.latency_tolerance, 0.0, low_open=True, nullable=True)
+        check_range("latency_tries", self.latency_tries, 1, nullable=True)
         if self.latency_solver not in (None, *LATENCY_SOLVERS):
             raise ConfigError(
                 f"method.latency_solver must be {' or '.join(LATENCY_SOLVERS)}, "
@@ -140,6 +147,11 @@ class LatencySettings:
     def tolerance(self) -> float:
         """``latency_tolerance`` with its default."""
         return 0.03 if self.latency_tolerance is None else self.latency_tolerance
+
+    @property
+    def tries(self) -> int:
+        """``latency_tries`` with its default."""
+        return LATENCY_TRIES if self.latency_tries is None else self.latency_tries
 
 
 def dense_reference(model: nn.Module) -> nn.Module:
@@ -213,6 +225,9 @@ class LatencyStep:
         self.table: latency.LatencyTable | None = None
         #: the unreachable-latency warning is given once per run
         self.warned = False
+        #: the last timed step's tries: (budget, measured), both as ratios to the dense latency
+        #: (the budget to the table's dense prediction, the measurement to the timed dense one)
+        self.calibration: list[tuple[float, float]] = []
 
     # --- measuring ----------------------------------------------------------------------------
     def inputs(self, ctx: PruneContext) -> tuple[Tensor, Tensor]:
@@ -337,17 +352,19 @@ class LatencyStep:
         # a timing that says "prune nothing" for a target below 1 is a busy machine's
         most = dense_predicted * (1 + ratio) / 2
         budget = ratio * dense_predicted
-        found = calibrate(select, measure, budget, ratio, s.tolerance, LATENCY_TRIES, same, most)
+        found = calibrate(select, measure, budget, ratio, s.tolerance, s.tries, same, most)
         keep = found.chosen
         predicted = table.predict(widths_of(keep))
+        self.calibration = [(b / dense_predicted, m) for b, m in found.history]
         log.info(
             "latency step: %.3f of the dense latency targeted, %.3f measured after %d "
-            "selection(s) (the table predicts %.4g of its %.4g ms)",
+            "selection(s) (the table predicts %.4g of its %.4g ms; budget -> measured: %s)",
             ratio,
             found.measured,
             found.tries,
             predicted,
             dense_predicted,
+            ", ".join(f"{b:.3f} -> {m:.3f}" for b, m in self.calibration),
         )
         at_floors = widths_of(keep) == min_widths(units, self.step)
         if at_floors and found.measured > ratio * (1 + s.tolerance):
@@ -398,6 +415,8 @@ class LatencyStep:
             "latency_by": s.latency_choice,
             "latency_solver": s.latency_solver or "greedy",
             "latency_tolerance": s.tolerance,
+            "latency_tries": s.tries,
+            "latency_calibration": [list(pair) for pair in self.calibration],
             "latency_predicted_ms": predicted,
             "latency_table_error": latency.measure_thin_error(table, widths, thin_ms, dense_ms),
             "latency_table": table.describe(),

@@ -371,9 +371,11 @@ class CrosswordPruning(FilterPruning):
 
     # --- state and results --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.found is None else {"found": self.found}
+        found = {} if self.found is None else {"found": self.found}
+        return {**super().state_dict(), **found}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.found = state.get("found")
 
     def finalize(self, model: nn.Module, masks: Masks, ctx: PruneContext) -> dict[str, Any]:

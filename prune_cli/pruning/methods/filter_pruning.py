@@ -525,6 +525,16 @@ class FilterPruning(PruningMethod):
         return {r: k.to(device_keep[r].device) for r, k in keep.items()}
 
     # --- hooks --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        # the last timed latency step's tries, for summary.json's ``latency_calibration`` after
+        # a resume (the step ran before the interruption); nothing where no step was timed
+        tries = self.latency.calibration
+        return {"latency_calibration": [list(t) for t in tries]} if tries else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        tries = state.get("latency_calibration", [])
+        self.latency.calibration = [(float(b), float(m)) for b, m in tries]
+
     def shares_dense(self) -> bool:
         # pruned after training, level 0 is the plain dense training: its channel schedule
         # changes nothing while every mask is full, and ``prepare`` only finds the units
