@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from prune_cli.errors import ConfigError
 from prune_cli.models import build_model
+from prune_cli.pruning import latency
 from prune_cli.pruning.latency import (
     LatencySetting,
     LatencyTable,
@@ -318,3 +319,22 @@ def test_a_thinner_layer_that_timed_slower_than_a_wider_one_takes_the_wider_time
     # (4 -> 4) is in the grids of layers 0 and 2, and in layer 2's it takes (4 -> 8)'s time
     assert table.predict({"0": 4, "2": 4}) == pytest.approx(g(4, 8) + g(4, 8) + g(4, 3))
     assert table.describe()["lowered"] == 2
+
+
+@pytest.mark.parametrize(
+    "dense, floor, share, split",
+    [
+        (10.0, 2.0, 0.2, (0.0, 10.0)),  # exact: 0 + 10 x 0.2 = 2
+        (10.0, 5.0, 0.5, (0.0, 10.0)),  # exact: 0 + 10 x 0.5 = 5
+        (10.0, 6.0, 0.5, (2.0, 8.0)),  # exact: 2 + 8 x 0.5 = 6
+        (10.0, 1.0, 0.2, (0.0, 10.0)),  # 11.25 scaled would make fixed -1.25: all scaled
+        (10.0, 12.0, 0.2, (10.0, 0.0)),  # the floor network slower than the dense: all fixed
+        (10.0, 3.0, 1.0, (10.0, 0.0)),  # the floor network no thinner
+        (-2.0, 0.0, 0.5, (0.0, -2.0)),  # a negative residual, clamped to its own sign
+        (-2.0, -3.0, 0.5, (-2.0, 0.0)),
+    ],
+)
+def test_the_residual_splits_as_by_hand_and_keeps_one_sign(dense, floor, share, split):
+    fixed, scaled = latency._fit_residual(dense, floor, share)
+    assert (fixed, scaled) == pytest.approx(split)
+    assert fixed + scaled == pytest.approx(dense)  # the dense prediction is the measured one
