@@ -23,7 +23,7 @@ install: $(STAMP) ## create .venv and install prune-run with its dev tools (firs
 demo: $(STAMP) ## the demonstration: LeNet-5 on bundled digits, dense + 3 pruning levels (~15 s)
 	$(VENV)/bin/prune-run
 
-test: $(STAMP) ## lint, then the whole test suite on the CPU (8-9 min on 2 quiet cores)
+test: $(STAMP) ## lint, then the whole test suite on the CPU (6-9 min on 2 cores)
 	$(VENV)/bin/ruff check prune_cli tests scripts
 	$(VENV)/bin/ruff format --check prune_cli tests scripts
 	$(VENV)/bin/pytest -q

@@ -62,13 +62,15 @@ def run_cli(
 
 @pytest.fixture
 def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    """``prune-run ARGS`` run in this process: what ``run_cli`` returns, without the seconds a
-    fresh interpreter spends importing torch and Hydra (for the tables of bad input, which end
-    before any training). The signal handlers, environment and logging it sets are put back."""
+    """``prune-run ARGS`` run in this process: what ``run_cli`` returns, without the 1.5-2 s a
+    fresh interpreter spends importing torch and Hydra. For bad input, and for the short runs
+    and sweeps (basic launcher) a test makes after its first command, which stays a real
+    process. The signal handlers, environment, logging, torch's threads and the sweep state a
+    command leaves in ``cli`` and ``sweep`` (once per process there) are put back."""
     import logging
     import signal
 
-    from prune_cli import cli
+    from prune_cli import cli, sweep
 
     def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
@@ -78,6 +80,11 @@ def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
         monkeypatch.setattr(sys, "argv", ["prune-run", *args])
         monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
         monkeypatch.setenv(cli.SWEEP_OWNER_ENV, "")
+        monkeypatch.setattr(cli, "FAILED_JOBS", [])
+        monkeypatch.setattr(cli, "_SWEEP_LOCKED", False)
+        monkeypatch.setattr(sweep, "_sweep_dir", None)
+        monkeypatch.setattr(sweep, "_current_job", None)
+        threads = torch.get_num_threads()
         capsys.readouterr()
         code: int | str | None = 0
         try:
@@ -88,6 +95,7 @@ def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
             root.handlers[:], root.level = kept
+            torch.set_num_threads(threads)
         out = capsys.readouterr()
         status = code if isinstance(code, int) else (0 if code is None else 1)
         return subprocess.CompletedProcess(args, status, out.out, out.err)
@@ -144,3 +152,20 @@ def time_each_network(monkeypatch: pytest.MonkeyPatch, fake) -> None:
         return fake(thin, batch, repeats), fake(dense, batch, repeats)
 
     monkeypatch.setattr(latency_step, "time_pair", pair)
+
+
+def record_figures(monkeypatch: pytest.MonkeyPatch) -> list[tuple[set[str], str, str]]:
+    """The report's figures recorded instead of drawn: each study's (runs, dataset, model), for
+    the tables of cases that test which runs a report counts. Drawing them with matplotlib is
+    most of a report's second; one case of each table still draws them."""
+    from prune_cli.reporting import report
+
+    drawn: list[tuple[set[str], str, str]] = []
+
+    def record(c, dataset: str, model: str, root: Path, formats=()) -> list[str]:
+        study = c.levels[(c.levels.dataset == dataset) & (c.levels.model == model)]
+        drawn.append((set(study.run), dataset, model))
+        return []
+
+    monkeypatch.setattr(report, "study_plots", record)
+    return drawn

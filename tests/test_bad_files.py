@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import run_config
+from conftest import record_figures, run_config
 from test_report import make_run
 
 import prune_cli
@@ -191,8 +191,9 @@ REPORT_CASES = {
 
 
 @pytest.mark.parametrize("case", list(REPORT_CASES))
-def test_report_lists_a_malformed_summary_and_reports_the_rest(tmp_path, case, capsys):
+def test_report_lists_a_malformed_summary_and_reports_the_rest(tmp_path, case, capsys, monkeypatch):
     change, reason = REPORT_CASES[case]
+    drawn = None if case == next(iter(REPORT_CASES)) else record_figures(monkeypatch)
     sweep = tmp_path / "sweep"
     make_run(sweep / "good", "sap", 0, LEVELS)
     make_run(sweep / "bad", "sap", 1, LEVELS, method_cfg={"p": 0.5})  # a varying setting
@@ -204,6 +205,10 @@ def test_report_lists_a_malformed_summary_and_reports_the_rest(tmp_path, case, c
     listed = pd.read_csv(out / "runs_left_out.csv")
     assert listed.run.tolist() == [str(sweep / "bad")] and reason in listed.reason.iloc[0]
     assert set(pd.read_csv(out / "accuracy.csv").n) == {1}  # the good run alone
+    if drawn is None:  # the figures drawn, of the good run alone
+        assert list(out.glob("*.png")) and "![" in (out / "index.md").read_text()
+    else:
+        assert [runs for runs, *_ in drawn] == [{str(sweep / "good")}]
 
 
 def _write(name: str, data: bytes) -> Callable[[Path], None]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import record_figures
 from test_report import make_run
 
 from prune_cli.paths import RunPaths
@@ -65,8 +66,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_run_holding_a_non_number_is_left_out_and_the_rest_reported(tmp_path, case, capsys):
+def test_a_run_holding_a_non_number_is_left_out_and_the_rest_reported(
+    tmp_path, case, capsys, monkeypatch
+):
     spoil, reason = CASES[case]
+    drawn = None if case == next(iter(CASES)) else record_figures(monkeypatch)
     sweep = tmp_path / "sweep"
     make_run(sweep / "good", "sap", 0, LEVELS, extra=GINI)
     bad = sweep / "bad"
@@ -89,6 +93,10 @@ def test_a_run_holding_a_non_number_is_left_out_and_the_rest_reported(tmp_path, 
     c = collect([sweep])
     for frame in (c.levels, c.pqi, c.gini, c.recall, c.sparsity, c.distortion):
         assert str(bad) not in set(frame.get("run", ()))
+    if drawn is None:  # the figures drawn, of the good run alone
+        assert list(out.glob("*.png")) and "![" in index
+    else:
+        assert [runs for runs, *_ in drawn] == [{str(sweep / "good")}]
 
 
 def test_failed_and_running_runs_are_listed_with_a_reason(tmp_path, capsys):

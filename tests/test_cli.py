@@ -24,7 +24,7 @@ def read_csv(path):
         return list(csv.DictReader(fh))
 
 
-def test_a_run_writes_every_result_file(tmp_path):
+def test_a_run_writes_every_result_file(tmp_path, cli_in_process):
     run = tmp_path / "run"
     result = run_cli(
         [*FAST, "method.levels=2", "method.sparsity=0.75", f"hydra.run.dir={run}"], cwd=tmp_path
@@ -115,19 +115,19 @@ def test_a_run_writes_every_result_file(tmp_path):
     assert not paths.checkpoint.exists()
     assert "level" in result.stderr and "test acc" in result.stderr  # the results table
 
-    # a completed run is shown, not retrained
+    # a completed run is shown, not retrained (the same command again, in this process)
     before = paths.summary.stat().st_mtime_ns
-    again = run_cli(
+    again = cli_in_process(
         [*FAST, "method.levels=2", "method.sparsity=0.75", f"hydra.run.dir={run}"], cwd=tmp_path
     )
     assert again.returncode == 0 and "is complete" in again.stderr
     assert paths.summary.stat().st_mtime_ns == before
 
     # another config in the same directory is refused; overwrite=true replaces it
-    other = run_cli([*FAST, "method.levels=1", f"hydra.run.dir={run}"], cwd=tmp_path)
+    other = cli_in_process([*FAST, "method.levels=1", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert other.returncode == 2 and "overwrite=true" in other.stderr
     assert paths.summary.stat().st_mtime_ns == before
-    replaced = run_cli(
+    replaced = cli_in_process(
         [*FAST, "method.levels=1", "overwrite=true", f"hydra.run.dir={run}"], cwd=tmp_path
     )
     assert replaced.returncode == 0, replaced.stderr
@@ -192,9 +192,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message, cli_in_proces
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
 
 
-def test_nan_loss_marks_the_run_failed(tmp_path):
+def test_nan_loss_marks_the_run_failed(tmp_path, cli_in_process):
     run = tmp_path / "run"
-    result = run_cli([*FAST, "train.lr=1e30", f"hydra.run.dir={run}"], cwd=tmp_path)
+    result = cli_in_process([*FAST, "train.lr=1e30", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert result.returncode == 1
     summary = json.loads(RunPaths(run).summary.read_text())
     assert summary["status"] == "failed" and "loss became" in summary["reason"]
@@ -320,9 +320,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
         assert getattr(straight, name).read_text() == getattr(crashed, name).read_text()
 
 
-def test_a_failed_job_does_not_stop_a_sweep(tmp_path):
+def test_a_failed_job_does_not_stop_a_sweep(tmp_path, cli_in_process):
     sweep = tmp_path / "sweep"
-    result = run_cli(
+    result = cli_in_process(
         [
             "-m",
             "model=mlp",

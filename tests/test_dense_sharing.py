@@ -201,7 +201,7 @@ def test_two_jobs_needing_one_dense_model_train_it_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_dense_training_is_resumed_by_the_next_job(tmp_path):
+def test_a_killed_dense_training_is_resumed_by_the_next_job(tmp_path, cli_in_process):
     # killed after its first of 20 epochs: far from the end, whatever the machine's load
     base = [
         "model=mlp",
@@ -223,7 +223,8 @@ def test_a_killed_dense_training_is_resumed_by_the_next_job(tmp_path):
     dense = next((out / "dense").iterdir())
     assert shared_dense_lock(dense).exists()  # left by the killed job
     assert json.loads(RunPaths(dense).summary.read_text())["status"] == "running"
-    second = run_cli([*base, "method=random", f"output_root={out}"], cwd=tmp_path)
+    # the next job and the run straight through: plain commands, in this process
+    second = cli_in_process([*base, "method=random", f"output_root={out}"], cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     said = second.stdout + second.stderr
     assert "taking over the shared dense model" in said and "has ended" in said
@@ -231,7 +232,7 @@ def test_a_killed_dense_training_is_resumed_by_the_next_job(tmp_path):
     assert re.sub(r"\s", "", f"resuming {dense} at level 0, epoch ") in re.sub(r"\s", "", said)
     assert not shared_dense_lock(dense).exists()
     # the same as the run trained straight, without sharing
-    alone = run_cli(
+    alone = cli_in_process(
         [*base, "method=random", "share_dense=false", f"output_root={tmp_path / 'alone'}"],
         cwd=tmp_path,
     )

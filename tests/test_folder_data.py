@@ -3,6 +3,8 @@ errors, and a data identity that keeps different folders out of each other's run
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import shutil
 from pathlib import Path
 
@@ -118,9 +120,18 @@ def test_a_file_that_is_not_an_image_is_named_in_one_line(tmp_path, workers):
     write_images(tmp_path, {"a": 3, "b": 3})
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG but not really")
     data = build_dataset(folder_config(tmp_path, val_size=0, num_workers=workers), CPU)
-    with pytest.raises(UserError) as caught:
-        for _ in data.batches("train", 16):
-            pass
+    gc.collect()
+    gc.disable()  # what the error itself leaves running, not what a collection would stop
+    before = set(multiprocessing.active_children())
+    try:
+        with pytest.raises(UserError) as caught:
+            for _ in data.batches("train", 16):
+                pass
+        # the worker stopped with the error: left to the garbage collector, its shutdown waited
+        # 5 s (torch's status interval) at some later moment of the process
+        assert set(multiprocessing.active_children()) <= before
+    finally:
+        gc.enable()
     message = str(caught.value)
     assert "broken.png is not a readable image" in message and "\n" not in message
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import compose_config
+from conftest import compose_config, record_figures
 from omegaconf import OmegaConf
 
 from prune_cli.paths import RunPaths
@@ -273,8 +273,9 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
-def test_malformed_runs_are_listed_unreadable_and_the_report_completes(tmp_path, case):
+def test_malformed_runs_are_listed_unreadable_and_the_report_completes(tmp_path, case, monkeypatch):
     name, content, reason = MALFORMED[case]
+    drawn = None if case == next(iter(MALFORMED)) else record_figures(monkeypatch)
     for seed in (0, 1):
         fake_run(tmp_path / "sweep" / f"good-{seed}", "magnitude", seed, {}, 0.8)
     bad = tmp_path / "sweep" / "bad"
@@ -304,3 +305,8 @@ def test_malformed_runs_are_listed_unreadable_and_the_report_completes(tmp_path,
     accuracy = pd.read_csv(out / "accuracy.csv")
     assert set(accuracy.n) == {2}  # the good runs, whatever the bad one held
     assert accuracy[accuracy.level == 1].test_mean.iloc[0] == pytest.approx(0.79)
+    good = {str(tmp_path / "sweep" / f"good-{seed}") for seed in (0, 1)}
+    if drawn is None:  # the figures drawn, of the good runs alone
+        assert list(out.glob("*.png")) and "![" in index
+    else:
+        assert [runs for runs, *_ in drawn] == [good]

@@ -204,20 +204,22 @@ def test_location_checks_read_only_directories(tmp_path, monkeypatch):
 
 # --- one writer, one config ---------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_second_writer_is_refused(tmp_path):
+def test_a_second_writer_is_refused(tmp_path, cli_in_process):
     run = tmp_path / "run"
-    with directory_lock(run):
-        result = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
+    with directory_lock(run):  # exclusive within one process too
+        result = cli_in_process([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
     assert result.returncode == 2
     assert "another prune-run" in one_line(result)
     assert not RunPaths(run).summary.exists() and not (run / ".hydra").exists()
 
 
 @pytest.mark.slow
-def test_a_second_sweep_into_one_sweep_directory_is_refused(tmp_path):
+def test_a_second_sweep_into_one_sweep_directory_is_refused(tmp_path, cli_in_process):
     sweep = tmp_path / "sweep"
     with directory_lock(sweep, "sweep"):
-        result = run_cli(["-m", *QUICK, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+        result = cli_in_process(
+            ["-m", *QUICK, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+        )
     assert result.returncode == 2
     assert "another prune-run" in one_line(result) and "sweep directory" in result.stderr
     assert not list(sweep.glob("*/summary.json"))
@@ -264,9 +266,11 @@ def test_the_lock_is_exclusive_within_and_across_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_refused_run_leaves_the_owner_untouched(tmp_path, done_run):
+def test_a_refused_run_leaves_the_owner_untouched(tmp_path, done_run, cli_in_process):
     before = snapshot(done_run)
-    result = run_cli([*QUICK, "method.sparsity=0.5", f"hydra.run.dir={done_run}"], cwd=tmp_path)
+    result = cli_in_process(
+        [*QUICK, "method.sparsity=0.5", f"hydra.run.dir={done_run}"], cwd=tmp_path
+    )
     assert result.returncode == 2
     line = one_line(result)
     assert "method.sparsity" in line and "overwrite=true" in line
@@ -385,9 +389,9 @@ def test_a_checkpoint_without_its_weights_or_records_is_one_line(tmp_path, missi
 
 
 @pytest.mark.slow
-def test_overwrite_with_bad_data_keeps_the_old_run(tmp_path, done_run):
+def test_overwrite_with_bad_data_keeps_the_old_run(tmp_path, done_run, cli_in_process):
     before = snapshot(done_run)
-    result = run_cli(
+    result = cli_in_process(
         [
             *QUICK,
             "overwrite=true",
@@ -497,25 +501,25 @@ def _container(cfg):
 
 # --- same command, same run ---------------------------------------------------------------------
 @pytest.mark.slow
-def test_the_same_command_finds_its_run_and_a_sweep_its_jobs(tmp_path):
-    first = run_cli(QUICK, cwd=tmp_path)
+def test_the_same_command_finds_its_run_and_a_sweep_its_jobs(tmp_path, cli_in_process):
+    first = run_cli(QUICK, cwd=tmp_path)  # a real process; the commands after it run in this one
     assert first.returncode == 0, first.stderr[-2000:]
     runs = list((tmp_path / "outputs" / "runs").iterdir())
     assert len(runs) == 1
     assert runs[0].name.startswith("digits-mlp-magnitude-s0-")
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert runs[0].name.endswith(summary["config_hash"])
-    again = run_cli([*QUICK, "train.eval_batch_size=17"], cwd=tmp_path)
+    again = cli_in_process([*QUICK, "train.eval_batch_size=17"], cwd=tmp_path)
     assert again.returncode == 0 and "is complete" in again.stderr
     assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 1
 
     sweep = ["-m", *QUICK, "seed=0,1"]
-    assert run_cli(sweep, cwd=tmp_path).returncode == 0
+    assert cli_in_process(sweep, cwd=tmp_path).returncode == 0
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
     # the sweep's own records are hidden (``.prune-sweep``); the jobs are the other folders
     jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name[0] != ".")
     assert len(jobs) == 2 and all(j.startswith("digits-mlp-magnitude-s") for j in jobs)
-    rerun = run_cli(sweep, cwd=tmp_path)
+    rerun = cli_in_process(sweep, cwd=tmp_path)
     assert rerun.returncode == 0 and rerun.stderr.count("is complete") == 2
     assert len(list((tmp_path / "outputs" / "multirun").iterdir())) == 1
 
@@ -632,13 +636,15 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_an_overwrite_that_fails_with_a_nan_loss_keeps_the_old_run(tmp_path, done_run):
+def test_an_overwrite_that_fails_with_a_nan_loss_keeps_the_old_run(
+    tmp_path, done_run, cli_in_process
+):
     import shutil
 
     run = tmp_path / "copy"
     shutil.copytree(done_run, run)
     before = _files(run)
-    result = run_cli(
+    result = cli_in_process(
         [*QUICK, "overwrite=true", "train.lr=1e30", f"hydra.run.dir={run}"], cwd=tmp_path
     )
     assert result.returncode == 1 and "loss became" in result.stderr

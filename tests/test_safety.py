@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import run_cli, run_config
+from conftest import run_config
 
 from prune_cli.errors import UserError
 from prune_cli.experiment import Experiment
@@ -189,7 +189,7 @@ LINKS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(LINKS))
-def test_a_planted_link_is_refused_and_its_target_kept(tmp_path, done_run, name):
+def test_a_planted_link_is_refused_and_its_target_kept(tmp_path, done_run, name, cli_in_process):
     run = _copy(done_run, tmp_path)
     if LINKS[name] == "interrupted":
         summary = json.loads((run / "summary.json").read_text())
@@ -199,7 +199,7 @@ def test_a_planted_link_is_refused_and_its_target_kept(tmp_path, done_run, name)
     (run / name).unlink(missing_ok=True)
     (run / name).symlink_to(victim)
     before = snapshot(run)
-    result = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
+    result = cli_in_process([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     line = one_line(result)
     assert "symbolic link" in line and name in line
@@ -312,7 +312,9 @@ def _signalled(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
-def test_a_signalled_run_is_marked_interrupted_and_resumes_to_the_same_files(tmp_path, sig):
+def test_a_signalled_run_is_marked_interrupted_and_resumes_to_the_same_files(
+    tmp_path, sig, cli_in_process
+):
     run = tmp_path / "signalled"
     args = [*RESUMED, f"hydra.run.dir={run}"]
     killed = _signalled(args, tmp_path, sig)
@@ -324,9 +326,10 @@ def test_a_signalled_run_is_marked_interrupted_and_resumes_to_the_same_files(tmp
     assert "level 1" in summary["reason"] and RunPaths(run).checkpoint.exists()
     if sig == "SIGHUP":
         return  # ended as SIGTERM ends it; the resume to the same files is SIGTERM's case
-    straight = _signalled([*RESUMED, f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path, None)
+    # the run straight through and the resume: plain commands, in this process
+    straight = cli_in_process([*RESUMED, f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path)
     assert straight.returncode == 0, straight.stderr[-2000:]
-    resumed = _signalled(args, tmp_path, None)
+    resumed = cli_in_process(args, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(RunPaths(run).summary.read_text())["status"] == "completed"
     done, again = RunPaths(tmp_path / "straight"), RunPaths(run)

@@ -168,11 +168,13 @@ def test_a_three_trial_search_returns_the_best_validation_accuracy(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_a_search_whose_trials_all_fail_ends_in_lines_not_a_traceback(tmp_path: Path) -> None:
+def test_a_search_whose_trials_all_fail_ends_in_lines_not_a_traceback(
+    tmp_path: Path, cli_in_process
+) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     # lr=1e30: every trial's loss becomes NaN in its first epoch
     args = ["-m", "hparams_search=sap_optuna_smoke", "train.lr=1e30", "progress=false"]
-    result = run_cli(args, cwd=tmp_path)
+    result = cli_in_process(args, cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "prune-run: no trial of the search completed" in result.stderr.splitlines()[-1]

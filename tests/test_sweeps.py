@@ -62,7 +62,10 @@ def test_no_worker_outlives_a_killed_sweep_and_a_rerun_resumes(tmp_path, sig):
     """SIGKILL: the main process cannot act, the workers' watchdog must end them. SIGTERM (what
     SLURM sends): the main process forwards it, so the sweep exits 128 + 15 like one run."""
     sweep = tmp_path / "sweep"
+    # 150 epochs of level 0 where the kill lands at epoch 3: far from either job's end, even
+    # with one worker started seconds after the other; level 1's one epoch keeps the re-run short
     args = ["-m", "hydra/launcher=local", "method=magnitude,random", "train.epochs=150", *QUICK]
+    args.append("train.retrain.epochs=1")
     args.append(f"hydra.sweep.dir={sweep}")
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
     main = subprocess.Popen(

@@ -265,14 +265,23 @@ class StreamingImageData(ImageData):
             # resumed run (new workers) would then draw other augmentations than the original
             persistent_workers=False,
         )
+        batches = iter(loader)
         try:
-            for x, y in loader:
+            for x, y in batches:
                 x = self.normalise(x.to(self.device, non_blocking=True))
                 yield x, y.to(self.device, non_blocking=True)
         except DatasetCorrupt as exc:
             # a worker's error comes back with its traceback in the message: keep the last line
-            last = str(exc).strip().splitlines()[-1]
-            raise DatasetCorrupt(last.split("DatasetCorrupt: ", 1)[-1]) from None
+            last = str(exc).strip().splitlines()[-1].split("DatasetCorrupt: ", 1)[-1]
+            # Its traceback holds the loader's iterator in a reference cycle (torch's reraise
+            # frame and the error): left to the garbage collector, the workers' shutdown
+            # waited there 5 s (torch's status interval). Cut, the iterator goes with the line
+            # below and its workers stop at once.
+            exc.__traceback__ = None
+        else:
+            return
+        del batches
+        raise DatasetCorrupt(last) from None
 
 
 @register_dataset("imagenet", ImageNetConfig)
