@@ -129,7 +129,10 @@ def pivots(levels: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
             # its dense baseline
             dense = dense_baselines(by_target).assign(column="dense")
             sparse_finals = finals[(finals["level"] > 0) | ~unpruned(finals)]
-            cells = _cells(pd.concat([dense, sparse_finals]), "series", "column")
+            # an empty part left out: pandas 2 warns that the dtypes of the result will change
+            # with it, and pandas 3 changed them
+            parts = [f for f in (dense, sparse_finals) if not f.empty] or [dense]
+            cells = _cells(pd.concat(parts), "series", "column")
             out[(dataset, model, "by_target")] = cells
         by_level = study[~one_shot.astype(bool)]
         if not by_level.empty:
