@@ -22,7 +22,9 @@ from prune_cli.config import (
 
 register_configs()
 register_resolvers()
-torch.set_num_threads(min(2, torch.get_num_threads()))
+#: torch's threads in a fresh process (``run_cli``'s), before this one limits its own
+PROCESS_THREADS = torch.get_num_threads()
+torch.set_num_threads(min(2, PROCESS_THREADS))
 
 from prune_cli.pruning.method import PruneContext  # noqa: E402 (after the registrations)
 
@@ -65,7 +67,9 @@ def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
     """``prune-run ARGS`` run in this process: what ``run_cli`` returns, without the 1.5-2 s a
     fresh interpreter spends importing torch and Hydra. For bad input, and for the short runs
     and sweeps (basic launcher) a test makes after its first command, which stays a real
-    process. The signal handlers, environment, logging, torch's threads and the sweep state a
+    process. It runs on the threads a fresh process has, so that its results equal bit for bit
+    those of a run in a subprocess it resumes or is compared with (float sums follow the thread
+    count). The signal handlers, environment, logging, torch's threads and the sweep state a
     command leaves in ``cli`` and ``sweep`` (once per process there) are put back."""
     import logging
     import signal
@@ -85,6 +89,7 @@ def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
         monkeypatch.setattr(sweep, "_sweep_dir", None)
         monkeypatch.setattr(sweep, "_current_job", None)
         threads = torch.get_num_threads()
+        torch.set_num_threads(PROCESS_THREADS)
         capsys.readouterr()
         code: int | str | None = 0
         try:

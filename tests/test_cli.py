@@ -192,9 +192,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message, cli_in_proces
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
 
 
-def test_nan_loss_marks_the_run_failed(tmp_path, cli_in_process):
+def test_nan_loss_marks_the_run_failed(tmp_path):
+    """In a real process: a run that fails ends with exit 1 once its files are written."""
     run = tmp_path / "run"
-    result = cli_in_process([*FAST, "train.lr=1e30", f"hydra.run.dir={run}"], cwd=tmp_path)
+    result = run_cli([*FAST, "train.lr=1e30", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert result.returncode == 1
     summary = json.loads(RunPaths(run).summary.read_text())
     assert summary["status"] == "failed" and "loss became" in summary["reason"]
