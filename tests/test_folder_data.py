@@ -136,6 +136,30 @@ def test_a_file_that_is_not_an_image_is_named_in_one_line(tmp_path, workers):
     assert "broken.png is not a readable image" in message and "\n" not in message
 
 
+def test_any_error_in_a_worker_stops_the_workers_with_it(tmp_path, monkeypatch):
+    """A bug (not a corrupt file) raised in a worker keeps its traceback, and the workers stop
+    with it, not in some later garbage collection."""
+    from prune_cli.data import imagenet
+
+    write_images(tmp_path, {"a": 3, "b": 3})
+    data = build_dataset(folder_config(tmp_path, val_size=0, num_workers=1), CPU)
+
+    def bug(self, path: str):
+        raise RuntimeError("a transform's bug")
+
+    monkeypatch.setattr(imagenet._Loader, "__call__", bug)  # the worker is forked after this
+    gc.collect()
+    gc.disable()
+    before = set(multiprocessing.active_children())
+    try:
+        with pytest.raises(RuntimeError, match="a transform's bug"):
+            for _ in data.batches("train", 16):
+                pass
+        assert set(multiprocessing.active_children()) <= before
+    finally:
+        gc.enable()
+
+
 def test_the_data_identity_follows_the_files_not_the_path(tmp_path):
     write_images(tmp_path / "a", {"x": 3, "y": 3})
     shutil.copytree(tmp_path / "a", tmp_path / "moved")

@@ -272,16 +272,16 @@ class StreamingImageData(ImageData):
                 yield x, y.to(self.device, non_blocking=True)
         except DatasetCorrupt as exc:
             # a worker's error comes back with its traceback in the message: keep the last line
-            last = str(exc).strip().splitlines()[-1].split("DatasetCorrupt: ", 1)[-1]
-            # Its traceback holds the loader's iterator in a reference cycle (torch's reraise
-            # frame and the error): left to the garbage collector, the workers' shutdown
-            # waited there 5 s (torch's status interval). Cut, the iterator goes with the line
-            # below and its workers stop at once.
-            exc.__traceback__ = None
-        else:
-            return
-        del batches
-        raise DatasetCorrupt(last) from None
+            last = str(exc).strip().splitlines()[-1]
+            raise DatasetCorrupt(last.split("DatasetCorrupt: ", 1)[-1]) from None
+        finally:
+            # The workers stop here, whatever ended the loop. An error raised in a worker keeps
+            # the iterator alive in a reference cycle (torch's reraise frame holds the error),
+            # and its shutdown, left to the garbage collector, waited there 5 s (torch's status
+            # interval). Without workers (num_workers=0) there is nothing to stop.
+            stop = getattr(batches, "_shutdown_workers", None)
+            if stop is not None:
+                stop()
 
 
 @register_dataset("imagenet", ImageNetConfig)
