@@ -159,17 +159,17 @@ def time_each_network(monkeypatch: pytest.MonkeyPatch, fake) -> None:
     monkeypatch.setattr(latency_step, "time_pair", pair)
 
 
-def record_figures(monkeypatch: pytest.MonkeyPatch) -> list[tuple[set[str], str, str]]:
-    """The report's figures recorded instead of drawn: each study's (runs, dataset, model), for
-    the tables of cases that test which runs a report counts. Drawing them with matplotlib is
-    most of a report's second; one case of each table still draws them."""
+def record_figures(monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:
+    """The report's figures recorded instead of drawn: each study's runs, for the tables of
+    cases that test which runs a report counts. Drawing them with matplotlib is most of a
+    report's second; one case of each table still draws them."""
     from prune_cli.reporting import report
 
-    drawn: list[tuple[set[str], str, str]] = []
+    drawn: list[set[str]] = []
 
     def record(c, dataset: str, model: str, root: Path, formats=()) -> list[str]:
         study = c.levels[(c.levels.dataset == dataset) & (c.levels.model == model)]
-        drawn.append((set(study.run), dataset, model))
+        drawn.append(set(study.run))
         return []
 
     monkeypatch.setattr(report, "study_plots", record)

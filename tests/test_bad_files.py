@@ -208,7 +208,7 @@ def test_report_lists_a_malformed_summary_and_reports_the_rest(tmp_path, case, c
     if drawn is None:  # the figures drawn, of the good run alone
         assert list(out.glob("*.png")) and "![" in (out / "index.md").read_text()
     else:
-        assert [runs for runs, *_ in drawn] == [{str(sweep / "good")}]
+        assert drawn == [{str(sweep / "good")}]
 
 
 def _write(name: str, data: bytes) -> Callable[[Path], None]:

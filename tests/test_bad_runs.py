@@ -96,7 +96,7 @@ def test_a_run_holding_a_non_number_is_left_out_and_the_rest_reported(
     if drawn is None:  # the figures drawn, of the good run alone
         assert list(out.glob("*.png")) and "![" in index
     else:
-        assert [runs for runs, *_ in drawn] == [{str(sweep / "good")}]
+        assert drawn == [{str(sweep / "good")}]
 
 
 def test_failed_and_running_runs_are_listed_with_a_reason(tmp_path, capsys):

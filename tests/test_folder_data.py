@@ -3,9 +3,11 @@ errors, and a data identity that keeps different folders out of each other's run
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -115,23 +117,29 @@ def test_bad_folders_are_one_line_errors(tmp_path, make):
     assert expected in str(caught.value) and "\n" not in str(caught.value)
 
 
+@contextlib.contextmanager
+def no_worker_left() -> Iterator[None]:
+    """The loader's workers have stopped once the block ends, with the garbage collector off
+    meanwhile: left to a collection, their shutdown waited 5 s (torch's status interval) at some
+    later moment of the process."""
+    gc.collect()
+    gc.disable()
+    before = set(multiprocessing.active_children())
+    try:
+        yield
+        assert set(multiprocessing.active_children()) <= before
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_file_that_is_not_an_image_is_named_in_one_line(tmp_path, workers):
     write_images(tmp_path, {"a": 3, "b": 3})
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG but not really")
     data = build_dataset(folder_config(tmp_path, val_size=0, num_workers=workers), CPU)
-    gc.collect()
-    gc.disable()  # what the error itself leaves running, not what a collection would stop
-    before = set(multiprocessing.active_children())
-    try:
-        with pytest.raises(UserError) as caught:
-            for _ in data.batches("train", 16):
-                pass
-        # the worker stopped with the error: left to the garbage collector, its shutdown waited
-        # 5 s (torch's status interval) at some later moment of the process
-        assert set(multiprocessing.active_children()) <= before
-    finally:
-        gc.enable()
+    with no_worker_left(), pytest.raises(UserError) as caught:
+        for _ in data.batches("train", 16):
+            pass
     message = str(caught.value)
     assert "broken.png is not a readable image" in message and "\n" not in message
 
@@ -148,16 +156,9 @@ def test_any_error_in_a_worker_stops_the_workers_with_it(tmp_path, monkeypatch):
         raise RuntimeError("a transform's bug")
 
     monkeypatch.setattr(imagenet._Loader, "__call__", bug)  # the worker is forked after this
-    gc.collect()
-    gc.disable()
-    before = set(multiprocessing.active_children())
-    try:
-        with pytest.raises(RuntimeError, match="a transform's bug"):
-            for _ in data.batches("train", 16):
-                pass
-        assert set(multiprocessing.active_children()) <= before
-    finally:
-        gc.enable()
+    with no_worker_left(), pytest.raises(RuntimeError, match="a transform's bug"):
+        for _ in data.batches("train", 16):
+            pass
 
 
 def test_the_data_identity_follows_the_files_not_the_path(tmp_path):

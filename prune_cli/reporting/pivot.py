@@ -131,7 +131,8 @@ def pivots(levels: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
             sparse_finals = finals[(finals["level"] > 0) | ~unpruned(finals)]
             # an empty part left out: pandas 2 warns that the dtypes of the result will change
             # with it, and pandas 3 changed them
-            parts = [f for f in (dense, sparse_finals) if not f.empty] or [dense]
+            # (one part always holds rows: each final is a dense baseline or sparse)
+            parts = [f for f in (dense, sparse_finals) if not f.empty]
             cells = _cells(pd.concat(parts), "series", "column")
             out[(dataset, model, "by_target")] = cells
         by_level = study[~one_shot.astype(bool)]
