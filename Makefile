@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-lowest lint format bench bench-latency gpu-check gpu-wheels clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns reproduce-sapp-smoke reproduce-sapp reproduce-limit-smoke reproduce-limit reproduce-crossword-smoke reproduce-crossword
+.PHONY: help install demo test test-fast test-lowest lint format bench bench-latency gpu-check gpu-wheels clean reproduce-sap-smoke reproduce-sap reproduce-rd-smoke reproduce-rd reproduce-flow-smoke reproduce-flow reproduce-grda-smoke reproduce-grda reproduce-dns-smoke reproduce-dns reproduce-sapp-smoke reproduce-sapp reproduce-limit-smoke reproduce-limit reproduce-crossword-smoke reproduce-crossword reproduce-halp
 
 help: ## list the targets with what they do and how long they take
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -184,3 +184,14 @@ reproduce-crossword: $(STAMP) ## Crossword search vs L1, FPGM, magnitude, random
 	$(SWEEP) experiment=fpgm_resnet56_cifar10 seed=$(CROSSWORD_SEED_LIST) output_root=$(RESULTS) \
 	  hydra.sweep.dir=$(RESULTS)/crossword_cifar10/fpgm
 	$(REPORT) $(RESULTS)/crossword_cifar10 -o $(RESULTS)/crossword_cifar10/report
+
+# HALP (Shen et al. 2022; not a seed paper: the reference of method.latency_target's knapsack).
+# The first sweep is HALP-80, -55 and -30 (the latency kept), the second the tuned per-layer and
+# global rankings at the same measured latencies, each from torchvision's ResNet-50 weights.
+reproduce-halp: $(STAMP) ## HALP-80/55/30 latency targets on ImageNet ResNet-50, with the tuned rankings at equal latency, HALP's schedule and channel groups, 1 seed (needs ImageNet under data/; GPU, days)
+	$(SWEEP) experiment=halp_resnet50_imagenet method.latency_target=0.8,0.55,0.3 seed=0 \
+	  output_root=$(RESULTS) hydra.sweep.dir=$(RESULTS)/halp_resnet50_imagenet/knapsack
+	$(SWEEP) experiment=halp_resnet50_imagenet method.latency_target=0.8,0.55,0.3 seed=0 \
+	  method.latency_by=fraction method.scope=layer,global \
+	  output_root=$(RESULTS) hydra.sweep.dir=$(RESULTS)/halp_resnet50_imagenet/rankings
+	$(REPORT) $(RESULTS)/halp_resnet50_imagenet -o $(RESULTS)/halp_resnet50_imagenet/report

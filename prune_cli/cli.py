@@ -36,6 +36,7 @@ from prune_cli.config import (
     check_target_overrides,
     config_hash,
     group_options,
+    not_a_mapping_key,
     not_a_method_setting,
     register_configs,
     register_resolvers,
@@ -284,6 +285,7 @@ def _composed(compose: Callable[[], DictConfig], overrides: list[str]) -> DictCo
         raise UserError(
             _not_a_dataset_setting(cause, overrides)
             or not_a_method_setting(cause)
+            or not_a_mapping_key(cause)
             or f"{detail}{where}; check the override's key and type"
         ) from None
 

@@ -6,7 +6,9 @@ stored runs where torch is not installed, with the same rules the store uses to 
 guard them.
 
 The hash follows open_lth's rule: null values are left out, so a new setting whose default is
-null (changes nothing) keeps the hashes of existing runs valid.
+null (changes nothing) keeps the hashes of existing runs valid. A new mapping setting, whose
+default must be an empty mapping for the command line to fill it, is left out while empty
+(``EMPTY_BY_DEFAULT``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ NON_RESULT_KEYS = (
     "objective",
     "objective_tolerance",
 )
+
+#: settings whose default is an empty mapping, added after runs were stored: left out of the
+#: hash while empty, as a null is, so those runs' hashes stay valid. (Their default cannot be
+#: null: OmegaConf 2.3 cannot merge a command line's ``{key: value}`` into a null mapping.)
+EMPTY_BY_DEFAULT = ("method.round_to_layers",)
 
 #: Dataset settings that runs stored before each dataset had its own settings (2026-11) carry
 #: although their dataset never read them: that version gave every dataset one schema (name,
@@ -108,12 +115,12 @@ def result_settings(cfg: Any) -> dict[str, Any]:
     container = _container(cfg)
     container.pop("hydra", None)
     only_dataset_settings(container)
-    for dotted in NON_RESULT_KEYS:
+    for dotted in (*NON_RESULT_KEYS, *EMPTY_BY_DEFAULT):
         *parents, leaf = dotted.split(".")
         node = container
         for part in parents:
             node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
+        if isinstance(node, dict) and (dotted in NON_RESULT_KEYS or node.get(leaf) == {}):
             node.pop(leaf, None)
     return _canonical(_without_nulls(container))
 

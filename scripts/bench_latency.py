@@ -165,9 +165,11 @@ def budgeted(
     *,
     rounds: int = 3,
     round_to: int | None = 8,
+    round_to_layers: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Prune a copy of ``dense`` to ``target`` of its latency the way ``arm`` says, through
-    ``method=filter``; measure the thin network against the dense one here. One result row."""
+    ``method=filter`` (each unit's multiple ``round_to``, or ``round_to_layers``' per-layer one);
+    measure the thin network against the dense one here. One result row."""
     label, latency_by, scope, solver = arm
     torch.manual_seed(0)
     x = torch.randn(case.batch, 3, case.size, case.size, device=device)
@@ -180,6 +182,7 @@ def budgeted(
         latency_solver=solver,
         scope=scope,
         round_to=round_to,
+        round_to_layers=dict(round_to_layers or {}),
         latency_batch=case.batch,
         latency_repeats=case.repeats,
         latency_points=case.points,
@@ -198,14 +201,20 @@ def budgeted(
     assert table is not None, "a latency target builds the table"
     widths = kept_widths(keep)
     predicted_ratio = table.predict(widths) / table.predict({})
-    # what the table predicts with every unit at its floor (min_keep, rounded): a target
-    # below it cannot be met by any selection, and the arms then choose the same network
+    # what the table predicts with every unit at its floor (min_keep, rounded to the unit's
+    # multiple): a target below it cannot be met, and the arms then choose the same network
+    multiples = method.multiples(groups)
     floors = min_widths(
         [
-            BudgetUnit(u.root, [0.0] * u.channels, [True] * u.channels, method.floor(u.channels))
+            BudgetUnit(
+                u.root,
+                [0.0] * u.channels,
+                [True] * u.channels,
+                method.floor(u.channels),
+                multiples[u.root],
+            )
             for u in groups.units
-        ],
-        round_to or 1,
+        ]
     )
     floor_ratio = table.predict(floors) / table.predict({})
     # measured as the method measures (interleaved passes on the CPU), in ``rounds`` pairs
@@ -230,6 +239,7 @@ def budgeted(
         "macs_ratio": macs_t / macs_d,
         "params_ratio": params_t / params_d,
         "filters_kept": sum(widths.values()) / sum(u.channels for u in groups.units),
+        "widths": widths,  # each unit's kept count (not in the table: a check's)
         "importance_kept": kept / total if total > 0 else float("nan"),
         "table_from_cache": bool(table.from_cache),
         # the method warned that the per-unit floors keep the target out of reach
@@ -237,6 +247,17 @@ def budgeted(
         "floor_ratio": floor_ratio,
         "seconds": seconds,
     }
+
+
+def experiment_multiples(experiment: str) -> dict[str, int]:
+    """``method.round_to_layers`` of a registered experiment (its YAML, as Hydra composes it)."""
+    from hydra import compose, initialize_config_dir
+
+    from prune_cli.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}"])
+    return {str(k): int(v) for k, v in (cfg.method.get("round_to_layers") or {}).items()}
 
 
 def build_dense(case: Case, device: torch.device) -> nn.Module:
@@ -284,6 +305,7 @@ def run_budgets(
     arms: Sequence[tuple[str, str, str | None, str | None]] = PART1_ARMS,
     rounds: int = 3,
     round_to: int | None = 8,
+    round_to_layers: dict[str, int] | None = None,
     say: Callable[[str], None] = log,
     noise: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
@@ -298,7 +320,15 @@ def run_budgets(
         for target in targets:
             for arm in arms:
                 row = budgeted(
-                    case, target, arm, dense, device, cache_dir, rounds=rounds, round_to=round_to
+                    case,
+                    target,
+                    arm,
+                    dense,
+                    device,
+                    cache_dir,
+                    rounds=rounds,
+                    round_to=round_to,
+                    round_to_layers=round_to_layers,
                 )
                 rows.append(row)
                 say(budget_table([row]).splitlines()[-1])
@@ -618,6 +648,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--models", nargs="+", help="part 1: only these of the four networks")
     ap.add_argument("--rounds", type=int, default=3, help="part 1: timing pairs per network")
     ap.add_argument("--round-to", type=int, default=8, help="kept filters, a multiple of this")
+    ap.add_argument(
+        "--round-to-layers",
+        metavar="EXPERIMENT",
+        help="part 1: the per-layer multiples of this experiment's method.round_to_layers "
+        "(halp_resnet50_imagenet: HALP's channel groups; with --models of its network), "
+        "--round-to for the layers it does not name",
+    )
     ap.add_argument("--device", default="cpu", help="part 1's device (cpu, cuda)")
     ap.add_argument(
         "--threads",
@@ -698,6 +735,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             if unknown:
                 ap.error(f"--models: {', '.join(sorted(unknown))} not among the four networks")
             cases = tuple(c for c in cases if c.model in args.models)
+        layers = experiment_multiples(args.round_to_layers) if args.round_to_layers else None
+        rounding = f"kept filters rounded to {args.round_to}"
+        if layers:
+            rounding = (
+                f"kept filters in the per-layer multiples of `experiment={args.round_to_layers}`"
+                f" (`method.round_to_layers`), {args.round_to} for the layers it does not name"
+            )
         log(f"\n== part 1: latency targets {args.targets}, {len(cases)} networks ==")
         part_started = time.perf_counter()
         noise: list[dict[str, Any]] = []
@@ -709,6 +753,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 cache,
                 rounds=args.rounds,
                 round_to=args.round_to,
+                round_to_layers=layers,
                 noise=noise,
             )
         table = budget_table(rows)
@@ -722,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "",
             *(quick if args.quick else []),
             f"**Latency targets met** ({device.type}; random-init weights, L1 filter scores, "
-            f"kept filters rounded to {args.round_to}, the first convolution kept; ratios "
+            f"{rounding}, the first convolution kept; ratios "
             f"thin / dense, each the median of {args.rounds} timing pairs made after the "
             "selection (on the CPU each pair of interleaved passes, as the method measures); "
             "goal: the measured ratio within 5% of the target; "

@@ -140,6 +140,34 @@ def test_gpu_checks_latency_step_prunes_each_network_to_its_target_on_the_cpu(mo
     assert "- knapsack: " in section and "- per-layer ranking, tuned: " in section
 
 
+def test_part_1_with_an_experiments_per_layer_multiples_keeps_them_in_every_arm(
+    tmp_path, monkeypatch
+):
+    """``--round-to-layers EXPERIMENT``: every arm keeps each unit at its multiple from that
+    experiment's ``method.round_to_layers`` (``--round-to`` for the others), and the section
+    says which experiment's they are. The HALP experiment's are HALP's table (spot values)."""
+    halp = bench_latency.experiment_multiples("halp_resnet50_imagenet")
+    assert halp["layer3.[1-5].conv1"] == 128 and halp["layer4.[12].conv[12]"] == 32
+    case = bench_latency.Case("lenet5", 32, 10, 2, 2, 1)
+    monkeypatch.setattr(bench_latency, "QUICK_CASES", (case,))
+    given = {"features.3": 4, "classifier.0": 24}
+    monkeypatch.setattr(bench_latency, "experiment_multiples", lambda name: given)
+    rows: list[dict] = []
+    real = bench_latency.run_budgets
+    monkeypatch.setattr(
+        bench_latency, "run_budgets", lambda *a, **k: rows.extend(real(*a, **k)) or rows
+    )
+    doc = tmp_path / "BENCHMARKS.md"
+    args = ["--part", "1", "--quick", "--targets", "0.6", "--rounds", "1", "--round-to", "7"]
+    bench_latency.main([*args, "--round-to-layers", "mine", "--doc", str(doc)])
+    assert len(rows) == len(bench_latency.PART1_ARMS)
+    for r in rows:
+        widths = r["widths"]
+        assert widths["features.3"] % 4 == 0 and widths["classifier.0"] % 24 == 0, widths
+        assert widths["classifier.2"] % 7 == 0 or widths["classifier.2"] == 84, widths
+    assert "per-layer multiples of `experiment=mine`" in doc.read_text()
+
+
 def test_part_1_at_a_thread_count_has_its_own_section_beside_the_default_one(tmp_path, monkeypatch):
     """``--threads 1`` writes between markers of its own: the figures at torch's own thread
     count stay, so the two can be read side by side."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+
 import pytest
 from conftest import compose_config, run_config
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from prune_cli.cli import check_choices, precheck
@@ -101,6 +105,21 @@ def test_config_hash_is_stable_and_ignores_display_settings():
     assert base == config_hash(run_config())
 
 
+def test_an_empty_per_layer_mapping_leaves_filter_hashes_as_they_were():
+    """``method.round_to_layers`` defaults to {} (OmegaConf cannot merge a command line's
+    mapping into a null one): left out of the hash while empty, so the filter runs stored
+    before it existed keep theirs; a mapping given changes it."""
+    overrides = ["method=filter", "model=resnet20"]
+    cfg = compose_config(overrides)
+    assert cfg.method.round_to_layers == {}
+    container = OmegaConf.to_container(cfg, resolve=True)
+    del container["method"]["round_to_layers"]  # as stored before the setting existed
+    assert config_hash(cfg) == config_hash(container)
+    given = compose_config([*overrides, "++method.round_to_layers={layer1.*:8}"])
+    assert given.method.round_to_layers == {"layer1.*": 8}
+    assert config_hash(given) != config_hash(cfg)
+
+
 #: what each dataset reads; a setting outside its list is neither shown nor accepted
 DATASET_SETTINGS = {
     "digits": {"test_size"},
@@ -154,6 +173,50 @@ def test_every_sweep_preset_names_valid_options(preset):
             if key in ("experiment", "method", "model", "dataset"):
                 assert option in group_options(key), (preset, key, option)
     run_config([*overrides, f"sweep={preset}"])
+
+
+def makefile_sweeps() -> list[tuple[str, list[str]]]:
+    """(target, overrides) of every ``$(SWEEP)`` and ``$(RUN)`` command in the Makefile's
+    recipes, continuation lines joined, make's variables replaced by a value of theirs."""
+    text = (CONF_DIR.parents[1] / "Makefile").read_text().replace("\\\n", " ")
+    found, target = [], ""
+    for line in text.splitlines():
+        head = re.match(r"^([a-z0-9-]+):", line)
+        if head:
+            target = head.group(1)
+        command = re.match(r"^\t\s*\$\((SWEEP|RUN)\)\s+(.*)$", line)
+        if command and target.startswith("reproduce"):
+            words = re.sub(r"\$\([A-Z_]*SEED_LIST\)", "0,1", command.group(2)).split()
+            words = [w.replace("$(RESULTS)", "results") for w in words]
+            found.append((target, [w for w in words if "=" in w and "$" not in w]))
+    return found
+
+
+@pytest.mark.parametrize(
+    "target, overrides",
+    makefile_sweeps(),
+    ids=[f"{t}-{i}" for i, (t, _) in enumerate(makefile_sweeps())],
+)
+def test_every_reproduction_target_composes(target, overrides):
+    """Each reproduction target's grid composes at every value the command line sweeps (a
+    preset's own grid at its first values, as the test above composes them): a target that
+    names a setting its experiment lacks fails here, not after a day of dense training."""
+    preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("sweep=")), None)
+    base = []
+    if preset is not None:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[f"sweep={preset}"], return_hydra_config=True)
+        given = {o.split("=", 1)[0] for o in overrides}
+        base = [
+            f"{k}={str(v).split(',')[0]}"
+            for k, v in cfg.hydra.sweeper.params.items()
+            if k not in given
+        ]
+    kept = [o for o in overrides if not o.startswith(("hydra.", "progress="))]
+    grid = [[f"{o.split('=', 1)[0]}={v}" for v in o.split("=", 1)[1].split(",")] for o in kept]
+    for combination in itertools.product(*grid):
+        cfg = run_config([*base, *combination])
+        assert cfg.method.name in METHODS, (target, combination)
 
 
 def test_parallel_jobs_share_the_cores():

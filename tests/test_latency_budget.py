@@ -24,6 +24,7 @@ from conftest import (
 from prune_cli.config import config_hash
 from prune_cli.errors import ConfigError
 from prune_cli.experiment import Experiment
+from prune_cli.models import build_model
 from prune_cli.paths import shared_cache_dir
 from prune_cli.pruning.filter_schedule import ChannelSchedule
 from prune_cli.pruning.flow import early_round_fraction
@@ -41,6 +42,7 @@ from prune_cli.pruning.latency_budget import (
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS
 from prune_cli.pruning.methods.filter_pruning import FilterConfig, FilterPruning
+from prune_cli.spec import DataSpec
 
 
 class Table:
@@ -206,6 +208,32 @@ def test_floors_multiples_and_pruned_channels_are_respected():
     assert min_widths(units, step=4) == {"a": 8, "b": 4}
     at_floors = solve(units, table.predict, 1.0, step=4)
     assert not at_floors.within and at_floors.widths == {"a": 8, "b": 4}
+
+
+@pytest.mark.parametrize("solver", [solve, solve_dp], ids=["greedy", "dp"])
+def test_each_unit_keeps_a_multiple_of_its_own_block_size(solver):
+    """HALP's per-layer channel groups: unit a (8 channels) goes in blocks of 4, unit b (6) in
+    blocks of 3, so a keeps 8 or 4 and b 6 or 3, the latency 1 ms per channel. Budget 11: of
+    (8, 3) = 11 and (4, 6) = 10 ms, (8, 3) keeps more importance (36 + 15 against 26 + 21);
+    budget 10: only (4, 6) and (4, 3) fit, and (4, 6) keeps more."""
+    scores = {"a": [float(i) for i in range(1, 9)], "b": [float(i) for i in range(1, 7)]}
+    units = [
+        BudgetUnit("a", scores["a"], [True] * 8, floor=1, step=4),
+        BudgetUnit("b", scores["b"], [True] * 6, floor=1, step=3),
+    ]
+    table = Table({"a": 8, "b": 6}, {"a": 1.0, "b": 1.0}, base=0.0)
+    assert solver(units, table.predict, 11.0, step=2).widths == {"a": 8, "b": 3}
+    chosen = solver(units, table.predict, 10.0, step=2)  # the units' own sizes, not step's
+    assert chosen.widths == {"a": 4, "b": 6} and chosen.importance == 26 + 21
+    assert chosen.keep["a"] == [False] * 4 + [True] * 4  # the four best of a
+    assert min_widths(units, step=2) == {"a": 4, "b": 3}
+    # a unit without its own size takes the solver's step
+    mixed = [units[0], BudgetUnit("b", scores["b"], [True] * 6, floor=1)]
+    for budget in (13.0, 9.0, 6.0):
+        widths = solver(mixed, table.predict, budget, step=2).widths
+        assert widths["a"] % 4 == 0 and widths["b"] % 2 == 0
+    with pytest.raises(ValueError, match="block size"):
+        solve([BudgetUnit("a", [1.0], [True], 1, step=0)], table.predict, 1.0)
 
 
 def test_coupled_widths_are_priced_at_the_current_widths():
@@ -477,6 +505,90 @@ def test_soft_pruning_chooses_afresh_under_the_full_budget_each_epoch(timed_by_t
     assert off_target() <= 0.03
 
 
+@pytest.mark.parametrize(
+    "latency_by,solver",
+    [("knapsack", "greedy"), ("knapsack", "dp"), ("fraction", None)],
+)
+def test_per_layer_block_sizes_hold_under_a_latency_target(timed_by_table, latency_by, solver):
+    """``round_to_layers`` (HALP's group sizes): unit 3 (12 filters) keeps a multiple of 4,
+    unit 6 (10 filters) one of 5 (``round_to``), by the knapsack and by the tuned ranking
+    alike; summary.json lists each unit's multiple."""
+    extra = {"latency_by": latency_by, "latency_solver": solver, "scope": "layer"}
+    method, model, batches = _method(
+        when="trained", latency_target=0.5, round_to=5, round_to_layers={"3": 4}, **extra
+    )
+    ctx = prune_context(batches)
+    table = _synthetic(method, model, ctx)
+    timed_by_table(table)
+    assert method.multiples(method.units(model, ctx)) == {"3": 4, "6": 5}
+    masks = Masks.ones(method.prunable(model))
+    masks.update(method.prune(model, masks, ctx))
+    widths = _widths(method, model, masks, ctx)
+    assert widths["3"] % 4 == 0 and widths["6"] % 5 == 0, widths
+    assert widths != {"3": 12, "6": 10}  # it pruned
+
+
+def test_per_layer_block_sizes_round_the_ranking_and_refuse_unknown_layers():
+    """Without a latency target the ranking's counts round to each unit's multiple; a pattern
+    that names no unit's layer (here the first convolution, not pruned by default) is one
+    ConfigError, as is a multiple below 1."""
+    widths = []
+    for patterns in ({}, {"[36]": 3}):
+        torch.manual_seed(0)
+        method, model, batches = _method(when="trained", sparsity=0.5, round_to_layers=patterns)
+        ctx = prune_context(batches)
+        masks = Masks.ones(method.prunable(model))
+        masks.update(method.prune(model, masks, ctx))
+        widths.append(_widths(method, model, masks, ctx))
+    ranked, rounded = widths
+    # the nearest multiple of 3 to the ranking's count, ties up (the floor, 1, never binds)
+    assert rounded == {r: 3 * math.floor(n / 3 + 0.5) for r, n in ranked.items()}, ranked
+    method, model, _ = _method(round_to_layers={"0": 2, "3": 4})
+    with pytest.raises(ConfigError, match=r"round_to_layers: '0' matches no prunable layer;"):
+        method.multiples(method.units(model, prune_context(batches)))
+    with pytest.raises(ConfigError, match="multiples >= 1"):
+        FilterConfig(round_to_layers={"3": 0})
+
+
+def test_the_halp_experiment_gives_resnet50_halps_channel_groups():
+    """experiment=halp_resnet50_imagenet on torchvision's ResNet-50: every unit gets a size
+    from HALP's table (none falls back to 1), single layers as HALP's rn50_prune_groups.json
+    lists them (hand values), and each residual stage's coupled unit the largest of its
+    layers' (64 in layer1: its conv3s and downsample are all 64; 128 in layers 2-4, where the
+    downsample's 128 is the largest)."""
+    cfg = run_config(["experiment=halp_resnet50_imagenet"])
+    model = build_model("resnet50", DataSpec(3, 10, 64))
+    method = METHODS.get("filter")(cfg.method)
+    ctx = prune_context([(torch.randn(2, 3, 64, 64), torch.zeros(2, dtype=torch.long))], 10)
+    groups = method.units(model, ctx)
+    sizes = method.multiples(groups)
+    assert len(sizes) == 16 * 2 + 4 and set(sizes.values()) == {32, 64, 128}
+    halp = {
+        "layer1.0.conv1": 32,
+        "layer1.2.conv2": 32,
+        "layer2.3.conv1": 32,
+        "layer3.0.conv1": 64,
+        "layer3.0.conv2": 64,
+        "layer3.1.conv1": 128,
+        "layer3.5.conv2": 32,
+        "layer4.0.conv1": 64,
+        "layer4.2.conv1": 32,
+    }
+    assert {root: sizes[root] for root in halp} == halp
+    residual = {
+        u.root: next(w for w in u.weights if "conv3" in w).split(".")[0]
+        for u in groups.units
+        if any("downsample" in w for w in u.weights)
+    }
+    assert len(residual) == 4
+    assert {stage: sizes[root] for root, stage in residual.items()} == {
+        "layer1": 64,
+        "layer2": 128,
+        "layer3": 128,
+        "layer4": 128,
+    }
+
+
 def test_the_fraction_baseline_prunes_the_fewest_filters_that_meet_the_budget(timed_by_table):
     # a loose tolerance: the first selection, at the table's budget, stands
     method, model, batches = _method(
@@ -664,6 +776,14 @@ BAD = {
         "choose one of them (method=filter method.latency_target=...)",
     ),
     "default method": (["method.latency_target=0.5"], "not a setting of method=magnitude"),
+    "block sizes merged": (
+        ["method=filter", "method.round_to_layers={features.3:4}"],
+        "give the mapping with '++' ('++method.round_to_layers={features.3:VALUE}')",
+    ),
+    "block size zero": (
+        ["method=filter", "++method.round_to_layers={features.3:0}"],
+        "multiples >= 1",
+    ),
 }
 
 
@@ -694,6 +814,21 @@ def test_bad_latency_settings_are_one_line_and_exit_2(case, tmp_path, cli_in_pro
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert message in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_block_size_for_no_prunable_layer_stops_the_run_before_training(tmp_path, cli_in_process):
+    """The units are known once the model is built: a pattern that names none of them (here
+    the first convolution, which keeps its filters by default) ends the run before level 0
+    trains, in one line that lists the prunable layers."""
+    args = ["method=filter", "++method.round_to_layers={features.0:2}", "train.epochs=1"]
+    result = cli_in_process([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert result.returncode == 2, result.stderr[-2000:]
+    # the run's header line, then the error
+    assert len(lines) == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[0].startswith("prune-run ") and lines[1].startswith("prune-run: error: ")
+    assert "'features.0' matches no prunable layer; those are features.3, classifier.0" in lines[1]
+    assert "level 0" not in result.stdout  # nothing trained
 
 
 # --- end to end ---------------------------------------------------------------------------------

@@ -215,6 +215,21 @@ def test_finalize_records_the_median_of_alternating_pairs_and_their_spread(tmp_p
     assert sum(k for k, _ in units.values()) == info["filters_kept"] < 22
 
 
+def test_finalize_records_each_units_multiple_where_sizes_are_per_layer(tmp_path, monkeypatch):
+    method, model, masks, ctx = pruned_method(tmp_path, round_to=2, round_to_layers={"6": 5})
+    masks.update(method.prune(model, masks, ctx))
+    scripted_timer(monkeypatch, model)
+    info = method.finalize(model, masks, ctx)
+    assert info["round_to_by_unit"] == {"3": 2, "6": 5}  # in the model's order
+    assert all(
+        kept % info["round_to_by_unit"][r] == 0 for r, (kept, _) in info["filters_by_unit"].items()
+    )
+    method, model, masks, ctx = pruned_method(tmp_path, round_to=2)
+    masks.update(method.prune(model, masks, ctx))
+    scripted_timer(monkeypatch, model)
+    assert "round_to_by_unit" not in method.finalize(model, masks, ctx)  # one size: the config's
+
+
 def test_a_latency_targets_table_error_is_against_the_median_pair(tmp_path, monkeypatch):
     method, model, masks, ctx = pruned_method(tmp_path, latency_target=0.6, latency_tolerance=9.0)
     table = synthetic_table(method, model, ctx)

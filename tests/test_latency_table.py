@@ -100,6 +100,23 @@ def test_the_grid_and_a_query_between_points_interpolate_as_by_hand():
     assert table.predict({}) == pytest.approx(table.dense_ms) and table.dense_ms == 1932
 
 
+def test_each_unit_is_gridded_by_its_own_block_size_and_keys_the_cache(tmp_path):
+    """HALP's per-layer channel groups: a mapping gives each unit its multiple (a unit it does
+    not name steps by 1), the grid follows it, and it keys the cached table apart from one
+    multiple for all."""
+    table = table_of(mlp(4, 12, 10, 3), True, Cost(), round_to={"0": 4}, points=12)
+    assert table.steps("0") == [1, 4, 8, 12] and table.steps("2") == list(range(1, 11))
+    table = table_of(mlp(4, 12, 10, 3), True, Cost(), round_to={"0": 6, "2": 5}, points=12)
+    assert table.steps("0") == [1, 6, 12] and table.steps("2") == [1, 5, 10]
+    assert table.describe()["round_to"] == {"0": 6, "2": 5}
+    both = table_of(mlp(4, 8, 8, 3), False, Cost(), round_to=4, cache_dir=tmp_path)
+    again = Cost()
+    mapped = table_of(mlp(4, 8, 8, 3), False, again, round_to={"2": 4}, cache_dir=tmp_path)
+    assert again.layers > 0 and mapped.cache_path != both.cache_path  # measured, not read
+    with pytest.raises(ConfigError, match="round_to must be at least 1"):
+        table_of(mlp(4, 8, 8, 3), False, Cost(), round_to={"2": 0})
+
+
 def test_prediction_at_grid_points_is_the_layers_measured_sum_plus_the_residual():
     cost = Cost(overhead=0.5)
     model = mlp(4, 12, 10, 3)

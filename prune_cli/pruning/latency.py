@@ -24,10 +24,11 @@ Where this table differs from HALP's:
 - HALP's table holds every (in, out) pair a group size allows, measured offline on one GPU
   (TitanV) and shipped with the code for ResNet-50; the layers, their feature-map sizes and the
   channel groups are written by hand in JSON files. Here the grid is sparse (at most ``points``
-  widths per controlled dimension, in steps of ``round_to``, always the unit's full width and its
-  floor), the value between grid points is interpolated (bilinear in (in, out), linear in one
-  dimension), the layers and shapes come from forward hooks, the units from torch-pruning's
-  dependency graph, and the table is measured on the run's own device and cached there.
+  widths per controlled dimension, in steps of ``round_to`` or of each unit's own block size,
+  always the unit's full width and its floor), the value between grid points is interpolated
+  (bilinear in (in, out), linear in one dimension), the layers and shapes come from forward
+  hooks, the units from torch-pruning's dependency graph, and the table is measured on the
+  run's own device and cached there.
 - HALP sums convolution latencies only. Here BatchNorm is priced with its layer, and what the
   layers do not explain (activations, additions, pooling, Python and launch overhead) is a
   residual fitted on two whole networks: the dense one and the one where every unit keeps its
@@ -574,7 +575,7 @@ def build_table(
     example: Tensor,
     setting: LatencySetting,
     *,
-    round_to: int | None = None,
+    round_to: int | Mapping[str, int] | None = None,
     points: int = 8,
     cache_dir: Path | None = None,
     floor_of: Callable[[str], int] | None = None,
@@ -588,15 +589,22 @@ def build_table(
     ``root`` may keep (default 1). ``measure(module, batch) -> ms`` replaces the timing (a test's
     deterministic cost); it times the standalone layers and the two whole networks alike.
     ``rounds``: each shape is timed once per round, the rounds in shuffled orders, and its
-    fastest round kept. ``cache_dir`` None: no cache. The model is left as it was (mode, weights,
-    buffers).
+    fastest round kept. ``round_to``: the multiple every unit keeps, or each unit's by root
+    (HALP's per-layer channel groups; a unit not named keeps any count); the grid steps by it.
+    ``cache_dir`` None: no cache. The model is left as it was (mode, weights, buffers).
     """
     if points < 2:
         raise ConfigError(f"the latency table needs at least 2 points per unit, got {points}")
     if rounds < 1:
         raise ConfigError(f"the latency table needs at least 1 round, got {rounds}")
-    if round_to is not None and round_to < 1:
-        raise ConfigError(f"round_to must be at least 1 (or null), got {round_to}")
+    multiples = (
+        {u.root: round_to.get(u.root) for u in groups.units}
+        if isinstance(round_to, Mapping)
+        else {u.root: round_to for u in groups.units}
+    )
+    bad = {r: m for r, m in multiples.items() if m is not None and m < 1}
+    if bad:
+        raise ConfigError(f"round_to must be at least 1 (or null), got {bad}")
     if tuple(example.shape[1:]) != setting.input_shape:
         raise ConfigError(
             f"the latency example's sample shape {tuple(example.shape[1:])} differs from the "
@@ -607,7 +615,9 @@ def build_table(
     example = example if param is None else example.to(param.device)  # hooks run the model
     layers = _record_layers(model, example)
     steps = {
-        u.root: unit_steps(u.channels, floor_of(u.root) if floor_of else 1, round_to, points)
+        u.root: unit_steps(
+            u.channels, floor_of(u.root) if floor_of else 1, multiples[u.root], points
+        )
         for u in groups.units
     }
     _attach_units(layers, groups, steps, points)
@@ -616,7 +626,13 @@ def build_table(
     injected = (
         None if measure is None else getattr(measure, "__qualname__", type(measure).__qualname__)
     )
-    grid = {"round_to": round_to, "points": points, "rounds": rounds, "measure": injected}
+    # a mapping keys the table by every unit's multiple (JSON-able: roots are strings)
+    grid = {
+        "round_to": dict(round_to) if isinstance(round_to, Mapping) else round_to,
+        "points": points,
+        "rounds": rounds,
+        "measure": injected,
+    }
     key = table_key(layers, groups, steps, setting, name, grid)
     info = {
         "key": key,

@@ -23,8 +23,10 @@ HALP's way instead (``method.latency_solver=dp``): dynamic programming on costs 
 the current counts, from the greedy's selection, never keeping less importance than it. The
 scores are whatever registered filter measure the run uses (``halp`` is HALP's own).
 
-Every unit keeps a multiple of ``step`` channels (``round_to``) or all of them, never fewer
-than its ``floor`` (``min_keep``), and only channels it keeps now (masks only shrink). A unit
+Every unit keeps a multiple of its block size (``BudgetUnit.step``: ``method.round_to``, or
+``method.round_to_layers``' per-layer sizes, HALP's channel groups; else the solver's ``step``)
+or all of its channels, never fewer than its ``floor`` (``min_keep``), and only channels it
+keeps now (masks only shrink). A unit
 drops its lowest-scored kept channels first; ties go by unit order, then by channel index, so
 the result is deterministic. This module imports no torch: scores and masks are plain lists.
 """
@@ -55,6 +57,10 @@ class BudgetUnit:
     kept: list[bool]
     #: the fewest channels the unit may keep (``min_keep``'s floor)
     floor: int
+    #: the unit keeps a multiple of this many channels (or all of them); None: the solver's
+    #: ``step``. HALP sizes these per layer (32-128 channels on ResNet-50) where one size for
+    #: every layer would be too coarse for the thin ones or too fine for the wide ones.
+    step: int | None = None
 
 
 @dataclass
@@ -80,6 +86,14 @@ def next_count(kept: int, step: int) -> int:
     return step * (math.ceil(kept / step) - 1)
 
 
+def block_size(unit: BudgetUnit, step: int = 1) -> int:
+    """The multiple ``unit`` keeps: its own ``step``, else the solver's."""
+    size = step if unit.step is None else unit.step
+    if size < 1:
+        raise ValueError(f"unit {unit.root}: the block size must be >= 1, got {size}")
+    return size
+
+
 def _within(predicted: float, budget: float) -> bool:
     return predicted <= budget + _SLACK * abs(budget)
 
@@ -89,7 +103,8 @@ class _State:
 
     def __init__(self, units: Sequence[BudgetUnit], step: int) -> None:
         self.units = list(units)
-        self.step = step
+        #: each unit's block size
+        self.steps = [block_size(u, step) for u in self.units]
         # each unit's kept channels, most important first; removals take them from the end,
         # so of equal scores the lower channel goes first (as ``FilterPruning.choose`` ranks)
         self.order: list[list[int]] = []
@@ -113,7 +128,7 @@ class _State:
 
     def lower(self, i: int) -> int | None:
         """Unit i's count after one more removal, or None at its floor."""
-        m = next_count(self.counts[i], self.step)
+        m = next_count(self.counts[i], self.steps[i])
         return m if m >= max(1, self.units[i].floor) else None
 
     def lost(self, i: int, m: int) -> float:
@@ -279,7 +294,7 @@ def reachable_counts(kept: int, step: int, floor: int) -> list[int]:
 
 def _options(state: _State, i: int) -> list[int]:
     """Unit i's reachable counts, from what it keeps now down to its floor, widest first."""
-    return reachable_counts(len(state.order[i]), state.step, state.units[i].floor)
+    return reachable_counts(len(state.order[i]), state.steps[i], state.units[i].floor)
 
 
 def _at(state: _State, counts: Sequence[int]) -> None:
@@ -368,8 +383,9 @@ def solve_dp(
     As NVlabs/HALP's code (``prune/pruner.py``, ``_knapsack``; ``prune/cost.py``) does it, and
     where this differs: HALP prices a layer with its input width frozen at the previous unit's
     current count (the same linearisation), its items are blocks of 32-128 channels of a layer
-    in importance order, each costing the table's step T(in, N - g i) - T(in, N - g (i + 1)),
-    and its 0/1 programme (latency scaled by 1000 and rounded) lets a block in only after the
+    in importance order (here each unit's ``step``; ``method.round_to_layers`` gives HALP's
+    sizes), each costing the table's step T(in, N - g i) - T(in, N - g (i + 1)), and its 0/1
+    programme (latency scaled by 1000 and rounded) lets a block in only after the
     layer's previous one, a rule checked on the stored optimum alone, so its prefix is not
     exactly enforced. Here the choices are the units' counts themselves (a multiple-choice
     knapsack: every choice is a prefix by construction), costs are rounded up, never down, and
@@ -413,9 +429,10 @@ def knapsack(
 
 
 def min_widths(units: Sequence[BudgetUnit], step: int = 1) -> dict[str, int]:
-    """The fewest channels each unit can keep: the smallest multiple of ``step`` reachable from
-    its kept count without going under its floor (its kept count if none is)."""
-    return {u.root: reachable_counts(sum(u.kept), step, u.floor)[-1] for u in units}
+    """The fewest channels each unit can keep: the smallest multiple of its block size (its own
+    ``step``, else ``step``) reachable from its kept count without going under its floor (its
+    kept count if none is)."""
+    return {u.root: reachable_counts(sum(u.kept), block_size(u, step), u.floor)[-1] for u in units}
 
 
 def bisect_fraction(

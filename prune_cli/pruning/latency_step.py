@@ -207,19 +207,19 @@ class LatencyStep:
     """A run's latency state (its table, whether it warned) and its latency-budgeted steps.
 
     ``floor(channels)`` is the fewest filters a unit of ``channels`` keeps (``min_keep``'s),
-    ``round_to`` the multiple each unit keeps; both are the method's."""
+    ``multiples(groups)`` the multiple each unit keeps, by root (``round_to``, or
+    ``round_to_layers``' per-layer sizes); both are the method's."""
 
     def __init__(
         self,
         settings: LatencySettings,
         floor: Callable[[int], int],
-        round_to: int | None,
+        multiples: Callable[[FilterGroups], Mapping[str, int]],
         min_keep: float,
     ) -> None:
         self.settings = settings
         self.floor = floor
-        self.round_to = round_to
-        self.step = round_to or 1
+        self.multiples = multiples
         self.min_keep = min_keep
         #: the run's latency table (``latency.build_table``), built at the first need
         self.table: latency.LatencyTable | None = None
@@ -256,12 +256,17 @@ class LatencyStep:
                 device=ctx.device.type,
                 repeats=s.latency_repeats,
             )
+            multiples = dict(self.multiples(groups))
+            # one multiple for every unit keys the table as ``round_to`` always did (1: none),
+            # so the tables cached before per-layer sizes existed stay valid
+            one = set(multiples.values())
+            round_to = (None if one == {1} else one.pop()) if len(one) == 1 else multiples
             self.table = latency.build_table(
                 groups.model,
                 groups,
                 example,
                 setting,
-                round_to=self.round_to,
+                round_to=round_to,
                 points=s.latency_points or 8,
                 cache_dir=ctx.cache_dir,
                 floor_of=lambda root: self.floor(channels[root]),
@@ -277,12 +282,17 @@ class LatencyStep:
     def budget_units(
         self, groups: FilterGroups, device_keep: Keep, channel_scores: Mapping[str, Tensor]
     ) -> list[BudgetUnit]:
-        """The units as the knapsack sees them: scores, channels kept now, floors (on the host:
-        the knapsack loops over channels in Python)."""
+        """The units as the knapsack sees them: scores, channels kept now, floors, block sizes
+        (on the host: the knapsack loops over channels in Python)."""
         scores = {r: s.detach().cpu().tolist() for r, s in channel_scores.items()}
+        multiples = self.multiples(groups)
         return [
             BudgetUnit(
-                u.root, scores[u.root], device_keep[u.root].cpu().tolist(), self.floor(u.channels)
+                u.root,
+                scores[u.root],
+                device_keep[u.root].cpu().tolist(),
+                self.floor(u.channels),
+                multiples[u.root],
             )
             for u in groups.units
         ]
@@ -303,7 +313,7 @@ class LatencyStep:
             f = bisect_fraction(lambda f: widths_of(by_fraction(f)), table.predict, budget_ms)
             return by_fraction(f)
         solver = solve_dp if self.settings.latency_solver == "dp" else solve
-        chosen = solver(units, table.predict, budget_ms, step=self.step)
+        chosen = solver(units, table.predict, budget_ms)  # each unit carries its block size
         return {r: torch.tensor(k, dtype=torch.bool) for r, k in chosen.keep.items()}
 
     def choose(
@@ -366,7 +376,7 @@ class LatencyStep:
             dense_predicted,
             ", ".join(f"{b:.3f} -> {m:.3f}" for b, m in self.calibration),
         )
-        at_floors = widths_of(keep) == min_widths(units, self.step)
+        at_floors = widths_of(keep) == min_widths(units)
         if at_floors and found.measured > ratio * (1 + s.tolerance):
             self.warn(predicted, found.measured, ratio)
         return {r: k.to(device_keep[r].device) for r, k in keep.items()}
@@ -421,11 +431,9 @@ class LatencyStep:
             "latency_table_error": latency.measure_thin_error(table, widths, thin_ms, dense_ms),
             "latency_table": table.describe(),
         }
-        dense = [
-            BudgetUnit(u.root, [0.0] * u.channels, [True] * u.channels, self.floor(u.channels))
-            for u in groups.units
-        ]
-        at_floors = widths == min_widths(dense, self.step)
+        dense = {u.root: torch.ones(u.channels, dtype=torch.bool) for u in groups.units}
+        zeros = {u.root: torch.zeros(u.channels) for u in groups.units}
+        at_floors = widths == min_widths(self.budget_units(groups, dense, zeros))
         if at_floors and reached > target * (1 + s.tolerance):
             info["latency_warning"] = self.message(predicted, reached, target)
             self.warn(predicted, reached, target)

@@ -71,7 +71,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,14 @@ class FilterConfig(MeasureSettings, LatencySettings, MethodConfig):
     #: (tensor-core tiles), and a thinner network of odd widths may run no faster than the
     #: dense one (docs/BENCHMARKS.md). Null = 1, no rounding.
     round_to: int | None = None
+    #: per-layer multiples, ``{pattern: n}`` (HALP's channel groups, its ``group_size_cfg``):
+    #: a unit with a layer whose module name matches the shell-style pattern keeps a multiple
+    #: of n filters (of several matches, among its coupled layers too, the largest n, as HALP
+    #: takes the largest size of a group); the units none matches keep ``round_to``'s. The
+    #: latency table's grid steps by each unit's size. On the command line:
+    #: ``'++method.round_to_layers={layer1.*:32,conv1:2}'``. Empty (the default) = none; an empty
+    #: one enters no config hash (``identity.EMPTY_BY_DEFAULT``).
+    round_to_layers: dict[str, int] = field(default_factory=dict)
     #: null or ``global`` (one ranking, per-unit floor) or ``layer`` (the same fraction per unit)
     scope: str | None = None
     #: prune the first layer's filters too (null = false: it keeps all of them)
@@ -166,6 +175,12 @@ class FilterConfig(MeasureSettings, LatencySettings, MethodConfig):
             )
         check_range("min_keep", self.min_keep, 0.0, 1.0)
         check_range("round_to", self.round_to, 1, nullable=True)
+        for pattern, n in self.round_to_layers.items():
+            if not pattern or not isinstance(n, int) or n < 1:
+                raise ConfigError(
+                    "method.round_to_layers maps module-name patterns to multiples >= 1 "
+                    f"({{'layer1.*': 32}}), got {pattern!r}: {n!r}"
+                )
         check_range("interval", self.interval, 1, nullable=True)
         if self.layer_count not in (None, "pruned", "kept"):
             raise ConfigError(
@@ -243,7 +258,9 @@ class FilterPruning(PruningMethod):
         self.groups: FilterGroups | None = None
         self.warned = False  # the unreachable-target warning is given once per run
         #: the latency budget's state and steps (its table, its warning), and the timings
-        self.latency = LatencyStep(cfg, self.floor, cfg.round_to, cfg.min_keep)
+        self.latency = LatencyStep(cfg, self.floor, self.multiples, cfg.min_keep)
+        #: each unit's multiple (``multiples``), found once per ``FilterGroups``
+        self._multiples: tuple[FilterGroups, dict[str, int]] | None = None
         #: the latency ratio the pruning step under way aims at (an early round's); None: F
         self.step_latency: float | None = None
         #: whether the step under way is calibrated on measured latency (``steps``' last only)
@@ -283,6 +300,37 @@ class FilterPruning(PruningMethod):
     def floor(self, channels: int) -> int:
         """The filters a unit of ``channels`` always keeps: floor(min_keep * channels) + 1."""
         return min(channels, math.floor(self.cfg.min_keep * channels) + 1)
+
+    def multiples(self, groups: FilterGroups) -> dict[str, int]:
+        """The multiple of filters each unit keeps, by root: the largest ``round_to_layers``
+        size whose pattern matches one of the unit's layers (the modules whose rows are its
+        channels), else ``round_to`` (1: any count). A pattern that matches no unit's layer is
+        a ``ConfigError`` (a misspelt name would otherwise change nothing, silently)."""
+        if self._multiples is not None and self._multiples[0] is groups:
+            return self._multiples[1]
+        default = self.cfg.round_to or 1
+        patterns = self.cfg.round_to_layers
+        layers = {u.root: [w.rsplit(".", 1)[0] for w in u.weights] for u in groups.units}
+        found = {u.root: default for u in groups.units}
+        matched: set[str] = set()
+        for root, names in layers.items():
+            sizes = [n for p, n in patterns.items() for name in names if fnmatchcase(name, p)]
+            matched.update(p for p in patterns for name in names if fnmatchcase(name, p))
+            if sizes:
+                found[root] = max(sizes)
+        missing = [p for p in patterns if p not in matched]
+        if missing:
+            names = [n for u in groups.units for n in layers[u.root]]
+            position = {name: i for i, (name, _) in enumerate(groups.model.named_modules())}
+            names.sort(key=lambda n: position.get(n, len(position)))
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise ConfigError(
+                f"method.round_to_layers: {', '.join(map(repr, missing))} matches no prunable "
+                f"layer; those are {shown} (the first layer only with "
+                "method.prune_first=true, the classifier never)"
+            )
+        self._multiples = (groups, found)
+        return found
 
     def reachable(self, groups: FilterGroups) -> float:
         """The largest fraction of the prunable filters that the per-unit floors let
@@ -338,8 +386,9 @@ class FilterPruning(PruningMethod):
 
     def prepare(self, model: nn.Module, ctx: PruneContext) -> nn.Module:
         # find the units before the first epoch: a model whose filters cannot be grouped
-        # (``FilterGroups``' ConfigError) fails at the start, not after a level of training
-        self.units(model, ctx)
+        # (``FilterGroups``' ConfigError) fails at the start, not after a level of training;
+        # so does a ``round_to_layers`` pattern that names none of them
+        self.multiples(self.units(model, ctx))
         return model
 
     def keep_from(self, masks: Masks, groups: FilterGroups) -> dict[str, Tensor]:
@@ -517,11 +566,11 @@ class FilterPruning(PruningMethod):
                 keep[root][ch] = False
                 remaining[root] -= 1
                 total -= 1
-        if (self.cfg.round_to or 1) > 1:
-            for u in groups.units:
+        multiples = self.multiples(groups)
+        for u in groups.units:
+            if multiples[u.root] > 1:
                 before = device_keep[u.root].cpu()  # untouched: ``keep`` holds copies
-                multiple = self.cfg.round_to or 1
-                round_kept(keep[u.root], before, scores[u.root], multiple, floor[u.root])
+                round_kept(keep[u.root], before, scores[u.root], multiples[u.root], floor[u.root])
         return {r: k.to(device_keep[r].device) for r, k in keep.items()}
 
     # --- hooks --------------------------------------------------------------------------------
@@ -581,6 +630,8 @@ class FilterPruning(PruningMethod):
         total = sum(u.channels for u in groups.units)
         kept = sum(int(k.sum()) for k in keep.values())
         position = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        ordered = sorted(groups.units, key=lambda u: position[u.root])
+        multiples = self.multiples(groups)
         budget = {}
         if self.cfg.latency_target is not None:
             budget = self.latency.info(groups, keep, ctx, thin_ms, dense_ms)
@@ -594,10 +645,13 @@ class FilterPruning(PruningMethod):
             "filter_sparsity_max": self.reachable(groups),
             # the thin architecture, unit by unit in the model's order: [kept, filters] (a
             # latency budget may keep one layer whole and strip another to its floor)
-            "filters_by_unit": {
-                u.root: [int(keep[u.root].sum()), u.channels]
-                for u in sorted(groups.units, key=lambda u: position[u.root])
-            },
+            "filters_by_unit": {u.root: [int(keep[u.root].sum()), u.channels] for u in ordered},
+            # the multiple each unit kept to (HALP's channel groups), where sizes are per layer
+            **(
+                {"round_to_by_unit": {u.root: multiples[u.root] for u in ordered}}
+                if self.cfg.round_to_layers
+                else {}
+            ),
             "params_before": params_before,
             "params_after": params_after,
             "macs_before": macs_before,
