@@ -253,8 +253,9 @@ def experiment_multiples(experiment: str) -> dict[str, int]:
     """``method.round_to_layers`` of a registered experiment (its YAML, as Hydra composes it)."""
     from hydra import compose, initialize_config_dir
 
-    from prune_cli.config import CONF_DIR
+    from prune_cli.config import CONF_DIR, register_configs
 
+    register_configs()  # the groups' schemas, as the CLI registers them
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}"])
     return {str(k): int(v) for k, v in (cfg.method.get("round_to_layers") or {}).items()}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -146,8 +148,14 @@ def test_part_1_with_an_experiments_per_layer_multiples_keeps_them_in_every_arm(
     """``--round-to-layers EXPERIMENT``: every arm keeps each unit at its multiple from that
     experiment's ``method.round_to_layers`` (``--round-to`` for the others), and the section
     says which experiment's they are. The HALP experiment's are HALP's table (spot values)."""
-    halp = bench_latency.experiment_multiples("halp_resnet50_imagenet")
-    assert halp["layer3.[1-5].conv1"] == 128 and halp["layer4.[12].conv[12]"] == 32
+    # in a fresh process: the script composes the experiment without the CLI's registrations
+    code = (
+        "import bench_latency; m = bench_latency.experiment_multiples('halp_resnet50_imagenet');"
+        "print(m['layer3.[1-5].conv1'], m['layer4.[12].conv[12]'], len(m))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["128", "32", "15"], out.stderr[-2000:]
     case = bench_latency.Case("lenet5", 32, 10, 2, 2, 1)
     monkeypatch.setattr(bench_latency, "QUICK_CASES", (case,))
     given = {"features.3": 4, "classifier.0": 24}
