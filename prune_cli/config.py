@@ -204,7 +204,8 @@ def not_a_method_setting(cause: BaseException) -> str | None:
 def not_a_mapping_key(cause: BaseException) -> str | None:
     """The error for a new key merged into a mapping setting (``method.round_to_layers``,
     ``method.c_rates``): Hydra merges ``KEY={a:1}`` into the keys the mapping has, and struct
-    mode refuses new ones; ``++KEY={a:1}`` sets it. None for any other error."""
+    mode refuses new ones; ``++KEY={a:1}`` may add keys (it merges too: the keys the mapping
+    had stay). None for any other error."""
     key, full_key = getattr(cause, "key", None), getattr(cause, "full_key", None)
     if not key or not full_key or "not in struct" not in str(cause):
         return None
@@ -212,8 +213,8 @@ def not_a_mapping_key(cause: BaseException) -> str | None:
     if parent == full_key or not parent.startswith("method."):
         return None
     return (
-        f"{parent} is a mapping, and {key!r} is a new key of it: give the mapping with '++' "
-        f"('++{parent}={{{key}:VALUE}}'), which sets it where a plain '=' merges"
+        f"{parent} is a mapping, and {key!r} is a new key of it: add keys with '++' "
+        f"('++{parent}={{{key}:VALUE}}'; a plain '=' may only change the keys it has)"
     )
 
 

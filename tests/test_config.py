@@ -118,6 +118,15 @@ def test_an_empty_per_layer_mapping_leaves_filter_hashes_as_they_were():
     given = compose_config([*overrides, "++method.round_to_layers={layer1.*:8}"])
     assert given.method.round_to_layers == {"layer1.*": 8}
     assert config_hash(given) != config_hash(cfg)
+    # null clears an experiment's mapping (for the same experiment in one round_to), and
+    # hashes as the empty one
+    halp = ["experiment=halp_resnet50_imagenet"]
+    assert len(compose_config(halp).method.round_to_layers) == 15
+    cleared = compose_config([*halp, "method.round_to_layers=null"])
+    assert cleared.method.round_to_layers is None
+    empty = OmegaConf.to_container(cleared, resolve=True)
+    empty["method"]["round_to_layers"] = {}
+    assert config_hash(cleared) == config_hash(empty)
 
 
 #: what each dataset reads; a setting outside its list is neither shown nor accepted
@@ -175,21 +184,45 @@ def test_every_sweep_preset_names_valid_options(preset):
     run_config([*overrides, f"sweep={preset}"])
 
 
+MAKEFILE = CONF_DIR.parents[1] / "Makefile"
+
+
 def makefile_sweeps() -> list[tuple[str, list[str]]]:
     """(target, overrides) of every ``$(SWEEP)`` and ``$(RUN)`` command in the Makefile's
-    recipes, continuation lines joined, make's variables replaced by a value of theirs."""
-    text = (CONF_DIR.parents[1] / "Makefile").read_text().replace("\\\n", " ")
+    reproduction recipes, continuation lines joined, a shell loop's ``for x in A B; do``
+    expanded into one command per value, make's variables replaced by a value of theirs."""
+    text = MAKEFILE.read_text().replace("\\\n", " ")
     found, target = [], ""
     for line in text.splitlines():
         head = re.match(r"^([a-z0-9-]+):", line)
         if head:
             target = head.group(1)
-        command = re.match(r"^\t\s*\$\((SWEEP|RUN)\)\s+(.*)$", line)
-        if command and target.startswith("reproduce"):
-            words = re.sub(r"\$\([A-Z_]*SEED_LIST\)", "0,1", command.group(2)).split()
-            words = [w.replace("$(RESULTS)", "results") for w in words]
-            found.append((target, [w for w in words if "=" in w and "$" not in w]))
+        if not line.startswith("\t") or not target.startswith("reproduce"):
+            continue
+        loop = re.match(r"^\t\s*for (\w+) in ([^;]+); do (.*?);\s*done", line)
+        values = loop.group(2).split() if loop else [None]
+        body = loop.group(3) if loop else line
+        for value in values:
+            command = re.search(r"\$\((?:SWEEP|RUN)\)\s+([^;|]*)", body)
+            if command is None:
+                continue
+            words = command.group(1)
+            if loop:
+                words = words.replace(f"$${loop.group(1)}", value)
+            words = re.sub(r"\$\([A-Z_]*SEED_LIST\)", "0,1", words)
+            words = words.replace("$(RESULTS)", "results")
+            found.append((target, [w for w in words.split() if "=" in w and "$" not in w]))
     return found
+
+
+def test_every_reproduction_target_has_its_commands_read():
+    """The parametrized test below covers every reproduction target the Makefile declares."""
+    phony = re.search(r"^\.PHONY:(.*)$", MAKEFILE.read_text(), re.M)
+    assert phony is not None
+    declared = {t for t in phony.group(1).split() if t.startswith("reproduce")}
+    assert declared and {t for t, _ in makefile_sweeps()} == declared
+    # the limit's shell loop gives one command per experiment
+    assert sum(t == "reproduce-limit" for t, _ in makefile_sweeps()) == 4
 
 
 @pytest.mark.parametrize(

@@ -543,6 +543,8 @@ def test_per_layer_block_sizes_round_the_ranking_and_refuse_unknown_layers():
     ranked, rounded = widths
     # the nearest multiple of 3 to the ranking's count, ties up (the floor, 1, never binds)
     assert rounded == {r: 3 * math.floor(n / 3 + 0.5) for r, n in ranked.items()}, ranked
+    # at most 12 - 3 and 10 - 3 of the 22 filters can go: the floor of 1 rounds up to 3
+    assert method.reachable(method.units(model, ctx)) == pytest.approx(16 / 22)
     method, model, _ = _method(round_to_layers={"0": 2, "3": 4})
     with pytest.raises(ConfigError, match=r"round_to_layers: '0' matches no prunable layer;"):
         method.multiples(method.units(model, prune_context(batches)))
@@ -581,6 +583,9 @@ def test_the_halp_experiment_gives_resnet50_halps_channel_groups():
         if any("downsample" in w for w in u.weights)
     }
     assert len(residual) == 4
+    # no floor (min_keep 0) but one group of each unit: the most a fraction could prune
+    total = sum(u.channels for u in groups.units)
+    assert method.reachable(groups) == pytest.approx(1 - sum(sizes.values()) / total)
     assert {stage: sizes[root] for root, stage in residual.items()} == {
         "layer1": 64,
         "layer2": 128,
@@ -778,7 +783,7 @@ BAD = {
     "default method": (["method.latency_target=0.5"], "not a setting of method=magnitude"),
     "block sizes merged": (
         ["method=filter", "method.round_to_layers={features.3:4}"],
-        "give the mapping with '++' ('++method.round_to_layers={features.3:VALUE}')",
+        "add keys with '++' ('++method.round_to_layers={features.3:VALUE}'",
     ),
     "block size zero": (
         ["method=filter", "++method.round_to_layers={features.3:0}"],

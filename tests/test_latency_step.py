@@ -230,6 +230,35 @@ def test_finalize_records_each_units_multiple_where_sizes_are_per_layer(tmp_path
     assert "round_to_by_unit" not in method.finalize(model, masks, ctx)  # one size: the config's
 
 
+@pytest.mark.parametrize(
+    "settings, key",
+    [
+        ({}, None),
+        ({"round_to": 1}, 1),
+        ({"round_to": 8}, 8),
+        ({"round_to": 8, "round_to_layers": {"*": 8}}, 8),  # uniform: as round_to=8
+        ({"round_to": 2, "round_to_layers": {"6": 5}}, {"3": 2, "6": 5}),
+    ],
+)
+def test_the_table_is_keyed_by_round_to_unless_the_units_multiples_differ(
+    tmp_path, monkeypatch, settings, key
+):
+    """Tables cached before per-layer multiples existed were keyed by ``round_to`` as given:
+    a run whose units all keep that multiple passes it unchanged; only sizes that differ by
+    unit key the table by each unit's."""
+    seen = []
+
+    def build_table(*args, **kwargs):
+        seen.append(kwargs["round_to"])
+        raise RuntimeError("stop: the key was seen")
+
+    monkeypatch.setattr(latency_step.latency, "build_table", build_table)
+    method, model, _, ctx = pruned_method(tmp_path, latency_target=0.5, **settings)
+    with pytest.raises(RuntimeError, match="stop"):
+        method.latency.table_for(method.units(model, ctx), ctx)
+    assert seen == [key]
+
+
 def test_a_latency_targets_table_error_is_against_the_median_pair(tmp_path, monkeypatch):
     method, model, masks, ctx = pruned_method(tmp_path, latency_target=0.6, latency_tolerance=9.0)
     table = synthetic_table(method, model, ctx)

@@ -102,8 +102,8 @@ def test_the_grid_and_a_query_between_points_interpolate_as_by_hand():
 
 def test_each_unit_is_gridded_by_its_own_block_size_and_keys_the_cache(tmp_path):
     """HALP's per-layer channel groups: a mapping gives each unit its multiple (a unit it does
-    not name steps by 1), the grid follows it, and it keys the cached table apart from one
-    multiple for all."""
+    not name steps by 1), the grid follows it, and so does the cache: a table measured on
+    another grid is not read back for this one."""
     table = table_of(mlp(4, 12, 10, 3), True, Cost(), round_to={"0": 4}, points=12)
     assert table.steps("0") == [1, 4, 8, 12] and table.steps("2") == list(range(1, 11))
     table = table_of(mlp(4, 12, 10, 3), True, Cost(), round_to={"0": 6, "2": 5}, points=12)

@@ -208,18 +208,21 @@ class LatencyStep:
 
     ``floor(channels)`` is the fewest filters a unit of ``channels`` keeps (``min_keep``'s),
     ``multiples(groups)`` the multiple each unit keeps, by root (``round_to``, or
-    ``round_to_layers``' per-layer sizes); both are the method's."""
+    ``round_to_layers``' per-layer sizes), ``round_to`` the method's one multiple; all are the
+    method's."""
 
     def __init__(
         self,
         settings: LatencySettings,
         floor: Callable[[int], int],
         multiples: Callable[[FilterGroups], Mapping[str, int]],
+        round_to: int | None,
         min_keep: float,
     ) -> None:
         self.settings = settings
         self.floor = floor
         self.multiples = multiples
+        self.round_to = round_to
         self.min_keep = min_keep
         #: the run's latency table (``latency.build_table``), built at the first need
         self.table: latency.LatencyTable | None = None
@@ -257,10 +260,11 @@ class LatencyStep:
                 repeats=s.latency_repeats,
             )
             multiples = dict(self.multiples(groups))
-            # one multiple for every unit keys the table as ``round_to`` always did (1: none),
-            # so the tables cached before per-layer sizes existed stay valid
-            one = set(multiples.values())
-            round_to = (None if one == {1} else one.pop()) if len(one) == 1 else multiples
+            # where every unit keeps ``round_to``'s multiple the table is keyed by it, as it
+            # always was, so the tables cached before per-layer sizes existed stay valid
+            one = self.round_to or 1
+            uniform = all(m == one for m in multiples.values())
+            round_to = self.round_to if uniform else multiples
             self.table = latency.build_table(
                 groups.model,
                 groups,

@@ -91,7 +91,7 @@ from prune_cli.pruning.filter_schedule import (
     geometric_ratio,
 )
 from prune_cli.pruning.flow import early_round_fraction
-from prune_cli.pruning.latency_budget import early_round_latency
+from prune_cli.pruning.latency_budget import early_round_latency, reachable_counts
 from prune_cli.pruning.latency_step import (
     LATENCY_COLUMNS,
     LATENCY_PAIRS,
@@ -141,9 +141,11 @@ class FilterConfig(MeasureSettings, LatencySettings, MethodConfig):
     #: of n filters (of several matches, among its coupled layers too, the largest n, as HALP
     #: takes the largest size of a group); the units none matches keep ``round_to``'s. The
     #: latency table's grid steps by each unit's size. On the command line:
-    #: ``'++method.round_to_layers={layer1.*:32,conv1:2}'``. Empty (the default) = none; an empty
-    #: one enters no config hash (``identity.EMPTY_BY_DEFAULT``).
-    round_to_layers: dict[str, int] = field(default_factory=dict)
+    #: ``'++method.round_to_layers={layer1.*:32,layer2.*:64}'`` (``++`` adds keys to what an
+    #: experiment gives; ``method.round_to_layers=null`` clears it; patterns with brackets only
+    #: in YAML: Hydra's override grammar refuses them). Empty (the default) or null = none; an
+    #: empty one enters no config hash (``identity.EMPTY_BY_DEFAULT``), nor does null.
+    round_to_layers: dict[str, int] | None = field(default_factory=dict)
     #: null or ``global`` (one ranking, per-unit floor) or ``layer`` (the same fraction per unit)
     scope: str | None = None
     #: prune the first layer's filters too (null = false: it keeps all of them)
@@ -175,8 +177,8 @@ class FilterConfig(MeasureSettings, LatencySettings, MethodConfig):
             )
         check_range("min_keep", self.min_keep, 0.0, 1.0)
         check_range("round_to", self.round_to, 1, nullable=True)
-        for pattern, n in self.round_to_layers.items():
-            if not pattern or not isinstance(n, int) or n < 1:
+        for pattern, n in (self.round_to_layers or {}).items():
+            if not pattern or isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ConfigError(
                     "method.round_to_layers maps module-name patterns to multiples >= 1 "
                     f"({{'layer1.*': 32}}), got {pattern!r}: {n!r}"
@@ -258,7 +260,7 @@ class FilterPruning(PruningMethod):
         self.groups: FilterGroups | None = None
         self.warned = False  # the unreachable-target warning is given once per run
         #: the latency budget's state and steps (its table, its warning), and the timings
-        self.latency = LatencyStep(cfg, self.floor, self.multiples, cfg.min_keep)
+        self.latency = LatencyStep(cfg, self.floor, self.multiples, cfg.round_to, cfg.min_keep)
         #: each unit's multiple (``multiples``), found once per ``FilterGroups``
         self._multiples: tuple[FilterGroups, dict[str, int]] | None = None
         #: the latency ratio the pruning step under way aims at (an early round's); None: F
@@ -309,7 +311,7 @@ class FilterPruning(PruningMethod):
         if self._multiples is not None and self._multiples[0] is groups:
             return self._multiples[1]
         default = self.cfg.round_to or 1
-        patterns = self.cfg.round_to_layers
+        patterns = self.cfg.round_to_layers or {}
         layers = {u.root: [w.rsplit(".", 1)[0] for w in u.weights] for u in groups.units}
         found = {u.root: default for u in groups.units}
         matched: set[str] = set()
@@ -332,18 +334,23 @@ class FilterPruning(PruningMethod):
         self._multiples = (groups, found)
         return found
 
+    def fewest(self, groups: FilterGroups) -> dict[str, int]:
+        """The fewest filters each unit can keep: its floor, rounded up to its multiple (one
+        group of 128 where HALP's sizes say 128, whatever ``min_keep`` says)."""
+        multiples = self.multiples(groups)
+        return {
+            u.root: reachable_counts(u.channels, multiples[u.root], self.floor(u.channels))[-1]
+            for u in groups.units
+        }
+
     def reachable(self, groups: FilterGroups) -> float:
-        """The largest fraction of the prunable filters that the per-unit floors let
-        ``sparsity`` reach: 1 - sum of floors / filters with a global ranking; with
-        ``scope=layer`` each unit gives at most ``sparsity`` of its own filters."""
+        """The largest fraction of the prunable filters that the per-unit floors (rounded to
+        each unit's multiple) let ``sparsity`` reach: 1 - sum of the fewest / filters with a
+        global ranking; with ``scope=layer`` each unit gives at most ``sparsity`` of its own."""
         total = sum(u.channels for u in groups.units)
-        if self.cfg.scope == "layer":
-            p = self.cfg.sparsity
-            most = sum(
-                min(p * u.channels, u.channels - self.floor(u.channels)) for u in groups.units
-            )
-        else:
-            most = sum(u.channels - self.floor(u.channels) for u in groups.units)
+        fewest = self.fewest(groups)
+        p = self.cfg.sparsity if self.cfg.scope == "layer" else 1.0
+        most = sum(min(p * u.channels, u.channels - fewest[u.root]) for u in groups.units)
         return most / max(1, total)
 
     def warn_unreachable(self, groups: FilterGroups) -> None:
@@ -356,8 +363,9 @@ class FilterPruning(PruningMethod):
         total = sum(u.channels for u in groups.units)
         log.warning(
             "method.sparsity=%g cannot be reached: every unit keeps floor(min_keep * filters) + 1 "
-            "of its filters (method.min_keep=%g), so at most %.4f of the %d prunable filters "
-            "can go; pruning stops there (summary.json: filter_sparsity, filter_sparsity_max)",
+            "of its filters (method.min_keep=%g), rounded up to its multiple (round_to), so at "
+            "most %.4f of the %d prunable filters can go; pruning stops there (summary.json: "
+            "filter_sparsity, filter_sparsity_max)",
             self.cfg.sparsity,
             self.cfg.min_keep,
             reachable,
