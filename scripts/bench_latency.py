@@ -68,7 +68,6 @@ from prune_cli.api import load_runs
 from prune_cli.errors import UserError
 from prune_cli.models import build_model
 from prune_cli.pruning.latency import kept_widths
-from prune_cli.pruning.latency_budget import BudgetUnit, min_widths
 from prune_cli.pruning.latency_step import paired_timing, time_pair
 from prune_cli.pruning.mask import Masks
 from prune_cli.pruning.method import METHODS, PruneContext
@@ -203,19 +202,7 @@ def budgeted(
     predicted_ratio = table.predict(widths) / table.predict({})
     # what the table predicts with every unit at its floor (min_keep, rounded to the unit's
     # multiple): a target below it cannot be met, and the arms then choose the same network
-    multiples = method.multiples(groups)
-    floors = min_widths(
-        [
-            BudgetUnit(
-                u.root,
-                [0.0] * u.channels,
-                [True] * u.channels,
-                method.floor(u.channels),
-                multiples[u.root],
-            )
-            for u in groups.units
-        ]
-    )
+    floors = method.fewest(groups)
     floor_ratio = table.predict(floors) / table.predict({})
     # measured as the method measures (interleaved passes on the CPU), in ``rounds`` pairs
     timing = paired_timing(thin, dense, x, case.repeats, pairs=rounds)

@@ -821,11 +821,16 @@ def test_bad_latency_settings_are_one_line_and_exit_2(case, tmp_path, cli_in_pro
     assert not (tmp_path / "run").exists()
 
 
-def test_a_block_size_for_no_prunable_layer_stops_the_run_before_training(tmp_path, cli_in_process):
+@pytest.mark.parametrize("when", ["early", "trained"])
+def test_a_block_size_for_no_prunable_layer_stops_the_run_before_training(
+    tmp_path, cli_in_process, when
+):
     """The units are known once the model is built: a pattern that names none of them (here
     the first convolution, which keeps its filters by default) ends the run before level 0
-    trains, in one line that lists the prunable layers."""
-    args = ["method=filter", "++method.round_to_layers={features.0:2}", "train.epochs=1"]
+    trains (nor does a shared dense model train, with ``trained``), in one line that lists the
+    prunable layers, and nothing is written."""
+    args = ["method=filter", f"method.when={when}", "++method.round_to_layers={features.0:2}"]
+    args += ["train.epochs=1", f"output_root={tmp_path / 'out'}"]
     result = cli_in_process([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
     assert result.returncode == 2, result.stderr[-2000:]
@@ -834,6 +839,8 @@ def test_a_block_size_for_no_prunable_layer_stops_the_run_before_training(tmp_pa
     assert lines[0].startswith("prune-run ") and lines[1].startswith("prune-run: error: ")
     assert "'features.0' matches no prunable layer; those are features.3, classifier.0" in lines[1]
     assert "level 0" not in result.stdout  # nothing trained
+    assert not (tmp_path / "run").exists()
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
 # --- end to end ---------------------------------------------------------------------------------

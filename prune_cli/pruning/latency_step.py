@@ -411,12 +411,14 @@ class LatencyStep:
         ctx: PruneContext,
         thin_ms: float,
         dense_ms: float,
+        fewest: Mapping[str, int],
     ) -> dict[str, Any]:
         """The latency target's entries of ``method_info``: the table's prediction for the final
         widths and its error against the measured thin latency, as ratios to the dense latency
         (the table's own, and ``dense_ms`` timed beside ``thin_ms``: a load that changed since
         the table was measured scales both timings alike), the table itself, and a warning
-        where the floors kept the target out of reach."""
+        where the floors (``fewest``: each unit's fewest filters, the method's) kept the target
+        out of reach."""
         s = self.settings
         target = s.latency_target
         assert target is not None
@@ -435,9 +437,7 @@ class LatencyStep:
             "latency_table_error": latency.measure_thin_error(table, widths, thin_ms, dense_ms),
             "latency_table": table.describe(),
         }
-        dense = {u.root: torch.ones(u.channels, dtype=torch.bool) for u in groups.units}
-        zeros = {u.root: torch.zeros(u.channels) for u in groups.units}
-        at_floors = widths == min_widths(self.budget_units(groups, dense, zeros))
+        at_floors = widths == dict(fewest)
         if at_floors and reached > target * (1 + s.tolerance):
             info["latency_warning"] = self.message(predicted, reached, target)
             self.warn(predicted, reached, target)

@@ -316,10 +316,10 @@ class FilterPruning(PruningMethod):
         found = {u.root: default for u in groups.units}
         matched: set[str] = set()
         for root, names in layers.items():
-            sizes = [n for p, n in patterns.items() for name in names if fnmatchcase(name, p)]
-            matched.update(p for p in patterns for name in names if fnmatchcase(name, p))
-            if sizes:
-                found[root] = max(sizes)
+            hits = {p for p in patterns if any(fnmatchcase(name, p) for name in names)}
+            matched |= hits
+            if hits:
+                found[root] = max(patterns[p] for p in hits)
         missing = [p for p in patterns if p not in matched]
         if missing:
             names = [n for u in groups.units for n in layers[u.root]]
@@ -642,7 +642,7 @@ class FilterPruning(PruningMethod):
         multiples = self.multiples(groups)
         budget = {}
         if self.cfg.latency_target is not None:
-            budget = self.latency.info(groups, keep, ctx, thin_ms, dense_ms)
+            budget = self.latency.info(groups, keep, ctx, thin_ms, dense_ms, self.fewest(groups))
         return {
             "filters_prunable": total,
             "filters_kept": kept,
